@@ -1,0 +1,185 @@
+"""Top-level verbs on any artifact: show, lineage, history, verify, deploy, retire, discard."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from llora_cli.cli.options import (
+    ArtifactRef,
+    JsonOpt,
+    YesOpt,
+    command_line,
+    err,
+    human_bytes,
+    open_store,
+    out,
+    print_json,
+    short,
+)
+from llora_store.errors import Corrupt, UsageError
+
+
+def render_detail(d) -> None:
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    s = d.summary
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    rows = [
+        ("id", s.id), ("kind", s.kind), ("name", s.name), ("state", s.state),
+        ("created", s.created_at.isoformat(timespec="seconds")),
+        ("updated", d.updated_at.isoformat(timespec="seconds")),
+        ("content hash", s.content_hash or "-"), ("base hash", d.base_hash or "-"),
+        ("quantization", d.quantization or "-"), ("domain", s.domain or "-"),
+        ("parents", ", ".join(f"{p['id']} ({p['role']})" for p in s.parents) or "-"),
+        ("children", ", ".join(f"{c['id']} ({c['role']})" for c in d.children) or "-"),
+        ("directory", str(d.directory)),
+    ]
+    for k, v in rows:
+        info.add_row(k, escape(v))
+    out().print(info)
+    if d.files:
+        files = Table(title="files", title_justify="left")
+        files.add_column("path")
+        files.add_column("bytes", justify="right")
+        files.add_column("sha256")
+        for f in d.files:
+            files.add_row(escape(f.path) + (" [dim](deleted)[/]" if f.deleted else ""), human_bytes(f.bytes), short(f.sha256, 16))
+        out().print(files)
+    if d.metadata:
+        out().print("[bold]metadata[/]")
+        out().print(escape(json.dumps(d.metadata, indent=2, default=str)))
+
+
+def show(ref: ArtifactRef, json_: JsonOpt = False) -> None:
+    """Show any artifact: state, hashes, parents, children, files and metadata.
+
+    Example: llora show smollm2 --json
+    """
+    detail = open_store().describe(ref)
+    print_json(detail.to_json()) if json_ else render_detail(detail)
+
+
+def lineage(ref: ArtifactRef, json_: JsonOpt = False) -> None:
+    """Show where an artifact came from (parents) and what was made from it (children), as a tree.
+
+    Example: llora lineage my-adapter
+    """
+    root = open_store().lineage(ref)
+    if json_:
+        print_json(root.to_json())
+        return
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    def label(n) -> str:
+        role = f"[dim]{escape(n.role)}:[/] " if n.role else ""
+        return f"{role}[bold]{n.kind}[/] {escape(n.name)} [dim]{n.id}[/] [{n.state}]"
+
+    tree = Tree(label(root))
+
+    def grow(branch, nodes, attr) -> None:
+        for n in nodes:
+            grow(branch.add(label(n)), getattr(n, attr), attr)
+
+    if root.parents:
+        grow(tree.add("[italic]parents[/]"), root.parents, "parents")
+    if root.children:
+        grow(tree.add("[italic]children[/]"), root.children, "children")
+    out().print(tree)
+
+
+def history(ref: ArtifactRef, json_: JsonOpt = False) -> None:
+    """Show an artifact's event history (append-only): every creation and state change.
+
+    Example: llora history my-adapter
+    """
+    events = open_store().history(ref)
+    if json_:
+        print_json([e.to_json() for e in events])
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    for col in ("at", "event", "from", "to", "command", "reason"):
+        table.add_column(col)
+    for e in events:
+        table.add_row(e.at.isoformat(timespec="seconds"), e.event, e.from_state or "-", e.to_state,
+                      escape(e.command), escape(e.reason))
+    out().print(table)
+
+
+def verify(ref: ArtifactRef, json_: JsonOpt = False) -> None:
+    """Re-hash an artifact's files and report missing, changed or unexpected files (exit 1 if any).
+
+    Example: llora verify smollm2
+    """
+    report = open_store().verify(ref)
+    if json_:
+        print_json(report.to_json())
+    elif report.ok:
+        out().print(f"ok: {report.name} ({report.id}): {report.checked} files match the catalog")
+    if not report.ok:
+        raise Corrupt(
+            f"{report.name} ({report.id}): {len(report.problems)} problem(s): " + "; ".join(report.problems),
+            hint="restore the files, or discard the artifact and create it again",
+        )
+
+
+def deploy(ref: ArtifactRef, json_: JsonOpt = False) -> None:
+    """Deploy a base, merged or compressed checkpoint, a modifier or a router (rules R5-R8 apply).
+
+    Example: llora deploy smollm2
+    """
+    art = open_store().deploy(ref, command=command_line())
+    print_json({"id": art.id, "name": art.name, "state": art.state}) if json_ else err().print(
+        f"deployed {art.kind} '{art.name}' ({art.id})"
+    )
+
+
+def retire(ref: ArtifactRef, json_: JsonOpt = False) -> None:
+    """Retire a deployed artifact (refused while deployed artifacts depend on it).
+
+    Example: llora retire smollm2
+    """
+    art = open_store().retire(ref, command=command_line())
+    print_json({"id": art.id, "name": art.name, "state": art.state}) if json_ else err().print(
+        f"retired {art.kind} '{art.name}' ({art.id})"
+    )
+
+
+def discard(
+    ref: ArtifactRef,
+    reason: str = typer.Option("", "--reason", help="Why; recorded in the history."),
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Delete an artifact's files; its catalog row, lineage and history are kept (R9).
+
+    Refused while a deployed artifact depends on it (R7). Asks for confirmation
+    unless --yes; without a terminal, --yes is required.
+
+    Example: llora discard old-adapter --yes --reason "superseded"
+    """
+    store = open_store()
+    art = store.resolve(ref)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"discarding {art.kind} '{art.name}' ({art.id}) deletes its files; pass --yes to confirm")
+        typer.confirm(f"Delete the files of {art.kind} '{art.name}' ({art.id})?", abort=True, err=True)
+    art = store.discard(art.id, command=command_line(), reason=reason)
+    print_json({"id": art.id, "name": art.name, "state": art.state}) if json_ else err().print(
+        f"discarded {art.kind} '{art.name}' ({art.id}); its row, lineage and history are kept"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (show, lineage, history, verify, deploy, retire, discard):
+        app.command(fn.__name__)(fn)

@@ -1,0 +1,60 @@
+"""The root ``llora`` app: wires the noun groups and top-level verbs, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+from llora_cli.cli import adapters, artifacts, bases, db, demo, kinds
+from llora_cli.cli.options import HomeOpt, debug, report_error
+from llora_store.errors import LloraError
+
+
+class LloraGroup(TyperGroup):
+    """Turns LloraError into a message and an exit code, in this one place."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LloraError as exc:
+            if debug():
+                raise
+            raise typer.Exit(report_error(exc)) from None
+        except KeyboardInterrupt:
+            if debug():
+                raise
+            report_error(LloraError("interrupted; nothing half-written was published"))
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=LloraGroup,
+    name="llora",
+    help="Catalog, guard and run LoRA fine-tunes of open LLMs.\n\nExample: llora demo",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(home: HomeOpt = None) -> None:
+    if home:
+        os.environ["LLORA_HOME"] = home
+
+
+app.add_typer(bases.app, name="bases")
+app.add_typer(adapters.app, name="adapters")
+for _kind in ("modifier", "merged", "compressed", "router", "dataset"):
+    app.add_typer(kinds.kind_app(_kind), name=kinds.GROUPS[_kind])
+app.add_typer(db.app, name="db")
+artifacts.register(app)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    sys.exit(app(standalone_mode=True))

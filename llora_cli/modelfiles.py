@@ -1,0 +1,126 @@
+"""Facts about model and adapter files read without torch: configs and safetensors headers.
+
+A safetensors file starts with an 8-byte little-endian header length and a
+JSON header mapping tensor names to dtype, shape and offsets; reading it costs
+microseconds and lets catalog commands check shapes without loading weights.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from llora_store.errors import BadInput
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+CONFIG_FILES = ("config.json", "generation_config.json")
+_MAX_HEADER = 100 << 20
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Tensor name -> dtype and shape, from the header only. Raises BadInput on a corrupt file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise ValueError("file shorter than its 8-byte header length")
+            (n,) = struct.unpack("<Q", raw)
+            if n > _MAX_HEADER:
+                raise ValueError(f"header length {n} is implausible")
+            header = json.loads(f.read(n))
+        size = path.stat().st_size
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            if 8 + n + end > size:
+                raise ValueError(f"tensor {name} extends past the end of the file (truncated?)")
+            out[name] = TensorInfo(info["dtype"], tuple(info["shape"]))
+        return out
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise BadInput(f"{path} is not a valid safetensors file: {e}") from None
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def model_tensors(model_dir: Path) -> dict[str, TensorInfo]:
+    """All tensors of a safetensors checkpoint directory (sharded or not)."""
+    out: dict[str, TensorInfo] = {}
+    for p in weight_files(model_dir):
+        out.update(read_safetensors_header(p))
+    return out
+
+
+def read_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise BadInput(
+            f"{model_dir} is not a Hugging Face model directory: it has no config.json",
+            hint="pass a directory written by save_pretrained, a .gguf file, a hub id or 'smollm2'",
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BadInput(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise BadInput(f"{path} has no model_type: not a transformers model config")
+    return config
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def summarize_model(model_dir: Path) -> dict:
+    """Architecture facts recorded on a base: type, sizes, parameter count, dtype."""
+    config = read_config(model_dir)
+    tensors = model_tensors(model_dir)
+    params = 0
+    by_dtype: dict[str, int] = {}
+    for t in tensors.values():
+        n = 1
+        for d in t.shape:
+            n *= d
+        params += n
+        by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + n
+    text = config.get("text_config", config)
+    return {
+        "model_type": config.get("model_type"),
+        "architectures": config.get("architectures"),
+        "num_hidden_layers": text.get("num_hidden_layers"),
+        "hidden_size": text.get("hidden_size"),
+        "vocab_size": text.get("vocab_size"),
+        "num_parameters": params,
+        "dtype": max(by_dtype, key=by_dtype.get) if by_dtype else None,
+        "tensors": len(tensors),
+        "has_chat_template": _has_chat_template(model_dir),
+    }
+
+
+def _has_chat_template(model_dir: Path) -> bool:
+    if (model_dir / "chat_template.jinja").exists() or (model_dir / "chat_template.json").exists():
+        return True
+    try:
+        return bool(json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, json.JSONDecodeError):
+        return False

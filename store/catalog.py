@@ -1,0 +1,612 @@
+"""The Store: every read and write of the catalog goes through here.
+
+Writes run in one ``BEGIN IMMEDIATE`` transaction each; lifecycle moves go
+through ``llora_store.lifecycle.transition`` and the rule checks in
+``llora_store.rules``. Library code above this layer gets plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from llora_store import files as fs
+from llora_store import lifecycle, rules
+from llora_store.db import SchemaStatus, check_schema, database_url, default_home, make_engine
+from llora_store.errors import Ambiguous, BadInput, Conflict, NotFound, RuleViolation
+from llora_store.models import GROUPS, KINDS, Artifact, ArtifactFile, Event, Lineage, utcnow
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIN_PREFIX = 4
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name) or ".." in name:
+        raise BadInput(
+            f"invalid name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, without '/' or '..'",
+        )
+    return name
+
+
+def new_id() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class ArtifactSummary:
+    id: str
+    kind: str
+    name: str
+    state: str
+    created_at: datetime
+    parents: list[dict[str, str]]
+    content_hash: str | None = None
+    domain: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "name": self.name,
+            "state": self.state,
+            "parents": self.parents,
+            "created_at": self.created_at.isoformat() + "Z",
+            "content_hash": self.content_hash,
+            "domain": self.domain,
+        }
+
+
+@dataclass(frozen=True)
+class FileView:
+    path: str
+    sha256: str
+    bytes: int
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class ArtifactDetail:
+    summary: ArtifactSummary
+    updated_at: datetime
+    base_hash: str | None
+    quantization: str | None
+    metadata: dict[str, Any]
+    files: list[FileView]
+    children: list[dict[str, str]]
+    directory: Path
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.summary.to_json()
+        out.update(
+            updated_at=self.updated_at.isoformat() + "Z",
+            base_hash=self.base_hash,
+            quantization=self.quantization,
+            metadata=self.metadata,
+            files=[{"path": f.path, "sha256": f.sha256, "bytes": f.bytes, "deleted": f.deleted} for f in self.files],
+            children=self.children,
+            directory=str(self.directory),
+        )
+        return out
+
+
+@dataclass
+class LineageNode:
+    id: str
+    kind: str
+    name: str
+    state: str
+    role: str | None = None
+    parents: list[LineageNode] = field(default_factory=list)
+    children: list[LineageNode] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "name": self.name,
+            "state": self.state,
+            "role": self.role,
+            "parents": [p.to_json() for p in self.parents],
+            "children": [c.to_json() for c in self.children],
+        }
+
+
+@dataclass(frozen=True)
+class EventView:
+    at: datetime
+    event: str
+    from_state: str | None
+    to_state: str
+    command: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat() + "Z",
+            "event": self.event,
+            "from": self.from_state,
+            "to": self.to_state,
+            "command": self.command,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    id: str
+    name: str
+    checked: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "checked": self.checked, "ok": self.ok, "problems": self.problems}
+
+
+@dataclass(frozen=True)
+class GcReport:
+    staging_removed: list[str]
+    staging_in_use: list[str]
+    orphans_removed: list[str]
+    discarded_files_removed: list[str]
+
+
+class Store:
+    """A llora home: the catalog database plus the artifact directories."""
+
+    def __init__(self, home: Path, *, auto_create: bool = True) -> None:
+        self.home = home
+        self.layout = fs.Layout(home)
+        home.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(database_url(home))
+        self._write_engine = self.engine.execution_options(llora_write=True)
+        self.schema: SchemaStatus = check_schema(self.engine, auto_create=auto_create)
+
+    # -- sessions ---------------------------------------------------------
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """One write transaction, begun IMMEDIATE, committed on success."""
+        with Session(self._write_engine, expire_on_commit=False) as s:
+            with s.begin():
+                yield s
+
+    # -- lookups ----------------------------------------------------------
+    def resolve(self, ref: str, *, kinds: tuple[str, ...] | None = None, session: Session | None = None) -> Artifact:
+        """An artifact by exact id, exact name, or unique id prefix (at least 4 characters)."""
+        if session is None:
+            with self.reading() as s:
+                return self.resolve(ref, kinds=kinds, session=s)
+        art = session.get(Artifact, ref) or session.exec(select(Artifact).where(Artifact.name == ref)).scalars().first()
+        if art is None and len(ref) >= MIN_PREFIX and re.fullmatch(r"[0-9a-f]+", ref):
+            matches = session.exec(select(Artifact).where(Artifact.id.startswith(ref))).scalars().all()
+            if len(matches) > 1:
+                cands = [f"{m.id} ({m.kind} '{m.name}')" for m in matches]
+                raise Ambiguous(
+                    f"'{ref}' matches {len(matches)} artifacts: " + ", ".join(cands),
+                    candidates=[m.id for m in matches],
+                    hint="use a longer prefix or the full id",
+                )
+            art = matches[0] if matches else None
+        if art is None:
+            what = " or ".join(kinds) if kinds else "artifact"
+            raise NotFound(
+                f"no {what} matches '{ref}' (by id, name or id prefix of at least {MIN_PREFIX} characters)",
+                hint=f"list them with: llora {GROUPS[kinds[0]] if kinds else 'bases'} list",
+            )
+        if kinds and art.kind not in kinds:
+            raise BadInput(f"'{ref}' is {art.kind} '{art.name}' ({art.id}), not a {' or '.join(kinds)}")
+        return art
+
+    def get(self, artifact_id: str) -> Artifact:
+        with self.reading() as s:
+            art = s.get(Artifact, artifact_id)
+        if art is None:
+            raise NotFound(f"no artifact with id {artifact_id}")
+        return art
+
+    def find_by_hash(self, content_hash: str, kind: str | None = None) -> list[Artifact]:
+        with self.reading() as s:
+            q = select(Artifact).where(Artifact.content_hash == content_hash)
+            if kind:
+                q = q.where(Artifact.kind == kind)
+            return list(s.exec(q).scalars().all())
+
+    def artifacts(self, kind: str | None = None) -> list[Artifact]:
+        """Full rows (with metadata), for library code that needs more than a summary."""
+        with self.reading() as s:
+            q = select(Artifact).order_by(Artifact.created_at)
+            if kind:
+                q = q.where(Artifact.kind == kind)
+            return list(s.exec(q).scalars())
+
+    def list(self, kind: str | None = None, state: str | None = None) -> list[ArtifactSummary]:
+        """Summaries, oldest first; two queries whatever the catalog size."""
+        if kind is not None and kind not in KINDS:
+            raise BadInput(f"unknown kind {kind!r}; kinds are: {', '.join(KINDS)}")
+        if state is not None and kind is not None and state not in lifecycle.states(kind):
+            raise BadInput(f"a {kind} is never in state {state!r}; states: {', '.join(lifecycle.states(kind))}")
+        a = Artifact.__table__.c
+        q = select(a.id, a.kind, a.name, a.state, a.created_at, a.content_hash, a.domain).order_by(a.created_at, a.id)
+        if kind:
+            q = q.where(a.kind == kind)
+        if state:
+            q = q.where(a.state == state)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+            lq = select(Lineage.__table__.c.child_id, Lineage.__table__.c.parent_id, Lineage.__table__.c.role)
+            edges: dict[str, list[dict[str, str]]] = {}
+            for child, parent, role in conn.execute(lq):
+                edges.setdefault(child, []).append({"id": parent, "role": role})
+        return [
+            ArtifactSummary(r[0], r[1], r[2], r[3], r[4], edges.get(r[0], []), r[5], r[6]) for r in rows
+        ]
+
+    def describe(self, ref: str) -> ArtifactDetail:
+        with self.reading() as s:
+            art = self.resolve(ref, session=s)
+            return self._detail(s, art)
+
+    def _detail(self, s: Session, art: Artifact) -> ArtifactDetail:
+        parents = [
+            {"id": e.parent_id, "role": e.role}
+            for e in s.exec(select(Lineage).where(Lineage.child_id == art.id)).scalars()
+        ]
+        children = [
+            {"id": e.child_id, "role": e.role}
+            for e in s.exec(select(Lineage).where(Lineage.parent_id == art.id)).scalars()
+        ]
+        files = [
+            FileView(f.path, f.sha256, f.bytes, f.deleted_at is not None)
+            for f in s.exec(select(ArtifactFile).where(ArtifactFile.artifact_id == art.id).order_by(ArtifactFile.path)).scalars()
+        ]
+        summary = ArtifactSummary(art.id, art.kind, art.name, art.state, art.created_at, parents, art.content_hash, art.domain)
+        return ArtifactDetail(
+            summary, art.updated_at, art.base_hash, art.quantization, dict(art.meta), files, children,
+            self.layout.artifact_dir(art.id),
+        )
+
+    def path_of(self, ref: str) -> Path:
+        """The directory of an artifact's files (it must not be discarded)."""
+        art = self.resolve(ref)
+        if art.state == "discarded":
+            raise NotFound(f"{art.kind} '{art.name}' ({art.id}) is discarded; its files were deleted")
+        return self.layout.artifact_dir(art.id)
+
+    def history(self, ref: str) -> list[EventView]:
+        with self.reading() as s:
+            art = self.resolve(ref, session=s)
+            q = select(Event).where(Event.artifact_id == art.id).order_by(Event.id)
+            return [EventView(e.at, e.event, e.from_state, e.to_state, e.command, e.reason) for e in s.exec(q).scalars()]
+
+    def lineage(self, ref: str) -> LineageNode:
+        """The artifact with its ancestors (``parents``) and descendants (``children``), recursively."""
+        with self.reading() as s:
+            art = self.resolve(ref, session=s)
+            edges = s.exec(select(Lineage)).scalars().all()
+            ids = {e.child_id for e in edges} | {e.parent_id for e in edges} | {art.id}
+            arts = {a.id: a for a in s.exec(select(Artifact).where(Artifact.id.in_(ids))).scalars()}
+        up: dict[str, list[tuple[str, str]]] = {}
+        down: dict[str, list[tuple[str, str]]] = {}
+        for e in edges:
+            up.setdefault(e.child_id, []).append((e.parent_id, e.role))
+            down.setdefault(e.parent_id, []).append((e.child_id, e.role))
+
+        def node(aid: str, role: str | None) -> LineageNode:
+            a = arts[aid]
+            return LineageNode(a.id, a.kind, a.name, a.state, role)
+
+        def grow(n: LineageNode, graph: dict, attr: str, seen: frozenset[str]) -> LineageNode:
+            for other, role in sorted(graph.get(n.id, []), key=lambda t: (arts[t[0]].created_at, t[0])):
+                if other not in seen:
+                    getattr(n, attr).append(grow(node(other, role), graph, attr, seen | {other}))
+            return n
+
+        root = node(art.id, None)
+        root.parents = grow(node(art.id, None), up, "parents", frozenset({art.id})).parents
+        root.children = grow(node(art.id, None), down, "children", frozenset({art.id})).children
+        return root
+
+    def dependents(self, s: Session, artifact_id: str) -> list[Artifact]:
+        """Every artifact that needs ``artifact_id`` (transitively, through DEPENDENCY_ROLES)."""
+        out: dict[str, Artifact] = {}
+        frontier = [artifact_id]
+        while frontier:
+            q = select(Lineage).where(Lineage.parent_id.in_(frontier), Lineage.role.in_(rules.DEPENDENCY_ROLES))
+            child_ids = {e.child_id for e in s.exec(q).scalars()} - set(out) - {artifact_id}
+            if not child_ids:
+                break
+            for a in s.exec(select(Artifact).where(Artifact.id.in_(child_ids))).scalars():
+                out[a.id] = a
+            frontier = list(child_ids)
+        return list(out.values())
+
+    def parents_by_role(self, s: Session, artifact_id: str, role: str) -> list[Artifact]:
+        q = select(Artifact).join(Lineage, Lineage.parent_id == Artifact.id).where(
+            Lineage.child_id == artifact_id, Lineage.role == role
+        )
+        return list(s.exec(q).scalars())
+
+    # -- creation ---------------------------------------------------------
+    def create(
+        self,
+        kind: str,
+        name: str,
+        *,
+        state: str | None = None,
+        staging: Path | None = None,
+        parents: list[tuple[str, str]] = (),
+        metadata: dict[str, Any] | None = None,
+        base_hash: str | None = None,
+        quantization: str | None = None,
+        domain: str | None = None,
+        command: str = "",
+        reason: str = "",
+        artifact_id: str | None = None,
+        unique_content: bool = False,
+    ) -> Artifact:
+        """Register an artifact and publish its staged files, atomically (R10).
+
+        ``staging`` (from ``new_staging``) holds the complete payload. It is
+        hashed, the rows are inserted, the directory is renamed into place and
+        only then is the transaction committed; any failure removes what was
+        written, so a usable artifact never has half its files. With
+        ``unique_content`` an artifact of the same kind and content hash that is
+        not discarded is a Conflict (a base is stored once).
+        """
+        if kind not in KINDS:
+            raise BadInput(f"unknown kind {kind!r}; kinds are: {', '.join(KINDS)}")
+        validate_name(name)
+        state = state or lifecycle.INITIAL[kind][0]
+        if state not in lifecycle.INITIAL[kind]:
+            raise BadInput(f"a {kind} cannot be created in state {state!r}")
+        artifact_id = artifact_id or new_id()
+        published: Path | None = None
+        try:
+            records = fs.scan(staging) if staging is not None else []
+            chash = fs.content_hash(records) if staging is not None else None
+            with self.writing() as s:
+                if s.exec(select(Artifact.id).where(Artifact.name == name)).first() is not None:
+                    raise Conflict(f"the name '{name}' is already taken", hint="choose another with --name")
+                if unique_content and chash is not None:
+                    same = s.exec(
+                        select(Artifact).where(
+                            Artifact.kind == kind, Artifact.content_hash == chash, Artifact.state != "discarded"
+                        )
+                    ).scalars().first()
+                    if same is not None:
+                        raise Conflict(
+                            f"this content is already registered as {kind} '{same.name}' ({same.id})",
+                            hint=f"use the existing one: llora show {same.id}",
+                        )
+                for pid, _role in parents:
+                    if s.get(Artifact, pid) is None:
+                        raise NotFound(f"parent artifact {pid} does not exist")
+                art = Artifact(
+                    id=artifact_id, kind=kind, name=name, state=state, content_hash=chash,
+                    base_hash=base_hash, quantization=quantization, domain=domain, meta=metadata or {},
+                )
+                s.add(art)
+                s.flush()
+                for pid, role in parents:
+                    s.add(Lineage(child_id=artifact_id, parent_id=pid, role=role))
+                for r in records:
+                    s.add(ArtifactFile(artifact_id=artifact_id, path=r.path, sha256=r.sha256, bytes=r.bytes))
+                s.add(Event(artifact_id=artifact_id, event="create", from_state=None, to_state=state,
+                            command=command[:256], reason=reason[:1024]))
+                s.flush()
+                target = staging if staging is not None else self.layout.new_staging(artifact_id)
+                (target / fs.OWNER).unlink(missing_ok=True)
+                fs.write_json_atomic(target / fs.SIDECAR, self._sidecar(s, art))
+                published = self.layout.publish(target, artifact_id)
+            return art
+        except BaseException as exc:
+            if published is not None:
+                fs.remove_tree(published)
+            elif staging is not None:
+                fs.remove_tree(staging)
+            if isinstance(exc, IntegrityError):
+                raise Conflict(f"could not register {kind} '{name}': {exc.orig}") from exc
+            raise
+
+    def new_staging(self, artifact_id: str) -> Path:
+        """A staging directory for files of a future artifact, marked with this process as owner."""
+        path = self.layout.new_staging(artifact_id)
+        (path / fs.OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        return path
+
+    def _sidecar(self, s: Session, art: Artifact) -> dict[str, Any]:
+        d = self._detail(s, art)
+        out = d.to_json()
+        out.pop("directory", None)
+        return out
+
+    def _refresh_sidecar(self, artifact_id: str) -> None:
+        with self.reading() as s:
+            art = s.get(Artifact, artifact_id)
+            data = self._sidecar(s, art)
+        directory = self.layout.artifact_dir(artifact_id)
+        if directory.exists():
+            fs.write_json_atomic(directory / fs.SIDECAR, data)
+
+    # -- lifecycle --------------------------------------------------------
+    def apply(self, ref: str, event: str, *, command: str = "", reason: str = "") -> Artifact:
+        """Apply a lifecycle event, with the rules that guard it; returns the updated row."""
+        if event == "discard":
+            return self.discard(ref, command=command, reason=reason)
+        with self.writing() as s:
+            art = self.resolve(ref, session=s)
+            if event == "deploy":
+                self._check_deploy(s, art)
+            if event == "retire":
+                deps = [d for d in self.dependents(s, art.id) if d.kind not in ("adapter",)]
+                rules.check_no_deployed_dependents(art, deps, "retire")
+            lifecycle.transition(s, art, event, command=command, reason=reason)
+        self._refresh_sidecar(art.id)
+        return art
+
+    def deploy(self, ref: str, *, command: str = "", reason: str = "") -> Artifact:
+        return self.apply(ref, "deploy", command=command, reason=reason)
+
+    def retire(self, ref: str, *, command: str = "", reason: str = "") -> Artifact:
+        return self.apply(ref, "retire", command=command, reason=reason)
+
+    def _check_deploy(self, s: Session, art: Artifact) -> None:
+        rules.check_runnable(art)  # R5
+        if art.kind == "modifier":
+            bases = self.parents_by_role(s, art.id, "runs_on")
+            if not bases:
+                raise RuleViolation("R6", f"modifier '{art.name}' ({art.id}) records no base it runs on")
+            base = bases[0]
+            rules.check_modifier_base(art, base)
+            if base.state != "deployed":
+                raise RuleViolation(
+                    "R6",
+                    f"modifier '{art.name}' ({art.id}) runs on {base.kind} '{base.name}', which is '{base.state}'",
+                    hint=f"deploy its base first: llora deploy {base.id}",
+                )
+        elif art.kind == "router":
+            bases = self.parents_by_role(s, art.id, "runs_on")
+            modifiers = self.parents_by_role(s, art.id, "routes_to")
+            rules.check_router_deployable(art, bases[0] if bases else None, modifiers)
+
+    def discard(self, ref: str, *, command: str = "", reason: str = "") -> Artifact:
+        """Discard: state and file rows change in one transaction, then the files go (R9).
+
+        The row, its lineage and its history stay. Deleting after the commit
+        means a crash can only leave files of a discarded artifact behind
+        (``llora db gc`` removes them), never a live artifact without files.
+        """
+        with self.writing() as s:
+            art = self.resolve(ref, session=s)
+            rules.check_no_deployed_dependents(art, self.dependents(s, art.id), "discard")
+            lifecycle.transition(s, art, "discard", command=command, reason=reason)
+            now = utcnow()
+            for f in s.exec(select(ArtifactFile).where(ArtifactFile.artifact_id == art.id)).scalars():
+                if f.deleted_at is None:
+                    f.deleted_at = now
+                    s.add(f)
+        self._delete_payload(art.id)
+        self._refresh_sidecar(art.id)
+        return art
+
+    def _delete_payload(self, artifact_id: str) -> None:
+        directory = self.layout.artifact_dir(artifact_id)
+        if not directory.exists():
+            return
+        for p in sorted(directory.iterdir()):
+            if p.name == fs.SIDECAR:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                fs.remove_tree(p)
+            else:
+                p.unlink(missing_ok=True)
+
+    def update_metadata(self, ref: str, patch: dict[str, Any], *, command: str = "") -> Artifact:
+        """Merge ``patch`` into an artifact's metadata; refused on a deployed artifact (R7)."""
+        with self.writing() as s:
+            art = self.resolve(ref, session=s)
+            rules.check_not_deployed(art, "change its metadata")
+            art.meta = {**art.meta, **patch}
+            art.updated_at = utcnow()
+            s.add(art)
+        self._refresh_sidecar(art.id)
+        return art
+
+    # -- integrity --------------------------------------------------------
+    def verify(self, ref: str) -> VerifyReport:
+        """Re-hash every recorded file; report missing, changed, resized and unexpected files."""
+        detail = self.describe(ref)
+        directory = detail.directory
+        problems: list[str] = []
+        checked = 0
+        recorded = {f.path for f in detail.files}
+        for f in detail.files:
+            p = directory / f.path
+            if f.deleted:
+                if p.exists():
+                    problems.append(f"{f.path}: discarded but still on disk")
+                continue
+            checked += 1
+            if not p.is_file():
+                problems.append(f"{f.path}: missing")
+                continue
+            size = p.stat().st_size
+            if size != f.bytes:
+                problems.append(f"{f.path}: size {size} bytes, recorded {f.bytes}")
+                continue
+            if fs.sha256_file(p) != f.sha256:
+                problems.append(f"{f.path}: content changed (sha256 differs from the catalog)")
+        if directory.exists():
+            for p in sorted(directory.rglob("*")):
+                rel = p.relative_to(directory).as_posix()
+                if p.is_file() and rel not in fs.INTERNAL and rel not in recorded:
+                    problems.append(f"{rel}: not recorded in the catalog")
+        elif detail.files and any(not f.deleted for f in detail.files):
+            problems.append(f"artifact directory {directory} is missing")
+        return VerifyReport(detail.summary.id, detail.summary.name, checked, problems)
+
+    def gc(self, *, dry_run: bool = False) -> GcReport:
+        """Remove debris of interrupted commands (R10): dead staging dirs, orphans, discarded files."""
+        removed, in_use, orphans, discarded = [], [], [], []
+        with self.writing() as s:  # holds the write lock: no create can be half-way meanwhile
+            known = {r[0]: r[1] for r in s.exec(select(Artifact.id, Artifact.state)).all()}
+            for p in self.layout.leftovers():
+                if _owner_alive(p):
+                    in_use.append(p.name)
+                    continue
+                removed.append(p.name)
+                if not dry_run:
+                    fs.remove_tree(p)
+            if self.layout.artifacts.exists():
+                for p in sorted(self.layout.artifacts.iterdir()):
+                    if p.name not in known:
+                        orphans.append(p.name)
+                        if not dry_run:
+                            fs.remove_tree(p)
+                    elif known[p.name] == "discarded" and any(c.name != fs.SIDECAR for c in p.iterdir()):
+                        discarded.append(p.name)
+                        if not dry_run:
+                            self._delete_payload(p.name)
+        return GcReport(removed, in_use, orphans, discarded)
+
+
+def _owner_alive(staging: Path) -> bool:
+    try:
+        host, pid = (staging / fs.OWNER).read_text().split()
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return True  # another machine's process: not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def open_store(home: Path | str | None = None, *, auto_create: bool = True) -> Store:
+    """Open (creating and migrating a fresh one) the catalog at ``home`` or ``$LLORA_HOME``."""
+    return Store(Path(home).expanduser().resolve() if home is not None else default_home(), auto_create=auto_create)
