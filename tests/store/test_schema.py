@@ -1,0 +1,91 @@
+"""Schema: migrations match the models, one head, fresh stores created, foreign schemas refused."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from llora_store import SchemaOutOfDate, SchemaTooNew, open_store
+from llora_store import db as dbmod
+
+
+def test_fresh_store_is_created_at_head(llora_home):
+    store = open_store(llora_home)
+    assert store.schema.current == dbmod.SCHEMA_HEAD
+    con = sqlite3.connect(llora_home / "catalog.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")} >= {
+        "artifact", "lineage", "artifact_file", "event", "alembic_version"}
+
+
+def test_connections_have_foreign_keys_and_busy_timeout(store):
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == dbmod.BUSY_TIMEOUT_S * 1000
+
+
+def test_upgrade_head_matches_models(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from llora_store.models import SQLModel
+
+    with store.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+    assert diffs == []
+
+
+def test_migrations_have_one_head_and_known_chain(store):
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(dbmod.alembic_config(store.engine))
+    assert script.get_heads() == [dbmod.SCHEMA_HEAD]
+    chain = [rev.revision for rev in script.walk_revisions()][::-1]
+    assert tuple(chain) == dbmod.KNOWN_REVISIONS
+
+
+def test_store_from_newer_schema_is_refused_and_untouched(llora_home, cli):
+    store = open_store(llora_home)
+    store.create("base", "keep-me")
+    con = sqlite3.connect(llora_home / "catalog.db")
+    con.execute("UPDATE alembic_version SET version_num = '9999'")
+    con.commit()
+    with pytest.raises(SchemaTooNew, match="newer llora"):
+        open_store(llora_home)
+    result = cli("bases", "list")
+    assert result.exit_code == 1
+    assert "newer llora" in result.stderr and "Traceback" not in result.stderr
+    assert con.execute("SELECT name FROM artifact").fetchall() == [("keep-me",)]
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "9999"
+
+
+def test_store_from_older_schema_asks_for_upgrade(llora_home, monkeypatch):
+    open_store(llora_home)
+    monkeypatch.setattr(dbmod, "KNOWN_REVISIONS", ("0000", *dbmod.KNOWN_REVISIONS))
+    con = sqlite3.connect(llora_home / "catalog.db")
+    con.execute("UPDATE alembic_version SET version_num = '0000'")
+    con.commit()
+    with pytest.raises(SchemaOutOfDate) as exc:
+        open_store(llora_home)
+    assert "llora db upgrade" in exc.value.hint
+
+
+def test_db_status_and_upgrade_commands(cli, llora_home):
+    result = cli("db", "upgrade")
+    assert result.exit_code == 0, result.output
+    assert "empty -> 0001" in result.stderr
+    status = cli.json("db", "status")
+    assert status["current"] == status["head"] == "0001" and status["state"] == "current"
+
+
+def test_two_processes_creating_a_fresh_store_at_once(llora_home):
+    import subprocess
+    import sys
+
+    code = f"from llora_store import open_store; s = open_store({str(llora_home)!r}); print(s.schema.current)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert all(o[0].strip() == "0001" for o in outs)
