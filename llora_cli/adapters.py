@@ -98,7 +98,9 @@ def import_adapter(store: Store, peft_dir: Path, base_ref: str, *, name: str | N
     base = store.resolve(base_ref, kinds=("base", "merged", "compressed"))
     base_dir = store.path_of(base.id)
     summary = check_fits(config, tensors, modelfiles.model_tensors(base_dir))
-    name = validate_name(name or re.sub(r"[^A-Za-z0-9._-]+", "-", peft_dir.resolve().name).strip("-._")[:64] or "adapter")
+    if name is None:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", peft_dir.resolve().name).strip("-._")[:64] or "adapter"
+    validate_name(name)
     aid = new_id()
     staging = store.new_staging(aid)
     try:

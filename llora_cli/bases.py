@@ -94,7 +94,7 @@ def add_base(store: Store, source: str, *, name: str | None = None, command: str
     """Register SOURCE as a base: convert or copy it into a staging dir, then publish atomically."""
     say = progress or (lambda _msg: None)
     src = classify(source)
-    name = validate_name(name or default_name(src))
+    name = validate_name(default_name(src) if name is None else name)
     aid = new_id()
     staging = store.new_staging(aid)
     try:

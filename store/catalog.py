@@ -173,7 +173,7 @@ class Store:
     def __init__(self, home: Path, *, auto_create: bool = True) -> None:
         self.home = home
         self.layout = fs.Layout(home)
-        home.mkdir(parents=True, exist_ok=True)
+        self.layout.ensure()
         self.engine = make_engine(database_url(home))
         self._write_engine = self.engine.execution_options(llora_write=True)
         self.schema: SchemaStatus = check_schema(self.engine, auto_create=auto_create)
