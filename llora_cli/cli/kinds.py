@@ -22,9 +22,20 @@ def render_list(rows, *, title: str) -> None:
     out().print(table)
 
 
+HELP = {
+    "base": "Base models: list, show, add.",
+    "adapter": "Training adapters (temporary; merged, never served): list, show, import.",
+    "modifier": "Runtime modifiers (permanent; served on their base, never merged): list, show.",
+    "merged": "Merged checkpoints (adapter merged into its base): list, show.",
+    "compressed": "Compressed bases (quantized): list, show.",
+    "router": "Routers (pick a modifier per query): list, show.",
+    "dataset": "Datasets: list, show.",
+}
+
+
 def kind_app(kind: str) -> typer.Typer:
     group = GROUPS[kind]
-    app = typer.Typer(help=f"List and show {group}.", no_args_is_help=True)
+    app = typer.Typer(help=HELP[kind], no_args_is_help=True)
 
     @app.command("list")
     def list_(state: StateOpt = None, json_: JsonOpt = False) -> None:
