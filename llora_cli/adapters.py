@@ -19,7 +19,11 @@ from llora_store.models import Artifact
 
 QUANTIZATIONS = ("none", "nf4", "int8")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?$")
+_LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+?)"
+    r"\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+    r"(?:\.[^.]+)?(?:\.weight)?$"
+)
 
 
 def read_adapter(peft_dir: Path) -> tuple[dict, dict[str, modelfiles.TensorInfo]]:

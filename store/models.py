@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, BigInteger, DateTime, ForeignKey, Index, String
+from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, String
 from sqlmodel import Field, SQLModel
 
 SQLModel.metadata.naming_convention = {

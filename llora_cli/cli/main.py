@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import typer
 from typer.core import TyperGroup
@@ -55,6 +54,3 @@ app.add_typer(db.app, name="db")
 artifacts.register(app)
 app.command("demo")(demo.demo)
 
-
-def main() -> None:
-    sys.exit(app(standalone_mode=True))

@@ -38,7 +38,9 @@ def err():
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """JSON to stdout: indented for a terminal, compact for pipes (the C encoder is ~10x faster)."""
+    indent = 2 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps(data, indent=indent, default=str) + "\n")
 
 
 def open_store():

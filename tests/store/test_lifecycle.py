@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from llora_store import InvalidTransition
 from llora_store import lifecycle as lc

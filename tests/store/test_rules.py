@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llora_store import InvalidTransition, RuleViolation
-from llora_store import rules
+from llora_store import InvalidTransition, RuleViolation, rules
 from llora_store.errors import Conflict
 
 
