@@ -9,7 +9,6 @@ from llora_cli.bases import add_base
 from llora_cli.generate import Generation, generate
 from llora_store import Store
 from llora_store.catalog import ArtifactSummary
-from llora_store.errors import Conflict
 
 DEMO_PROMPT = "What is the capital of France?"
 
@@ -33,17 +32,16 @@ class DemoReport:
 def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max_new_tokens: int = 32) -> DemoReport:
     say = progress or (lambda _m: None)
     report = DemoReport()
-    existing = [a for a in store.list(kind="base") if a.name == "smollm2" and a.state != "discarded"]
+    existing = [a for a in store.artifacts(kind="base")
+                if a.state != "discarded" and a.meta.get("source", {}).get("ref") == "smollm2"]
     if existing:
         base_id = existing[0].id
-        report.steps.append(f"base 'smollm2' already registered ({base_id})")
+        report.steps.append(f"the embedded SmolLM2 is already registered as base '{existing[0].name}' ({base_id})")
     else:
-        try:
-            base_id = add_base(store, "smollm2", command="llora demo", progress=say).id
-            report.steps.append(f"registered the embedded SmolLM2-135M-Instruct as base 'smollm2' ({base_id})")
-        except Conflict:
-            base_id = next(a.id for a in store.artifacts(kind="base") if a.meta.get("source", {}).get("ref") == "smollm2")
-            report.steps.append(f"SmolLM2 already registered ({base_id})")
+        taken = {a.name for a in store.list()}
+        name = next(n for n in ("smollm2", *(f"smollm2-{i}" for i in range(2, 1000))) if n not in taken)
+        base_id = add_base(store, "smollm2", name=name, command="llora demo", progress=say).id
+        report.steps.append(f"registered the embedded SmolLM2-135M-Instruct as base '{name}' ({base_id})")
     report.base = next(a for a in store.list(kind="base") if a.id == base_id)
     say(f"generating an answer to {DEMO_PROMPT!r}")
     report.generation = generate(store.path_of(base_id), DEMO_PROMPT, max_new_tokens=max_new_tokens)

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from llora_store import files as fs
 from llora_store import lifecycle, rules
 from llora_store.db import SchemaStatus, check_schema, database_url, default_home, make_engine
-from llora_store.errors import Ambiguous, BadInput, Conflict, NotFound, RuleViolation
+from llora_store.errors import Ambiguous, BadInput, Conflict, NotFound, RuleViolation, UserError
 from llora_store.models import GROUPS, KINDS, Artifact, ArtifactFile, Event, Lineage, utcnow
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -173,10 +173,22 @@ class Store:
     def __init__(self, home: Path, *, auto_create: bool = True) -> None:
         self.home = home
         self.layout = fs.Layout(home)
-        self.layout.ensure()
+        try:
+            self.layout.ensure()
+        except OSError as e:
+            raise UserError(
+                f"cannot create the llora home at {home}: {e.strerror}",
+                hint="set LLORA_HOME (or --home) to a writable directory",
+            ) from None
         self.engine = make_engine(database_url(home))
         self._write_engine = self.engine.execution_options(llora_write=True)
-        self.schema: SchemaStatus = check_schema(self.engine, auto_create=auto_create)
+        try:
+            self.schema: SchemaStatus = check_schema(self.engine, auto_create=auto_create)
+        except OperationalError as e:
+            raise UserError(
+                f"cannot open the catalog at {self.engine.url.render_as_string(hide_password=True)}: {e.orig}",
+                hint="check that LLORA_HOME (or LLORA_DB_URL) points at a writable place",
+            ) from None
 
     # -- sessions ---------------------------------------------------------
     @contextmanager

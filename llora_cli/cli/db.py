@@ -24,10 +24,16 @@ def status(json_: JsonOpt = False) -> None:
     Example: llora db status --json
     """
     from llora_store.db import database_url, default_home, make_engine, schema_status
+    from llora_store.files import Layout
 
     home = default_home()
-    st = schema_status(make_engine(database_url(home)))
-    from llora_store.files import Layout
+    url = database_url(home)
+    if url.startswith("sqlite:///") and not (home / "catalog.db").exists():
+        from llora_store.db import SCHEMA_HEAD, SchemaStatus
+
+        st = SchemaStatus(url, None, SCHEMA_HEAD, "absent")
+    else:
+        st = schema_status(make_engine(url))
 
     leftovers = [p.name for p in Layout(home).leftovers()]
     data = {"home": str(home), "url": st.url, "current": st.current, "head": st.head, "state": st.state,

@@ -106,3 +106,19 @@ def test_debug_env_shows_the_traceback(cli, store, monkeypatch):
 def test_usage_error_exits_2(cli):
     result = cli("bases", "list", "--no-such-flag")
     assert result.exit_code == 2
+
+
+def test_home_option_points_at_another_catalog(cli, tmp_path, monkeypatch):
+    other = tmp_path / "elsewhere"
+    result = cli("--home", other, "db", "status", "--json")
+    assert result.exit_code == 0
+    import json
+
+    assert json.loads(result.stdout)["home"] == str(other.resolve())
+
+
+def test_unwritable_home_is_a_clear_error(cli, tmp_path):
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("x")
+    result = cli("--home", blocker / "home", "bases", "list")
+    assert result.exit_code == 1 and "Traceback" not in result.output

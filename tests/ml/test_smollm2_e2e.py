@@ -28,3 +28,11 @@ def test_demo_registers_smollm2_and_answers(cli, store):
     # a second demo run reuses the registered base
     assert cli.json("demo")["base"]["id"] == base["id"]
     assert len(store.list(kind="base")) == 1
+
+
+def test_demo_after_the_base_was_discarded_registers_it_again(cli, store):
+    first = cli.json("demo")["base"]
+    assert cli("discard", first["id"], "--yes").exit_code == 0
+    second = cli.json("demo")
+    assert second["base"]["name"] == "smollm2-2" and second["base"]["id"] != first["id"]
+    assert "Paris" in second["generation"]["text"]
