@@ -26,7 +26,7 @@ from llora_store import files as fs
 from llora_store import lifecycle, rules
 from llora_store.db import SchemaStatus, check_schema, database_url, default_home, make_engine
 from llora_store.errors import Ambiguous, BadInput, Conflict, NotFound, RuleViolation, UserError
-from llora_store.models import GROUPS, KINDS, Artifact, ArtifactFile, Event, Lineage, utcnow
+from llora_store.models import GROUPS, KINDS, Artifact, ArtifactFile, Event, Lineage, utcnow, with_article
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PREFIX = 4
@@ -227,7 +227,7 @@ class Store:
                 hint=f"list them with: llora {GROUPS[kinds[0]] if kinds else 'bases'} list",
             )
         if kinds and art.kind not in kinds:
-            raise BadInput(f"'{ref}' is {art.kind} '{art.name}' ({art.id}), not a {' or '.join(kinds)}")
+            raise BadInput(f"'{ref}' is {art.kind} '{art.name}' ({art.id}), not {' or '.join(with_article(k) for k in kinds)}")
         return art
 
     def get(self, artifact_id: str) -> Artifact:
@@ -257,7 +257,7 @@ class Store:
         if kind is not None and kind not in KINDS:
             raise BadInput(f"unknown kind {kind!r}; kinds are: {', '.join(KINDS)}")
         if state is not None and kind is not None and state not in lifecycle.states(kind):
-            raise BadInput(f"a {kind} is never in state {state!r}; states: {', '.join(lifecycle.states(kind))}")
+            raise BadInput(f"{with_article(kind)} is never in state {state!r}; states: {', '.join(lifecycle.states(kind))}")
         a = Artifact.__table__.c
         q = select(a.id, a.kind, a.name, a.state, a.created_at, a.content_hash, a.domain).order_by(a.created_at, a.id)
         if kind:
@@ -391,7 +391,7 @@ class Store:
         validate_name(name)
         state = state or lifecycle.INITIAL[kind][0]
         if state not in lifecycle.INITIAL[kind]:
-            raise BadInput(f"a {kind} cannot be created in state {state!r}")
+            raise BadInput(f"{with_article(kind)} cannot be created in state {state!r}")
         artifact_id = artifact_id or new_id()
         published: Path | None = None
         try:

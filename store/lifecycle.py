@@ -13,7 +13,7 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from llora_store.errors import InvalidTransition
-from llora_store.models import Artifact, Event, utcnow
+from llora_store.models import Artifact, Event, utcnow, with_article
 
 _TRAINED = {
     ("training", "finish"): "trained",
@@ -87,7 +87,7 @@ def next_state(kind: str, state: str, event: str) -> str:
         allowed = allowed_events(kind, state)
         shown = ", ".join(allowed) if allowed else "none (final state)"
         raise InvalidTransition(
-            f"cannot {event} a {kind} in state '{state}'; allowed from '{state}': {shown}",
+            f"cannot {event} {with_article(kind)} in state '{state}'; allowed from '{state}': {shown}",
             allowed=allowed,
         ) from None
 

@@ -33,6 +33,11 @@ GROUPS = {
 }
 
 
+def with_article(word: str) -> str:
+    """``word`` with its indefinite article: "an adapter", "a base"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from llora_cli.cli.options import ArtifactRef, JsonOpt, StateOpt, open_store, out, print_json, short
-from llora_store.models import GROUPS
+from llora_store.models import GROUPS, with_article
 
 __all__ = ["GROUPS", "kind_app", "render_list"]
 
@@ -55,7 +55,10 @@ def kind_app(kind: str) -> typer.Typer:
         if detail.summary.kind != kind:
             from llora_store.errors import BadInput
 
-            raise BadInput(f"'{ref}' is a {detail.summary.kind}, not a {kind}", hint=f"llora show {detail.summary.id}")
+            raise BadInput(
+                f"'{ref}' is {with_article(detail.summary.kind)}, not {with_article(kind)}",
+                hint=f"llora show {detail.summary.id}",
+            )
         print_json(detail.to_json()) if json_ else render_detail(detail)
 
     show_.__doc__ = f"Show one {kind}: state, lineage, files and metadata.\n\nExample: llora {group} show NAME"

@@ -42,7 +42,7 @@ def test_show_json_has_files_and_metadata(cli, store):
     assert len(d["files"][0]["sha256"]) == 64
     assert cli.json("bases", "show", base.id[:6])["id"] == base.id
     wrong = cli("adapters", "show", "base-one")
-    assert wrong.exit_code == 2 and "is a base, not a adapter" in wrong.stderr
+    assert wrong.exit_code == 2 and "is a base, not an adapter" in wrong.stderr
 
 
 def test_unknown_id_exits_1_without_traceback(cli, store):
