@@ -26,7 +26,17 @@ from llora_store import files as fs
 from llora_store import lifecycle, rules
 from llora_store.db import SchemaStatus, check_schema, database_url, default_home, make_engine
 from llora_store.errors import Ambiguous, BadInput, Conflict, NotFound, RuleViolation, UserError
-from llora_store.models import GROUPS, KINDS, Artifact, ArtifactFile, Event, Lineage, utcnow, with_article
+from llora_store.models import (
+    GROUPS,
+    KINDS,
+    Artifact,
+    ArtifactFile,
+    Evaluation,
+    Event,
+    Lineage,
+    utcnow,
+    with_article,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PREFIX = 4
@@ -87,6 +97,7 @@ class ArtifactDetail:
     files: list[FileView]
     children: list[dict[str, str]]
     directory: Path
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = self.summary.to_json()
@@ -98,6 +109,7 @@ class ArtifactDetail:
             files=[{"path": f.path, "sha256": f.sha256, "bytes": f.bytes, "deleted": f.deleted} for f in self.files],
             children=self.children,
             directory=str(self.directory),
+            evaluations=self.evaluations,
         )
         return out
 
@@ -209,9 +221,9 @@ class Store:
         if session is None:
             with self.reading() as s:
                 return self.resolve(ref, kinds=kinds, session=s)
-        art = session.get(Artifact, ref) or session.exec(select(Artifact).where(Artifact.name == ref)).scalars().first()
+        art = session.get(Artifact, ref) or session.execute(select(Artifact).where(Artifact.name == ref)).scalars().first()
         if art is None and len(ref) >= MIN_PREFIX and re.fullmatch(r"[0-9a-f]+", ref):
-            matches = session.exec(select(Artifact).where(Artifact.id.startswith(ref))).scalars().all()
+            matches = session.execute(select(Artifact).where(Artifact.id.startswith(ref))).scalars().all()
             if len(matches) > 1:
                 cands = [f"{m.id} ({m.kind} '{m.name}')" for m in matches]
                 raise Ambiguous(
@@ -242,7 +254,7 @@ class Store:
             q = select(Artifact).where(Artifact.content_hash == content_hash)
             if kind:
                 q = q.where(Artifact.kind == kind)
-            return list(s.exec(q).scalars().all())
+            return list(s.execute(q).scalars().all())
 
     def artifacts(self, kind: str | None = None) -> list[Artifact]:
         """Full rows (with metadata), for library code that needs more than a summary."""
@@ -250,7 +262,7 @@ class Store:
             q = select(Artifact).order_by(Artifact.created_at)
             if kind:
                 q = q.where(Artifact.kind == kind)
-            return list(s.exec(q).scalars())
+            return list(s.execute(q).scalars())
 
     def list(self, kind: str | None = None, state: str | None = None) -> list[ArtifactSummary]:
         """Summaries, oldest first; two queries whatever the catalog size."""
@@ -282,20 +294,24 @@ class Store:
     def _detail(self, s: Session, art: Artifact) -> ArtifactDetail:
         parents = [
             {"id": e.parent_id, "role": e.role}
-            for e in s.exec(select(Lineage).where(Lineage.child_id == art.id)).scalars()
+            for e in s.execute(select(Lineage).where(Lineage.child_id == art.id)).scalars()
         ]
         children = [
             {"id": e.child_id, "role": e.role}
-            for e in s.exec(select(Lineage).where(Lineage.parent_id == art.id)).scalars()
+            for e in s.execute(select(Lineage).where(Lineage.parent_id == art.id)).scalars()
         ]
         files = [
             FileView(f.path, f.sha256, f.bytes, f.deleted_at is not None)
-            for f in s.exec(select(ArtifactFile).where(ArtifactFile.artifact_id == art.id).order_by(ArtifactFile.path)).scalars()
+            for f in s.execute(select(ArtifactFile).where(ArtifactFile.artifact_id == art.id).order_by(ArtifactFile.path)).scalars()
         ]
         summary = ArtifactSummary(art.id, art.kind, art.name, art.state, art.created_at, parents, art.content_hash, art.domain)
+        evals = [
+            {"at": e.at.isoformat() + "Z", "dataset": e.dataset_id, "split": e.split, "metrics": e.metrics}
+            for e in s.execute(select(Evaluation).where(Evaluation.artifact_id == art.id).order_by(Evaluation.id)).scalars()
+        ]
         return ArtifactDetail(
             summary, art.updated_at, art.base_hash, art.quantization, dict(art.meta), files, children,
-            self.layout.artifact_dir(art.id),
+            self.layout.artifact_dir(art.id), evals,
         )
 
     def path_of(self, ref: str) -> Path:
@@ -309,15 +325,15 @@ class Store:
         with self.reading() as s:
             art = self.resolve(ref, session=s)
             q = select(Event).where(Event.artifact_id == art.id).order_by(Event.id)
-            return [EventView(e.at, e.event, e.from_state, e.to_state, e.command, e.reason) for e in s.exec(q).scalars()]
+            return [EventView(e.at, e.event, e.from_state, e.to_state, e.command, e.reason) for e in s.execute(q).scalars()]
 
     def lineage(self, ref: str) -> LineageNode:
         """The artifact with its ancestors (``parents``) and descendants (``children``), recursively."""
         with self.reading() as s:
             art = self.resolve(ref, session=s)
-            edges = s.exec(select(Lineage)).scalars().all()
+            edges = s.execute(select(Lineage)).scalars().all()
             ids = {e.child_id for e in edges} | {e.parent_id for e in edges} | {art.id}
-            arts = {a.id: a for a in s.exec(select(Artifact).where(Artifact.id.in_(ids))).scalars()}
+            arts = {a.id: a for a in s.execute(select(Artifact).where(Artifact.id.in_(ids))).scalars()}
         up: dict[str, list[tuple[str, str]]] = {}
         down: dict[str, list[tuple[str, str]]] = {}
         for e in edges:
@@ -345,10 +361,10 @@ class Store:
         frontier = [artifact_id]
         while frontier:
             q = select(Lineage).where(Lineage.parent_id.in_(frontier), Lineage.role.in_(rules.DEPENDENCY_ROLES))
-            child_ids = {e.child_id for e in s.exec(q).scalars()} - set(out) - {artifact_id}
+            child_ids = {e.child_id for e in s.execute(q).scalars()} - set(out) - {artifact_id}
             if not child_ids:
                 break
-            for a in s.exec(select(Artifact).where(Artifact.id.in_(child_ids))).scalars():
+            for a in s.execute(select(Artifact).where(Artifact.id.in_(child_ids))).scalars():
                 out[a.id] = a
             frontier = list(child_ids)
         return list(out.values())
@@ -357,7 +373,7 @@ class Store:
         q = select(Artifact).join(Lineage, Lineage.parent_id == Artifact.id).where(
             Lineage.child_id == artifact_id, Lineage.role == role
         )
-        return list(s.exec(q).scalars())
+        return list(s.execute(q).scalars())
 
     # -- creation ---------------------------------------------------------
     def create(
@@ -398,10 +414,10 @@ class Store:
             records = fs.scan(staging) if staging is not None else []
             chash = fs.content_hash(records) if staging is not None else None
             with self.writing() as s:
-                if s.exec(select(Artifact.id).where(Artifact.name == name)).first() is not None:
+                if s.execute(select(Artifact.id).where(Artifact.name == name)).first() is not None:
                     raise Conflict(f"the name '{name}' is already taken", hint="choose another with --name")
                 if unique_content and chash is not None:
-                    same = s.exec(
+                    same = s.execute(
                         select(Artifact).where(
                             Artifact.kind == kind, Artifact.content_hash == chash, Artifact.state != "discarded"
                         )
@@ -440,6 +456,55 @@ class Store:
             if isinstance(exc, IntegrityError):
                 raise Conflict(f"could not register {kind} '{name}': {exc.orig}") from exc
             raise
+
+    def finish(self, ref: str, staging: Path, *, metadata: dict[str, Any] | None = None, command: str = "",
+               reason: str = "") -> Artifact:
+        """Publish the files of an artifact in ``training`` and move it to ``trained``, atomically (R10).
+
+        Same protocol as ``create``: rows, rename into place, then commit; a
+        failure before the commit removes the directory and leaves the
+        artifact in ``training``.
+        """
+        published: Path | None = None
+        try:
+            records = fs.scan(staging)
+            with self.writing() as s:
+                art = self.resolve(ref, session=s)
+                lifecycle.transition(s, art, "finish", command=command, reason=reason)
+                art.content_hash = fs.content_hash(records)
+                art.meta = {**art.meta, **(metadata or {})}
+                for old in s.execute(select(ArtifactFile).where(ArtifactFile.artifact_id == art.id)).scalars():
+                    s.delete(old)
+                s.flush()
+                for r in records:
+                    s.add(ArtifactFile(artifact_id=art.id, path=r.path, sha256=r.sha256, bytes=r.bytes))
+                s.flush()
+                (staging / fs.OWNER).unlink(missing_ok=True)
+                fs.write_json_atomic(staging / fs.SIDECAR, self._sidecar(s, art))
+                stale = self.layout.artifact_dir(art.id)
+                if stale.exists():  # a sidecar-only dir from an earlier failed attempt
+                    fs.remove_tree(stale)
+                published = self.layout.publish(staging, art.id)
+            return art
+        except BaseException:
+            if published is not None:
+                fs.remove_tree(published)
+            else:
+                fs.remove_tree(staging)
+            raise
+
+    def record_evaluation(self, ref: str, metrics: dict[str, Any], *, dataset_id: str | None = None,
+                          split: str = "test") -> None:
+        """Store eval metrics; allowed in any state (an observation, not a change: R7 does not apply)."""
+        with self.writing() as s:
+            art = self.resolve(ref, session=s)
+            s.add(Evaluation(artifact_id=art.id, dataset_id=dataset_id, split=split, metrics=metrics))
+
+    def evaluations(self, artifact_id: str) -> list[dict[str, Any]]:
+        with self.reading() as s:
+            q = select(Evaluation).where(Evaluation.artifact_id == artifact_id).order_by(Evaluation.id)
+            return [{"at": e.at.isoformat() + "Z", "dataset": e.dataset_id, "split": e.split, "metrics": e.metrics}
+                    for e in s.execute(q).scalars()]
 
     def new_staging(self, artifact_id: str) -> Path:
         """A staging directory for files of a future artifact, marked with this process as owner."""
@@ -514,7 +579,7 @@ class Store:
             rules.check_no_deployed_dependents(art, self.dependents(s, art.id), "discard")
             lifecycle.transition(s, art, "discard", command=command, reason=reason)
             now = utcnow()
-            for f in s.exec(select(ArtifactFile).where(ArtifactFile.artifact_id == art.id)).scalars():
+            for f in s.execute(select(ArtifactFile).where(ArtifactFile.artifact_id == art.id)).scalars():
                 if f.deleted_at is None:
                     f.deleted_at = now
                     s.add(f)
@@ -582,7 +647,7 @@ class Store:
         """Remove debris of interrupted commands (R10): dead staging dirs, orphans, discarded files."""
         removed, in_use, orphans, discarded = [], [], [], []
         with self.writing() as s:  # holds the write lock: no create can be half-way meanwhile
-            known = {r[0]: r[1] for r in s.exec(select(Artifact.id, Artifact.state)).all()}
+            known = {r[0]: r[1] for r in s.execute(select(Artifact.id, Artifact.state)).all()}
             for p in self.layout.leftovers():
                 if _owner_alive(p):
                     in_use.append(p.name)

@@ -3,9 +3,10 @@
 Rows are ``(kind, state, event) -> new state``. Every transition is written
 together with its event row, in the caller's transaction, by ``transition``.
 
-Two additions to the table in DESIGN.md, recorded in docs/architecture.md:
-a ``failed`` run can be discarded (to delete its partial files), and a
-``retired`` modifier or router can be discarded (as a retired base can).
+Three additions to the table in DESIGN.md, recorded in docs/architecture.md:
+a ``failed`` run can be discarded (to delete its partial files) or resumed
+from its last checkpoint (``llora train --resume``), and a ``retired``
+modifier or router can be discarded (as a retired base can).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from llora_store.models import Artifact, Event, utcnow, with_article
 _TRAINED = {
     ("training", "finish"): "trained",
     ("training", "fail"): "failed",
+    ("failed", "resume"): "training",
     ("failed", "discard"): "discarded",
 }
 _SERVED = {

@@ -109,3 +109,21 @@ class Event(SQLModel, table=True):
     to_state: str = Field(sa_column=Column(String(16), nullable=False))
     command: str = Field(default="", sa_column=Column(String(256), nullable=False))
     reason: str = Field(default="", sa_column=Column(String(1024), nullable=False))
+
+
+class Evaluation(SQLModel, table=True):
+    """One eval of an artifact on a dataset. An observation, not a change of the
+    artifact, so it may be recorded on a deployed (immutable, R7) artifact too."""
+
+    __tablename__ = "evaluation"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    artifact_id: str = Field(
+        sa_column=Column(String(32), ForeignKey("artifact.id", ondelete="RESTRICT"), nullable=False, index=True)
+    )
+    dataset_id: Optional[str] = Field(
+        default=None, sa_column=Column(String(32), ForeignKey("artifact.id", ondelete="RESTRICT"), nullable=True)
+    )
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(), nullable=False))
+    split: str = Field(sa_column=Column(String(16), nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -37,4 +37,6 @@ def test_wheel_layout_and_migrations_from_any_cwd(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True,
                           env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "0001"
+    from llora_store.db import SCHEMA_HEAD
+
+    assert proc.stdout.strip() == SCHEMA_HEAD

@@ -60,23 +60,31 @@ def test_store_from_newer_schema_is_refused_and_untouched(llora_home, cli):
     assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "9999"
 
 
-def test_store_from_older_schema_asks_for_upgrade(llora_home, monkeypatch):
-    open_store(llora_home)
-    monkeypatch.setattr(dbmod, "KNOWN_REVISIONS", ("0000", *dbmod.KNOWN_REVISIONS))
-    con = sqlite3.connect(llora_home / "catalog.db")
-    con.execute("UPDATE alembic_version SET version_num = '0000'")
-    con.commit()
+def test_store_from_older_schema_asks_for_upgrade_then_upgrades_keeping_data(llora_home, cli):
+    """A real catalog at revision 0001 (before the evaluation table) is refused, then migrated."""
+    llora_home.mkdir(parents=True)
+    engine = dbmod.make_engine(dbmod.database_url(llora_home))
+    dbmod.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO artifact (id, kind, name, state, created_at, updated_at, metadata) "
+            "VALUES ('aaaa00000001', 'base', 'old-base', 'ready', '2026-01-01 00:00:00', '2026-01-01 00:00:00', '{}')"
+        )
     with pytest.raises(SchemaOutOfDate) as exc:
         open_store(llora_home)
     assert "llora db upgrade" in exc.value.hint
+    listed = cli("bases", "list")
+    assert listed.exit_code == 1 and "llora db upgrade" in listed.stderr
+    assert cli("db", "upgrade").exit_code == 0
+    assert [a.name for a in open_store(llora_home).list()] == ["old-base"]
 
 
 def test_db_status_and_upgrade_commands(cli, llora_home):
     result = cli("db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert "empty -> 0001" in result.stderr
+    assert f"empty -> {dbmod.SCHEMA_HEAD}" in result.stderr
     status = cli.json("db", "status")
-    assert status["current"] == status["head"] == "0001" and status["state"] == "current"
+    assert status["current"] == status["head"] == dbmod.SCHEMA_HEAD and status["state"] == "current"
 
 
 def test_two_processes_creating_a_fresh_store_at_once(llora_home):
@@ -88,4 +96,4 @@ def test_two_processes_creating_a_fresh_store_at_once(llora_home):
              for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
-    assert all(o[0].strip() == "0001" for o in outs)
+    assert all(o[0].strip() == dbmod.SCHEMA_HEAD for o in outs)

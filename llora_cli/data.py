@@ -1,0 +1,183 @@
+"""Datasets: generated task data and user files (alpaca, chat JSONL, plain text), registered in the catalog.
+
+A dataset artifact holds ``train.jsonl`` and, for task data, ``test.jsonl``
+(the held-out split), normalized to ``{"messages": [...]}`` or ``{"text": ...}``
+rows. User files are read completely and validated before anything is
+registered or trained: a malformed row is an error naming its line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from llora_store import Store
+from llora_store.catalog import new_id, validate_name
+from llora_store.errors import BadInput
+from llora_store.files import sha256_file
+from llora_store.models import Artifact
+
+ROLES = {"system", "user", "assistant"}
+
+
+@dataclass(frozen=True)
+class Data:
+    """Rows ready for training and eval, and where they came from."""
+
+    train: list[dict]
+    test: list[dict]
+    artifact: Artifact | None
+    task: str | None  # generated task kind (its checker applies), else None
+    format: str  # "chat" or "text"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def make_dataset(store: Store, kind: str, n: int, *, seed: int = 0, n_test: int | None = None,
+                 name: str | None = None, out: Path | None = None, command: str = "") -> Artifact:
+    """Generate task data of ``kind`` and register it as a dataset artifact."""
+    from llora_cli import tasks
+
+    if kind not in tasks.KINDS:
+        raise BadInput(f"unknown task kind {kind!r}; choose from {', '.join(tasks.KINDS)}")
+    if n < 1:
+        raise BadInput(f"--n must be at least 1, got {n}")
+    name = validate_name(name if name is not None else f"{kind}-n{n}-s{seed}")
+    splits = tasks.make(kind, n, seed=seed, n_test=n_test)
+    aid = new_id()
+    staging = store.new_staging(aid)
+    try:
+        write_jsonl(staging / "train.jsonl", splits.train)
+        write_jsonl(staging / "test.jsonl", splits.test)
+        if out is not None:
+            out = out.expanduser()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(staging / "train.jsonl", out)
+            shutil.copyfile(staging / "test.jsonl", out.with_name(out.stem + ".test.jsonl"))
+        meta = {"task": kind, "seed": seed, "format": "chat", "rows": {"train": len(splits.train), "test": len(splits.test)}}
+        return store.create("dataset", name, staging=staging, metadata=meta, command=command, artifact_id=aid,
+                            reason=f"generated {kind} data", unique_content=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def parse_user_file(path: Path) -> tuple[list[dict], str]:
+    """Read a user data file completely; returns normalized rows and their format ("chat" or "text")."""
+    if not path.is_file():
+        raise BadInput(f"{path} is not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        text = path.read_text()
+        chunks = [c.strip() for c in re.split(r"\n\s*\n", text) if c.strip()]
+        if not chunks:
+            raise BadInput(f"{path} has no text")
+        return [{"text": c} for c in chunks], "text"
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise BadInput(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+        if not isinstance(data, list):
+            raise BadInput(f"{path}: expected a JSON array of rows")
+        numbered = [(i + 1, r) for i, r in enumerate(data)]
+        where = "row"
+    elif suffix == ".jsonl":
+        numbered = []
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    numbered.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise BadInput(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
+        where = "line"
+    else:
+        raise BadInput(f"{path}: unsupported data file type {suffix!r}; use .jsonl, .json (alpaca) or .txt")
+    if not numbered:
+        raise BadInput(f"{path} has no rows")
+    rows = [_normalize(r, f"{path}:{n}" if where == "line" else f"{path} row {n}") for n, r in numbered]
+    formats = {("text" if "text" in r else "chat") for r in rows}
+    if len(formats) > 1:
+        raise BadInput(f"{path} mixes plain-text rows and chat/alpaca rows; use one format per file")
+    return rows, formats.pop()
+
+
+def _normalize(row, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise BadInput(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise BadInput(f"{where}: 'messages' must be a non-empty list")
+        for m in msgs:
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise BadInput(f"{where}: each message needs a role ({', '.join(sorted(ROLES))}) and string content")
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise BadInput(f"{where}: no assistant message to learn from")
+        out = {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]}
+        if "check" in row:
+            out["check"] = row["check"]
+        return out
+    if "instruction" in row or "output" in row:
+        instr, inp, output = row.get("instruction"), row.get("input", ""), row.get("output")
+        if not isinstance(instr, str) or not instr.strip():
+            raise BadInput(f"{where}: alpaca row needs a non-empty string 'instruction'")
+        if not isinstance(output, str):
+            raise BadInput(f"{where}: alpaca row needs a string 'output'")
+        if not isinstance(inp, str):
+            raise BadInput(f"{where}: 'input' must be a string")
+        user = instr if not inp.strip() else f"{instr}\n\n{inp}"
+        return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": output}]}
+    if "text" in row:
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise BadInput(f"{where}: 'text' must be a non-empty string")
+        return {"text": row["text"]}
+    raise BadInput(f"{where}: unknown row format; expected 'messages', 'instruction'/'output' (alpaca) or 'text'")
+
+
+def register_user_file(store: Store, path: Path, *, command: str = "") -> Artifact:
+    """Register a user data file as a dataset (once per content), after validating every row."""
+    rows, fmt = parse_user_file(path)
+    sha = sha256_file(path)
+    for art in store.artifacts(kind="dataset"):
+        if art.state != "discarded" and art.meta.get("source", {}).get("sha256") == sha:
+            return art
+    aid = new_id()
+    staging = store.new_staging(aid)
+    try:
+        write_jsonl(staging / "train.jsonl", rows)
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._")[:40] or "data"
+        taken = {a.name for a in store.list()}
+        name = next(n for n in (base, *(f"{base}-{i}" for i in range(2, 10_000))) if n not in taken)
+        meta = {"task": None, "format": fmt, "rows": {"train": len(rows), "test": 0},
+                "source": {"path": str(path.resolve()), "sha256": sha}}
+        return store.create("dataset", name, staging=staging, metadata=meta, command=command, artifact_id=aid,
+                            reason=f"registered from {path}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_data(store: Store, ref: str, *, command: str = "") -> Data:
+    """A dataset by id/name, or a user file path (registered on first use)."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        art = register_user_file(store, path, command=command)
+    else:
+        art = store.resolve(ref, kinds=("dataset",))
+    directory = store.path_of(art.id)
+    train = read_jsonl(directory / "train.jsonl")
+    test = read_jsonl(directory / "test.jsonl") if (directory / "test.jsonl").exists() else []
+    return Data(train, test, art, art.meta.get("task"), art.meta.get("format", "chat"))
