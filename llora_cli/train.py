@@ -1,0 +1,210 @@
+"""`llora train`: a training adapter or a runtime modifier as a catalog run.
+
+The run is an artifact in ``training`` from the first second; the job writes
+into ``$LLORA_HOME/runs/<id>/`` (checkpoints, metrics) and a staging dir; the
+finished adapter is published atomically and the artifact moves to
+``trained``. Any error or Ctrl-C moves it to ``failed`` with the reason; no
+file of it is visible as usable until it is ``trained``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llora_cli import modelfiles
+from llora_cli.data import load_data, write_jsonl
+from llora_cli.trainconfig import TrainConfig, memory_estimate, resolve_targets, trainable_parameters
+from llora_store import Store
+from llora_store.catalog import new_id, validate_name
+from llora_store.errors import BadInput, InvalidTransition, UserError
+from llora_store.models import Artifact
+
+BASE_KINDS = ("base", "merged", "compressed")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    kind: str
+    domain: str | None
+    base: dict
+    dataset: dict
+    rows: int
+    config: dict
+    target_modules: list[str]
+    trainable_parameters: int
+    memory_bytes: dict[str, int]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    artifact: Artifact
+    outcome: dict
+
+    def to_json(self) -> dict:
+        a = self.artifact
+        return {"id": a.id, "name": a.name, "kind": a.kind, "state": a.state, "domain": a.domain, **self.outcome}
+
+
+def runs_dir(store: Store, run_id: str) -> Path:
+    return store.home / "runs" / run_id
+
+
+def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str | None,
+         config: TrainConfig, command: str = "") -> tuple[TrainPlan, Artifact, object]:
+    if kind not in ("adapter", "modifier"):
+        raise BadInput(f"--kind must be adapter or modifier, got {kind!r}")
+    if kind == "modifier" and not domain:
+        raise BadInput("a modifier needs --domain (e.g. code, reasoning, automation)")
+    if kind == "adapter" and domain:
+        raise BadInput("--domain is for modifiers; a training adapter is merged, not routed")
+    base = store.resolve(base_ref, kinds=BASE_KINDS)
+    base_dir = store.path_of(base.id)
+    tensors = modelfiles.model_tensors(base_dir)
+    targets = resolve_targets(config, tensors)
+    data = load_data(store, data_ref, command=command)
+    arch = base.meta.get("architecture") or modelfiles.summarize_model(base_dir)
+    p = TrainPlan(
+        kind=kind, domain=domain,
+        base={"id": base.id, "name": base.name, "kind": base.kind, "content_hash": base.content_hash},
+        dataset={"id": data.artifact.id, "name": data.artifact.name, "task": data.task, "format": data.format},
+        rows=len(data.train), config=config.model_dump(), target_modules=targets,
+        trainable_parameters=trainable_parameters(config, tensors),
+        memory_bytes=memory_estimate(config, tensors, arch),
+    )
+    return p, base, data
+
+
+def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: TrainConfig, domain: str | None = None,
+          name: str | None = None, command: str = "", progress: Callable[[dict], None] | None = None,
+          launcher: str = "none", num_processes: int = 1) -> TrainResult:
+    p, base, data = plan(store, base_ref=base_ref, data_ref=data_ref, kind=kind, domain=domain, config=config,
+                         command=command)
+    if launcher not in ("none", "accelerate"):
+        raise BadInput(f"--launcher must be none or accelerate, got {launcher!r}")
+    if launcher == "accelerate" and num_processes < 1:
+        raise BadInput("--num-processes must be at least 1")
+    aid = new_id()
+    if name is None:
+        stem = f"{domain}-{kind}" if domain else f"{kind}"
+        taken = {a.name for a in store.list()}
+        name = next(n for n in (f"{stem}-{aid[:6]}", f"{stem}-{aid}") if n not in taken)
+    validate_name(name)
+    quantization = config.quantize if config.quantize != "none" else base.quantization
+    role = "runs_on" if kind == "modifier" else "trained_on"
+    meta = {"config": config.model_dump(), "target_modules": p.target_modules, "launcher": launcher,
+            "num_processes": num_processes if launcher == "accelerate" else 1,
+            "run": {"host": socket.gethostname(), "pid": os.getpid()},
+            "trained_on_quantized": quantization is not None,
+            "quantized_training": {"method": config.quantize} if config.quantize != "none" else None}
+    art = store.create(kind, name, state="training", parents=[(base.id, role), (data.artifact.id, "data")],
+                       metadata=meta, base_hash=base.content_hash, quantization=quantization, domain=domain,
+                       command=command, reason=f"training on {data.artifact.name}", artifact_id=aid)
+    run_dir = runs_dir(store, aid)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(run_dir / "rows.jsonl", data.train)
+    from llora_cli.trainjob import TrainSpec
+
+    spec = TrainSpec(base_dir=str(store.path_of(base.id)), rows_path=str(run_dir / "rows.jsonl"),
+                     run_dir=str(run_dir), out_dir="", config=config.model_dump(), target_modules=p.target_modules)
+    return _execute(store, art, spec, progress=progress, launcher=launcher, num_processes=num_processes,
+                    command=command)
+
+
+def resume(store: Store, run_ref: str, *, command: str = "", progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Continue a failed (or killed) run from its last checkpoint."""
+    from llora_cli.trainjob import TrainSpec
+
+    art = store.resolve(run_ref, kinds=("adapter", "modifier"))
+    run_dir = runs_dir(store, art.id)
+    spec_path = run_dir / "spec.json"
+    if not spec_path.exists():
+        raise UserError(f"{art.kind} '{art.name}' ({art.id}) has no run directory to resume from",
+                        hint="train it again with llora train")
+    if art.state == "failed":
+        store.apply(art.id, "resume", command=command, reason="resume from the last checkpoint")
+    elif art.state == "training":
+        run = art.meta.get("run", {})
+        if run.get("host") == socket.gethostname() and _alive(run.get("pid")):
+            raise InvalidTransition(f"run {art.id} is still training in process {run.get('pid')}", allowed=[])
+    else:
+        raise InvalidTransition(f"run {art.id} is '{art.state}'; only failed or interrupted runs resume",
+                                allowed=["resume"] if art.state == "failed" else [])
+    store.update_metadata(art.id, {"run": {"host": socket.gethostname(), "pid": os.getpid()}})
+    spec = TrainSpec.load(spec_path)
+    spec.resume = True
+    return _execute(store, store.get(art.id), spec, progress=progress, launcher=art.meta.get("launcher", "none"),
+                    num_processes=art.meta.get("num_processes", 1), command=command)
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _execute(store: Store, art: Artifact, spec, *, progress, launcher: str, num_processes: int, command: str) -> TrainResult:
+    from llora_cli.trainjob import METRICS, TrainJob
+
+    run_dir = Path(spec.run_dir)
+    staging = store.new_staging(art.id)
+    spec.out_dir = str(staging / "adapter")
+    spec.save(run_dir / "spec.json")
+    try:
+        if launcher == "accelerate":
+            outcome = _launch_accelerate(run_dir / "spec.json", num_processes)
+        else:
+            job = TrainJob(spec, progress=progress)
+            job.setup()
+            outcome = asdict(job.run())
+            job.save()
+        adapter_dir = Path(spec.out_dir)
+        for f in adapter_dir.iterdir():
+            shutil.move(str(f), staging / f.name)
+        adapter_dir.rmdir()
+        if (run_dir / METRICS).exists():
+            shutil.copyfile(run_dir / METRICS, staging / METRICS)
+        done = store.finish(art.id, staging, metadata={"training": outcome}, command=command,
+                            reason=f"{outcome['steps']} steps, final loss {outcome['final_loss']}")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        return TrainResult(done, outcome)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        try:
+            store.apply(art.id, "fail", command=command, reason=reason[:1000])
+        except InvalidTransition:
+            pass
+        if isinstance(exc, (KeyboardInterrupt, UserError)):
+            raise
+        raise UserError(f"training run {art.id} failed: {reason}",
+                        hint=f"fix the cause, then resume from the last checkpoint: llora train --resume {art.id}") from exc
+
+
+def _launch_accelerate(spec_path: Path, num_processes: int) -> dict:
+    """One process per rank through ``accelerate launch`` (DDP; gloo on CPU)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "llora_cli.trainjob", str(spec_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise UserError(f"accelerate launch exited with {proc.returncode}:\n{tail}")
+    outcome_path = spec_path.parent / "outcome.json"
+    outcome = json.loads(outcome_path.read_text())
+    outcome["num_processes"] = num_processes
+    return outcome

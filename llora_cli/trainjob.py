@@ -1,0 +1,230 @@
+"""The training job itself: PEFT LoRA / DoRA / rsLoRA on a base, with transformers' Trainer.
+
+It knows nothing about the catalog: it reads a spec (base dir, rows, config,
+output dir) and writes a PEFT adapter directory plus per-step metrics, so the
+same code runs in-process or under ``accelerate launch`` (one process per rank;
+only rank 0 writes the adapter). ``python -m llora_cli.trainjob SPEC.json`` is
+the worker entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llora_cli.encoding import encode_row, pad_batch
+from llora_cli.trainconfig import TrainConfig
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainSpec:
+    base_dir: str
+    rows_path: str  # JSONL of normalized rows
+    run_dir: str  # checkpoints and metrics.jsonl
+    out_dir: str  # the finished PEFT adapter goes here
+    config: dict
+    target_modules: list[str]
+    resume: bool = False
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainSpec:
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    steps: int
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    final_loss: float | None
+    device: str
+    precision: str
+    trainable_parameters: int
+
+
+def choose_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+class TrainJob:
+    """setup() loads model and data, run() trains, save() writes the adapter."""
+
+    def __init__(self, spec: TrainSpec, *, progress: Callable[[dict], None] | None = None) -> None:
+        self.spec = spec
+        self.config = TrainConfig(**spec.config)
+        self.progress = progress
+        self.run_dir = Path(spec.run_dir)
+
+    def setup(self) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        self.device = choose_device(cfg.device)
+        self.bf16 = self.device == "cuda" and torch.cuda.is_bf16_supported()
+        self.precision = "bf16" if self.bf16 else "fp32"
+        self.tokenizer = AutoTokenizer.from_pretrained(self.spec.base_dir)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        kwargs: dict = {"dtype": torch.bfloat16 if self.bf16 else torch.float32}
+        if cfg.quantize != "none":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = (
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"])
+                if cfg.quantize == "nf4" else BitsAndBytesConfig(load_in_8bit=True)
+            )
+            self.precision += f"+{cfg.quantize}"
+        model = AutoModelForCausalLM.from_pretrained(self.spec.base_dir, **kwargs)
+        if cfg.quantize != "none":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        elif cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        lora = LoraConfig(
+            r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=self.spec.target_modules,
+            use_dora=cfg.dora, use_rslora=cfg.rslora, task_type="CAUSAL_LM",
+        )
+        self.model = get_peft_model(model, lora)
+        self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        rows = [json.loads(line) for line in open(self.spec.rows_path) if line.strip()]
+        encoded = [encode_row(self.tokenizer, r, cfg.max_seq_len) for r in rows]
+        encoded = [e for e in encoded if any(label != -100 for label in e["labels"])]
+        if not encoded:
+            raise ValueError("no row has a token to learn after truncation; raise max_seq_len")
+        from datasets import Dataset
+
+        self.dataset = Dataset.from_list(encoded)
+
+    def run(self) -> TrainOutcome:
+        from transformers import Trainer, TrainerCallback, TrainingArguments
+
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.run_dir / METRICS
+        job = self
+
+        class Progress(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                self.start = time.perf_counter()
+                self.start_tokens = state.num_input_tokens_seen
+                self.start_step = state.global_step
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if not logs or "loss" not in logs or not state.is_world_process_zero:
+                    return
+                elapsed = time.perf_counter() - self.start
+                tokens = state.num_input_tokens_seen - self.start_tokens
+                done = state.global_step - self.start_step
+                rate = tokens / elapsed if elapsed > 0 else 0.0
+                eta = (state.max_steps - state.global_step) * elapsed / done if done else None
+                rec = {"step": state.global_step, "max_steps": state.max_steps, "loss": logs["loss"],
+                       "learning_rate": logs.get("learning_rate"), "tokens": state.num_input_tokens_seen,
+                       "tokens_per_s": round(rate, 1), "elapsed_s": round(elapsed, 2),
+                       "eta_s": round(eta, 1) if eta is not None else None}
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if job.progress:
+                    job.progress(rec)
+
+        args = TrainingArguments(
+            output_dir=str(self.run_dir / "checkpoints"),
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers 5)
+            weight_decay=cfg.weight_decay,
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps or -1,
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=cfg.save_steps,
+            save_total_limit=1,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=self.device == "cpu",
+            bf16=self.bf16,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            include_num_input_tokens_seen=True,
+            ddp_backend="gloo" if self.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        )
+        pad_id = self.tokenizer.pad_token_id
+        trainer = Trainer(
+            model=self.model, args=args, train_dataset=self.dataset,
+            data_collator=lambda feats: pad_batch(feats, pad_id), callbacks=[Progress()],
+        )
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # stdout is for data; progress goes through our callback
+        self.trainer = trainer
+        resume = str(latest_checkpoint(self.run_dir)) if self.spec.resume and latest_checkpoint(self.run_dir) else None
+        start = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume)
+        seconds = time.perf_counter() - start
+        tokens = int(trainer.state.num_input_tokens_seen)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        final = losses[-1] if losses else None
+        if final is not None and not math.isfinite(final):
+            raise ValueError(f"training diverged: loss is {final}; lower the learning rate")
+        return TrainOutcome(
+            steps=int(result.global_step), tokens=tokens, seconds=round(seconds, 2),
+            tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0, final_loss=final,
+            device=self.device, precision=self.precision, trainable_parameters=int(self.trainable),
+        )
+
+    def save(self) -> None:
+        """Rank 0 writes the PEFT adapter (adapter_config.json + adapter_model.safetensors)."""
+        if not self.trainer.is_world_process_zero():
+            return
+        out = Path(self.spec.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True)
+
+
+def main(argv: list[str]) -> int:
+    """Worker entry point for ``accelerate launch -m llora_cli.trainjob SPEC.json``."""
+    spec = TrainSpec.load(Path(argv[0]))
+    job = TrainJob(spec)
+    job.setup()
+    outcome = job.run()
+    job.save()
+    if job.trainer.is_world_process_zero():
+        (Path(spec.run_dir) / "outcome.json").write_text(json.dumps(asdict(outcome)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
