@@ -52,6 +52,7 @@ class TrainOutcome:
     device: str
     precision: str
     trainable_parameters: int
+    world_size: int = 1
 
 
 def choose_device(requested: str) -> str:
@@ -203,6 +204,7 @@ class TrainJob:
             steps=int(result.global_step), tokens=tokens, seconds=round(seconds, 2),
             tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0, final_loss=final,
             device=self.device, precision=self.precision, trainable_parameters=int(self.trainable),
+            world_size=int(trainer.args.world_size),
         )
 
     def save(self) -> None:

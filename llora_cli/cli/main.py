@@ -7,7 +7,7 @@ import os
 import typer
 from typer.core import TyperGroup
 
-from llora_cli.cli import adapters, artifacts, bases, db, demo, kinds
+from llora_cli.cli import adapters, artifacts, bases, data, db, demo, evalcmd, kinds, runs, train
 from llora_cli.cli.options import HomeOpt, debug, report_error
 from llora_store.errors import LloraError
 
@@ -50,7 +50,11 @@ app.add_typer(bases.app, name="bases")
 app.add_typer(adapters.app, name="adapters")
 for _kind in ("modifier", "merged", "compressed", "router", "dataset"):
     app.add_typer(kinds.kind_app(_kind), name=kinds.GROUPS[_kind])
+app.add_typer(data.app, name="data")
+app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
+app.command("train")(train.train)
+app.command("eval")(evalcmd.eval_)
 artifacts.register(app)
 app.command("demo")(demo.demo)
 

@@ -1,0 +1,37 @@
+"""`llora data`: generate task data with automatic checkers, registered as datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llora_cli.cli.options import JsonOpt, NameOpt, command_line, err, open_store, print_json
+
+app = typer.Typer(help="Task data: make (generated, with checkers).", no_args_is_help=True)
+
+
+@app.command("make")
+def make(
+    kind: Annotated[str, typer.Argument(help="instruct, code, reasoning or automation.")],
+    n: Annotated[int, typer.Option("--n", help="Training rows.")] = 200,
+    n_test: Annotated[Optional[int], typer.Option("--n-test", help="Held-out rows (default max(20, n/10)).")] = None,
+    seed: Annotated[int, typer.Option(help="Generator seed (same seed, same rows).")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the training rows to this JSONL (held-out to *.test.jsonl).")] = None,
+    name: NameOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Generate deterministic task data (chat JSONL) with a held-out split and register it as a dataset.
+
+    Example: llora data make reasoning --n 400 --seed 1
+    """
+    from llora_cli.data import make_dataset
+
+    store = open_store()
+    art = make_dataset(store, kind, n, seed=seed, n_test=n_test, name=name, out=out, command=command_line())
+    if json_:
+        print_json(store.describe(art.id).to_json())
+    else:
+        rows = art.meta["rows"]
+        err().print(f"dataset '{art.name}' ({art.id}): {rows['train']} train + {rows['test']} held-out {kind} rows")

@@ -1,0 +1,217 @@
+"""`llora train`, `llora data`, `llora eval` and `llora runs` on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llora_store import rules
+
+
+@pytest.fixture
+def setup(cli, tiny_model_dir):
+    base = cli.json("bases", "add", tiny_model_dir, "--name", "tiny")
+    data = cli.json("data", "make", "automation", "--n", "48", "--name", "auto")
+    return base, data
+
+
+def test_data_make_registers_a_deterministic_dataset(cli, store, tmp_path):
+    d = cli.json("data", "make", "reasoning", "--n", "30", "--seed", "2", "--out", tmp_path / "r.jsonl")
+    assert d["metadata"]["rows"] == {"train": 30, "test": 20} and d["metadata"]["task"] == "reasoning"
+    rows = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(rows) == 30 and rows[0]["messages"][1]["role"] == "assistant"
+    assert (tmp_path / "r.test.jsonl").exists()
+    again = cli("data", "make", "reasoning", "--n", "30", "--seed", "2", "--name", "again")
+    assert again.exit_code == 1 and "already registered" in again.stderr
+    bad = cli("data", "make", "poetry")
+    assert bad.exit_code == 2 and "unknown task kind" in bad.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bogus=1"], "unknown key 'bogus'"),
+    (["r=abc"], "'r': Input should be a valid integer"),
+    (["r=0"], "'r': Input should be greater than 0"),
+    (["dropout=1.5"], "'dropout'"),
+    (["lr_scheduler=zigzag"], "'lr_scheduler'"),
+    (["target_modules=qkv"], "target_modules ['qkv'] are not linear projections"),
+    (["noequals"], "expected key=value"),
+])
+def test_config_errors_name_the_key_and_create_nothing(cli, store, setup, args, message):
+    result = cli("train", "--base", "tiny", "--data", "auto", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert store.list(kind="adapter") == [] and store.list(kind="modifier") == []
+
+
+def test_config_file_is_validated(cli, store, setup, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("r: 8\nlearning_rate: fast\n")
+    result = cli("train", "--base", "tiny", "--data", "auto", "--config", cfg)
+    assert result.exit_code == 2 and "'learning_rate'" in result.stderr
+
+
+def test_malformed_user_rows_are_reported_by_line(cli, store, setup, tmp_path):
+    f = tmp_path / "mine.jsonl"
+    f.write_text('{"instruction": "Say hi", "output": "hi"}\n{"instruction": "x"\n')
+    result = cli("train", "--base", "tiny", "--data", f)
+    assert result.exit_code == 2 and f"{f}:2: not valid JSON" in result.stderr
+    f.write_text('{"instruction": "Say hi", "output": "hi"}\n\n{"messages": [{"role": "user", "content": "q"}]}\n')
+    result = cli("train", "--base", "tiny", "--data", f)
+    assert result.exit_code == 2 and f"{f}:3: no assistant message" in result.stderr
+    assert store.list(kind="dataset") == [d for d in store.list(kind="dataset") if d.name == "auto"]
+    assert store.list(kind="adapter") == []
+
+
+def test_modifier_needs_domain_and_adapter_refuses_one(cli, setup):
+    assert "needs --domain" in cli("train", "--base", "tiny", "--data", "auto", "--kind", "modifier").stderr
+    assert "--domain is for modifiers" in cli("train", "--base", "tiny", "--data", "auto", "--domain", "x").stderr
+
+
+def test_dry_run_counts_parameters_and_trains_nothing(cli, store, setup):
+    plan = cli.json("train", "--base", "tiny", "--data", "auto", "--dry-run", "r=4", "target_modules=q_proj,v_proj")
+    # 2 layers x (q: 4*(32+32) + v: 4*(32+16)) with 2 kv heads of width 8 -> v_proj is 16x32
+    assert plan["trainable_parameters"] == 2 * (4 * (32 + 32) + 4 * (32 + 16))
+    assert plan["target_modules"] == ["q_proj", "v_proj"] and plan["memory_bytes"]["total"] > 0
+    assert store.list(kind="adapter") == []
+
+
+def test_train_adapter_end_to_end(cli, store, setup, tiny_model_dir):
+    base, data = setup
+    plan = cli.json("train", "--base", "tiny", "--data", "auto", "--dry-run", "max_steps=6", "dora=true")
+    res = cli.json("train", "--base", "tiny", "--data", "auto", "--name", "ad1", "max_steps=6", "dora=true",
+                   "rslora=true", "learning_rate=0.01")
+    assert res["state"] == "trained" and res["steps"] == 6 and res["tokens"] > 0
+    assert res["trainable_parameters"] == plan["trainable_parameters"]
+    d = cli.json("show", "ad1")
+    assert {p["role"] for p in d["parents"]} == {"trained_on", "data"}
+    assert d["base_hash"] == base["content_hash"] and d["quantization"] is None
+    assert {"adapter_config.json", "adapter_model.safetensors", "metrics.jsonl"} <= {f["path"] for f in d["files"]}
+    cfg = json.loads((store.path_of("ad1") / "adapter_config.json").read_text())
+    assert cfg["use_dora"] is True and cfg["use_rslora"] is True and cfg["r"] == 16
+    assert sorted(cfg["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    # plain PEFT loads it, and it changes the model's outputs
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 5, 9, 13]])
+    before = plain(ids).logits
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), store.path_of("ad1"))
+    assert not torch.allclose(before, tuned(ids).logits, atol=1e-4)
+    # per-step metrics and the run summary
+    run = cli.json("runs", "show", "ad1")
+    assert [m["step"] for m in run["metrics"]] == [1, 2, 3, 4, 5, 6]
+    assert all(m["loss"] > 0 and m["tokens_per_s"] > 0 for m in run["metrics"])
+    text = cli("runs", "show", "ad1")
+    assert "steps 1..6" in text.stdout
+    assert [e["event"] for e in cli.json("history", "ad1")] == ["create", "finish"]
+    assert store.verify("ad1").ok
+    # a training adapter is never deployed (R5)
+    assert "R5" in cli("deploy", "ad1").stderr
+
+
+def test_training_lowers_the_loss(cli, setup):
+    res = cli.json("train", "--base", "tiny", "--data", "auto", "--name", "fit", "max_steps=40",
+                   "learning_rate=0.01", "batch_size=8")
+    run = cli.json("runs", "show", "fit")
+    first = sum(m["loss"] for m in run["metrics"][:5]) / 5
+    last = sum(m["loss"] for m in run["metrics"][-5:]) / 5
+    # a random 2-layer model with LoRA on its projections learns slowly; 0.2 nats is a clear, stable drop
+    assert last < first - 0.2 and res["final_loss"] < first - 0.2
+
+
+def test_eval_stores_results_and_modifier_improves_loss(cli, store, setup):
+    cli.json("train", "--base", "tiny", "--data", "auto", "--kind", "modifier", "--domain", "automation",
+             "--name", "mod", "max_steps=40", "learning_rate=0.01", "batch_size=8")
+    base_eval = cli.json("eval", "tiny", "--data", "auto", "--limit", "8")
+    mod_eval = cli.json("eval", "mod", "--data", "auto", "--limit", "8")
+    assert base_eval["split"] == "test" and base_eval["n"] == 8 and base_eval["accuracy"] is not None
+    assert mod_eval["loss"] < base_eval["loss"]
+    assert cli.json("show", "mod")["evaluations"][0]["metrics"]["loss"] == mod_eval["loss"]
+    d = cli.json("show", "mod")
+    assert d["domain"] == "automation"
+    assert sorted(p["role"] for p in d["parents"]) == ["data", "runs_on"]
+
+
+def test_interrupted_run_fails_cleanly_and_resumes(cli, store, setup, monkeypatch):
+    from llora_cli import trainjob
+
+    real_run = trainjob.TrainJob.run
+
+    def interrupt_after_checkpoint(self):
+        original = self.progress
+
+        def progress(rec):
+            if original:
+                original(rec)
+            if rec["step"] == 3:
+                raise KeyboardInterrupt
+
+        self.progress = progress
+        return real_run(self)
+
+    monkeypatch.setattr(trainjob.TrainJob, "run", interrupt_after_checkpoint)
+    result = cli("train", "--base", "tiny", "--data", "auto", "--name", "cut", "max_steps=6", "save_steps=2")
+    assert result.exit_code == 130
+    art = store.resolve("cut")
+    assert art.state == "failed"
+    assert store.history("cut")[-1].reason == "interrupted"
+    assert not store.layout.artifact_dir(art.id).exists() or store.describe("cut").files == []
+    assert store.layout.leftovers() == []
+    monkeypatch.setattr(trainjob.TrainJob, "run", real_run)
+    res = cli.json("train", "--resume", "cut")
+    assert res["state"] == "trained"
+    metrics = cli.json("runs", "show", "cut")["metrics"]
+    assert [m["step"] for m in metrics][-3:] == [4, 5, 6]  # resumed after checkpoint-2... up to 6
+    assert [e["event"] for e in cli.json("history", "cut")] == ["create", "fail", "resume", "finish"]
+    again = cli("train", "--resume", "cut")
+    assert again.exit_code == 1 and "only failed or interrupted runs resume" in again.stderr
+
+
+def test_failed_run_records_reason(cli, store, setup, monkeypatch):
+    from llora_cli import trainjob
+
+    def boom(self):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(trainjob.TrainJob, "run", boom)
+    result = cli("train", "--base", "tiny", "--data", "auto", "--name", "oom", "max_steps=2")
+    assert result.exit_code == 1 and "out of memory (simulated)" in result.stderr and "--resume" in result.stderr
+    assert store.resolve("oom").state == "failed"
+    assert "out of memory" in store.history("oom")[-1].reason
+
+
+def test_qlora_nf4_training_is_recorded_for_r4(cli, store, setup):
+    res = cli.json("train", "--base", "tiny", "--data", "auto", "--name", "q", "--quantize", "nf4", "max_steps=2")
+    assert res["state"] == "trained" and "nf4" in res["precision"]
+    d = cli.json("show", "q")
+    assert d["quantization"] == "nf4" and d["metadata"]["quantized_training"] == {"method": "nf4"}
+    with pytest.raises(rules.RuleViolation, match="R4"):
+        rules.check_mergeable(store.resolve("q"), store.resolve("tiny"), naive_qlora=True)
+
+
+def test_two_process_accelerate_run(cli, store, setup):
+    res = cli.json("train", "--base", "tiny", "--data", "auto", "--name", "ddp", "--launcher", "accelerate",
+                   "--num-processes", "2", "max_steps=3")
+    assert res["state"] == "trained" and res["num_processes"] == 2 and res["steps"] == 3
+    assert res["world_size"] == 2  # reported by the trainer inside the launched ranks
+    d = cli.json("show", "ddp")
+    assert d["metadata"]["num_processes"] == 2
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {f["path"] for f in d["files"]}
+
+
+def test_assistant_only_labels(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from llora_cli.encoding import IGNORE, encode_row
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    row = {"messages": [{"role": "user", "content": "What is 2 plus 2?"},
+                        {"role": "assistant", "content": "2 plus 2 is 4."}]}
+    enc = encode_row(tok, row, 512)
+    learned = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE]
+    assert tok.decode(learned).startswith("2 plus 2 is 4.<|im_end|>")
+    masked = tok.decode([t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab == IGNORE])
+    assert "What is 2 plus 2?" in masked and "2 plus 2 is 4." not in masked
