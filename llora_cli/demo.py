@@ -1,4 +1,10 @@
-"""``llora demo``: every lifecycle stage that exists so far, on the embedded SmolLM2 model."""
+"""``llora demo``: every lifecycle stage that exists so far, on the embedded SmolLM2 model.
+
+Stages: register the base, generate with it, make task data, train a training
+adapter (full precision) and a runtime modifier, evaluate base, adapter and
+modifier on held-out rows, show the catalog. Step counts are options so the
+whole demo fits in a few minutes on a 2-core CPU.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,20 @@ DEMO_PROMPT = "What is the capital of France?"
 
 
 @dataclass
+class DemoOptions:
+    adapter_steps: int = 12
+    modifier_steps: int = 30
+    rows: int = 240
+    eval_rows: int = 20
+    train: bool = True
+
+
+@dataclass
 class DemoReport:
     steps: list[str] = field(default_factory=list)
     base: ArtifactSummary | None = None
     generation: Generation | None = None
+    evaluations: list[dict] = field(default_factory=list)
     catalog: list[ArtifactSummary] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -25,11 +41,19 @@ class DemoReport:
             "steps": self.steps,
             "base": self.base.to_json() if self.base else None,
             "generation": self.generation.to_json() if self.generation else None,
+            "evaluations": self.evaluations,
             "catalog": [a.to_json() for a in self.catalog],
         }
 
 
-def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max_new_tokens: int = 32) -> DemoReport:
+def _unique(store: Store, stem: str) -> str:
+    taken = {a.name for a in store.list()}
+    return next(n for n in (stem, *(f"{stem}-{i}" for i in range(2, 10_000))) if n not in taken)
+
+
+def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max_new_tokens: int = 32,
+             options: DemoOptions | None = None) -> DemoReport:
+    opts = options or DemoOptions()
     say = progress or (lambda _m: None)
     report = DemoReport()
     existing = [a for a in store.artifacts(kind="base")
@@ -38,13 +62,55 @@ def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max
         base_id = existing[0].id
         report.steps.append(f"the embedded SmolLM2 is already registered as base '{existing[0].name}' ({base_id})")
     else:
-        taken = {a.name for a in store.list()}
-        name = next(n for n in ("smollm2", *(f"smollm2-{i}" for i in range(2, 1000))) if n not in taken)
+        name = _unique(store, "smollm2")
         base_id = add_base(store, "smollm2", name=name, command="llora demo", progress=say).id
         report.steps.append(f"registered the embedded SmolLM2-135M-Instruct as base '{name}' ({base_id})")
     report.base = next(a for a in store.list(kind="base") if a.id == base_id)
     say(f"generating an answer to {DEMO_PROMPT!r}")
     report.generation = generate(store.path_of(base_id), DEMO_PROMPT, max_new_tokens=max_new_tokens)
     report.steps.append(f"generated {report.generation.tokens_out} tokens with plain transformers on {report.generation.device}")
+    if opts.train:
+        _train_stage(store, base_id, opts, report, say)
     report.catalog = store.list()
     return report
+
+
+def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoReport, say) -> None:
+    from llora_cli.data import make_dataset
+    from llora_cli.evaluate import evaluate
+    from llora_cli.train import train
+    from llora_cli.trainconfig import load_config
+
+    datasets = {}
+    for task in ("instruct", "automation"):
+        existing = [a for a in store.artifacts(kind="dataset") if a.state != "discarded"
+                    and a.meta.get("task") == task and a.meta.get("demo") == opts.rows]
+        if existing:
+            datasets[task] = existing[0]
+        else:
+            say(f"making {opts.rows} rows of {task} task data")
+            ds = make_dataset(store, task, opts.rows, seed=0, n_test=opts.eval_rows,
+                              name=_unique(store, f"demo-{task}"), command="llora demo")
+            store.update_metadata(ds.id, {"demo": opts.rows})
+            datasets[task] = ds
+        report.steps.append(f"dataset '{datasets[task].name}': {opts.rows} {task} rows + {opts.eval_rows} held-out")
+
+    say(f"training a training adapter on instruct data ({opts.adapter_steps} steps, fp32)")
+    adapter = train(store, base_ref=base_id, data_ref=datasets["instruct"].id, kind="adapter",
+                    name=_unique(store, "demo-adapter"), command="llora demo",
+                    config=load_config(None, [f"max_steps={opts.adapter_steps}", "learning_rate=5e-4", "batch_size=4"]))
+    report.steps.append(f"trained adapter '{adapter.artifact.name}': {adapter.outcome['steps']} steps, "
+                        f"{adapter.outcome['tokens_per_s']:.0f} tokens/s, final loss {adapter.outcome['final_loss']:.3f}")
+    say(f"training an automation modifier ({opts.modifier_steps} steps, fp32)")
+    modifier = train(store, base_ref=base_id, data_ref=datasets["automation"].id, kind="modifier", domain="automation",
+                     name=_unique(store, "demo-automation"), command="llora demo",
+                     config=load_config(None, [f"max_steps={opts.modifier_steps}", "learning_rate=1e-3", "batch_size=8"]))
+    report.steps.append(f"trained modifier '{modifier.artifact.name}' (domain automation): {modifier.outcome['steps']} steps, "
+                        f"{modifier.outcome['tokens_per_s']:.0f} tokens/s, final loss {modifier.outcome['final_loss']:.3f}")
+    for ref, data in ((base_id, "instruct"), (adapter.artifact.id, "instruct"),
+                      (base_id, "automation"), (modifier.artifact.id, "automation")):
+        say(f"evaluating {ref} on held-out {data} rows")
+        r = evaluate(store, ref, datasets[data].id, command="llora demo")
+        report.evaluations.append({"artifact": r.artifact, "task": data, "n": r.n, "loss": r.loss,
+                                   "accuracy": r.accuracy})
+    report.steps.append("evaluated base, adapter and modifier on held-out rows (stored on each artifact)")

@@ -2,30 +2,54 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from llora_cli.cli.options import JsonOpt, err, open_store, out, print_json, progress_printer
 
 
-def demo(json_: JsonOpt = False) -> None:
+def demo(
+    adapter_steps: Annotated[int, typer.Option(help="Training steps of the demo's training adapter.")] = 12,
+    modifier_steps: Annotated[int, typer.Option(help="Training steps of the demo's automation modifier.")] = 30,
+    rows: Annotated[int, typer.Option(help="Training rows generated per task.")] = 240,
+    eval_rows: Annotated[int, typer.Option(help="Held-out rows per task for eval.")] = 20,
+    no_train: Annotated[bool, typer.Option("--no-train", help="Only register the base and generate.")] = False,
+    json_: JsonOpt = False,
+) -> None:
     """Run every lifecycle stage that exists so far on the embedded SmolLM2-135M-Instruct.
 
-    Registers the built-in base, shows the catalog and generates an answer on CPU.
+    Registers the built-in base and generates an answer, makes task data,
+    trains a training adapter and an automation modifier, evaluates base,
+    adapter and modifier on held-out rows, and shows the catalog.
 
-    Example: llora demo
+    Example: llora demo --modifier-steps 60
     """
-    from llora_cli.demo import run_demo
+    from llora_cli.demo import DemoOptions, run_demo
 
-    report = run_demo(open_store(), progress=progress_printer())
+    opts = DemoOptions(adapter_steps=adapter_steps, modifier_steps=modifier_steps, rows=rows, eval_rows=eval_rows,
+                       train=not no_train)
+    report = run_demo(open_store(), progress=progress_printer(), options=opts)
     if json_:
         print_json(report.to_json())
         return
     from rich.markup import escape
+    from rich.table import Table
 
     from llora_cli.cli.kinds import render_list
 
     for step in report.steps:
         err().print(f"[green]✓[/] {escape(step)}")
-    render_list(report.catalog, title="catalog")
     g = report.generation
     out().print(f"[bold]prompt:[/] {escape(g.prompt)}")
     out().print(f"[bold]answer:[/] {escape(g.text)}")
-    err().print(f"[dim]{g.tokens_out} tokens in {g.seconds:.1f} s on {g.device}[/]")
+    if report.evaluations:
+        table = Table(title="held-out evaluation", title_justify="left")
+        for col in ("artifact", "kind", "task", "n", "loss", "accuracy"):
+            table.add_column(col)
+        for e in report.evaluations:
+            acc = f"{e['accuracy']:.1%}" if e["accuracy"] is not None else "-"
+            table.add_row(escape(e["artifact"]["name"]), e["artifact"]["kind"], e["task"], str(e["n"]),
+                          f"{e['loss']:.3f}", acc)
+        out().print(table)
+    render_list(report.catalog, title="catalog")

@@ -1,4 +1,4 @@
-"""End to end on the real embedded SmolLM2-135M-Instruct (GGUF -> safetensors -> generate)."""
+"""End to end on the real embedded SmolLM2-135M-Instruct (GGUF -> safetensors -> generate -> train -> eval)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+SHORT = ["--adapter-steps", "2", "--modifier-steps", "3", "--rows", "24", "--eval-rows", "4"]
 
-def test_demo_registers_smollm2_and_answers(cli, store):
-    report = cli.json("demo")
+
+def test_demo_registers_trains_and_evaluates(cli, store):
+    report = cli.json("demo", *SHORT)
     assert "Paris" in report["generation"]["text"]
     base = report["base"]
     assert base["name"] == "smollm2" and base["kind"] == "base" and base["state"] == "ready"
@@ -19,20 +21,26 @@ def test_demo_registers_smollm2_and_answers(cli, store):
     assert d["metadata"]["source"]["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert store.verify("smollm2").ok
 
+    kinds = {(a["kind"], a["state"]) for a in report["catalog"]}
+    assert {("adapter", "trained"), ("modifier", "trained"), ("dataset", "ready")} <= kinds
+    evals = report["evaluations"]
+    assert [(e["artifact"]["kind"], e["task"]) for e in evals] == [
+        ("base", "instruct"), ("adapter", "instruct"), ("base", "automation"), ("modifier", "automation")]
+    assert all(e["n"] == 4 and e["loss"] > 0 and 0 <= e["accuracy"] <= 1 for e in evals)
+    mod = next(a for a in report["catalog"] if a["kind"] == "modifier")
+    assert cli.json("show", mod["id"])["evaluations"]
+
     # the same GGUF file under another name is refused before any conversion work
     from llora_cli.bases import builtin_gguf
 
     again = cli("bases", "add", builtin_gguf("smollm2"), "--name", "copy")
     assert again.exit_code == 1 and "already registered as base 'smollm2'" in again.stderr
 
-    # a second demo run reuses the registered base
-    assert cli.json("demo")["base"]["id"] == base["id"]
-    assert len(store.list(kind="base")) == 1
-
 
 def test_demo_after_the_base_was_discarded_registers_it_again(cli, store):
-    first = cli.json("demo")["base"]
+    first = cli.json("demo", "--no-train")["base"]
+    assert cli.json("demo", "--no-train")["base"]["id"] == first["id"]  # reused
     assert cli("discard", first["id"], "--yes").exit_code == 0
-    second = cli.json("demo")
+    second = cli.json("demo", "--no-train")
     assert second["base"]["name"] == "smollm2-2" and second["base"]["id"] != first["id"]
     assert "Paris" in second["generation"]["text"]

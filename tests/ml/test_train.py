@@ -215,3 +215,36 @@ def test_assistant_only_labels(tiny_model_dir):
     assert tok.decode(learned).startswith("2 plus 2 is 4.<|im_end|>")
     masked = tok.decode([t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab == IGNORE])
     assert "What is 2 plus 2?" in masked and "2 plus 2 is 4." not in masked
+
+
+def test_experiment_grid_runs_and_ranks(cli, store, setup, tmp_path):
+    spec = tmp_path / "exp.yaml"
+    spec.write_text(
+        "name: sweep\nbase: tiny\ndata: auto\nkind: adapter\nlimit: 4\nmetric: loss\n"
+        "config: {max_steps: 3, batch_size: 4}\ngrid: {r: [2, 4], learning_rate: [0.001, 0.01]}\n"
+    )
+    res = cli.json("experiment", spec)
+    assert res["metric"] == "loss" and len(res["runs"]) == 4
+    losses = [r["loss"] for r in res["runs"]]
+    assert losses == sorted(losses)
+    assert {(r["params"]["r"], r["params"]["learning_rate"]) for r in res["runs"]} == {
+        (2, 0.001), (2, 0.01), (4, 0.001), (4, 0.01)}
+    run = cli.json("show", res["runs"][0]["run_id"])
+    assert run["metadata"]["experiment"]["name"] == "sweep" and run["evaluations"]
+
+
+def test_experiment_with_a_bad_grid_point_trains_nothing(cli, store, setup, tmp_path):
+    spec = tmp_path / "exp.yaml"
+    spec.write_text("name: bad\nbase: tiny\ndata: auto\ngrid: {r: [4, -1]}\n")
+    result = cli("experiment", spec)
+    assert result.exit_code == 2 and "grid point {'r': -1}" in result.stderr
+    assert store.list(kind="adapter") == []
+    spec.write_text("name: bad\nbase: tiny\ndata: auto\ngrid: {r: [4]}\nfoo: 1\n")
+    assert "unknown key 'foo'" in cli("experiment", spec).stderr
+
+
+def test_runs_show_writes_a_png(cli, setup, tmp_path):
+    cli.json("train", "--base", "tiny", "--data", "auto", "--name", "p", "max_steps=3")
+    png = tmp_path / "loss.png"
+    assert cli("runs", "show", "p", "--plot", png).exit_code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
