@@ -87,13 +87,16 @@ def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str |
 
 def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: TrainConfig, domain: str | None = None,
           name: str | None = None, command: str = "", progress: Callable[[dict], None] | None = None,
-          launcher: str = "none", num_processes: int = 1) -> TrainResult:
+          launcher: str = "none", num_processes: int = 1, accelerate_config: Path | None = None) -> TrainResult:
     p, base, data = plan(store, base_ref=base_ref, data_ref=data_ref, kind=kind, domain=domain, config=config,
                          command=command)
     if launcher not in ("none", "accelerate"):
         raise BadInput(f"--launcher must be none or accelerate, got {launcher!r}")
     if launcher == "accelerate" and num_processes < 1:
         raise BadInput("--num-processes must be at least 1")
+    if accelerate_config is not None and (launcher != "accelerate" or not Path(accelerate_config).is_file()):
+        raise BadInput("--accelerate-config needs --launcher accelerate and an existing accelerate config file "
+                       "(e.g. one written by `accelerate config` with FSDP)")
     aid = new_id()
     if name is None:
         stem = f"{domain}-{kind}" if domain else f"{kind}"
@@ -104,6 +107,7 @@ def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: Trai
     role = "runs_on" if kind == "modifier" else "trained_on"
     meta = {"config": config.model_dump(), "target_modules": p.target_modules, "launcher": launcher,
             "num_processes": num_processes if launcher == "accelerate" else 1,
+            "accelerate_config": str(Path(accelerate_config).resolve()) if accelerate_config else None,
             "run": {"host": socket.gethostname(), "pid": os.getpid()},
             "trained_on_quantized": quantization is not None,
             "quantized_training": {"method": config.quantize} if config.quantize != "none" else None}
@@ -118,7 +122,7 @@ def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: Trai
     spec = TrainSpec(base_dir=str(store.path_of(base.id)), rows_path=str(run_dir / "rows.jsonl"),
                      run_dir=str(run_dir), out_dir="", config=config.model_dump(), target_modules=p.target_modules)
     return _execute(store, art, spec, progress=progress, launcher=launcher, num_processes=num_processes,
-                    command=command)
+                    command=command, accelerate_config=accelerate_config)
 
 
 def resume(store: Store, run_ref: str, *, command: str = "", progress: Callable[[dict], None] | None = None) -> TrainResult:
@@ -143,8 +147,10 @@ def resume(store: Store, run_ref: str, *, command: str = "", progress: Callable[
     store.update_metadata(art.id, {"run": {"host": socket.gethostname(), "pid": os.getpid()}})
     spec = TrainSpec.load(spec_path)
     spec.resume = True
+    acc_cfg = art.meta.get("accelerate_config")
     return _execute(store, store.get(art.id), spec, progress=progress, launcher=art.meta.get("launcher", "none"),
-                    num_processes=art.meta.get("num_processes", 1), command=command)
+                    num_processes=art.meta.get("num_processes", 1), command=command,
+                    accelerate_config=Path(acc_cfg) if acc_cfg else None)
 
 
 def _alive(pid) -> bool:
@@ -157,7 +163,8 @@ def _alive(pid) -> bool:
     return True
 
 
-def _execute(store: Store, art: Artifact, spec, *, progress, launcher: str, num_processes: int, command: str) -> TrainResult:
+def _execute(store: Store, art: Artifact, spec, *, progress, launcher: str, num_processes: int, command: str,
+             accelerate_config: Path | None = None) -> TrainResult:
     from llora_cli.trainjob import METRICS, TrainJob
 
     run_dir = Path(spec.run_dir)
@@ -166,7 +173,7 @@ def _execute(store: Store, art: Artifact, spec, *, progress, launcher: str, num_
     spec.save(run_dir / "spec.json")
     try:
         if launcher == "accelerate":
-            outcome = _launch_accelerate(run_dir / "spec.json", num_processes)
+            outcome = _launch_accelerate(run_dir / "spec.json", num_processes, accelerate_config)
         else:
             job = TrainJob(spec, progress=progress)
             job.setup()
@@ -195,11 +202,15 @@ def _execute(store: Store, art: Artifact, spec, *, progress, launcher: str, num_
                         hint=f"fix the cause, then resume from the last checkpoint: llora train --resume {art.id}") from exc
 
 
-def _launch_accelerate(spec_path: Path, num_processes: int) -> dict:
-    """One process per rank through ``accelerate launch`` (DDP; gloo on CPU)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "llora_cli.trainjob", str(spec_path)]
+def _launch_accelerate(spec_path: Path, num_processes: int, config_file: Path | None = None) -> dict:
+    """One process per rank through ``accelerate launch``: DDP (gloo on CPU), or what ``config_file`` says (FSDP)."""
+    if config_file is not None:
+        flags = ["--config_file", str(config_file), "--num_processes", str(num_processes)]
+    else:
+        # --multi_gpu also selects multi-process DDP on CPU; `--cpu --num_processes N` silently runs one process
+        flags = ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+                 "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "llora_cli.trainjob", str(spec_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])

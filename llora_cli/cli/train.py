@@ -28,6 +28,9 @@ def train(
     resume: Annotated[Optional[str], typer.Option("--resume", help="Resume a failed or interrupted run from its last checkpoint.")] = None,
     launcher: Annotated[str, typer.Option(help="none, or accelerate (one process per rank: DDP).")] = "none",
     num_processes: Annotated[int, typer.Option("--num-processes", help="Processes for --launcher accelerate.")] = 2,
+    accelerate_config: Annotated[
+        Optional[Path], typer.Option("--accelerate-config", help="accelerate config file (e.g. FSDP) for --launcher accelerate.")
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Train a LoRA / DoRA / rsLoRA adapter or modifier with PEFT; the run is a catalog artifact.
@@ -73,7 +76,8 @@ def train(
         return
     result = _with_progress(
         lambda cb: lib.train(store, base_ref=base, data_ref=data, kind=kind, config=cfg, domain=domain, name=name,
-                             command=command_line(), progress=cb, launcher=launcher, num_processes=num_processes),
+                             command=command_line(), progress=cb, launcher=launcher, num_processes=num_processes,
+                             accelerate_config=accelerate_config),
         json_,
     )
     _report(result, json_)
