@@ -90,7 +90,7 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
         else:
             say(f"making {opts.rows} rows of {task} task data")
             ds = make_dataset(store, task, opts.rows, seed=0, n_test=opts.eval_rows,
-                              name=_unique(store, f"demo-{task}"), command="llora demo")
+                              name=_unique(store, f"demo-data-{task}"), command="llora demo")
             store.update_metadata(ds.id, {"demo": opts.rows})
             datasets[task] = ds
         report.steps.append(f"dataset '{datasets[task].name}': {opts.rows} {task} rows + {opts.eval_rows} held-out")
@@ -103,7 +103,7 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
                         f"{adapter.outcome['tokens_per_s']:.0f} tokens/s, final loss {adapter.outcome['final_loss']:.3f}")
     say(f"training an automation modifier ({opts.modifier_steps} steps, fp32)")
     modifier = train(store, base_ref=base_id, data_ref=datasets["automation"].id, kind="modifier", domain="automation",
-                     name=_unique(store, "demo-automation"), command="llora demo",
+                     name=_unique(store, "demo-modifier-automation"), command="llora demo",
                      config=load_config(None, [f"max_steps={opts.modifier_steps}", "learning_rate=1e-3", "batch_size=8"]))
     report.steps.append(f"trained modifier '{modifier.artifact.name}' (domain automation): {modifier.outcome['steps']} steps, "
                         f"{modifier.outcome['tokens_per_s']:.0f} tokens/s, final loss {modifier.outcome['final_loss']:.3f}")

@@ -15,7 +15,7 @@ def render_list(rows, *, title: str) -> None:
 
     table = Table(title=title, title_justify="left", show_lines=False)
     for col in ("id", "name", "state", "parents", "hash", "created"):
-        table.add_column(col, no_wrap=col in ("id", "hash"))
+        table.add_column(col, no_wrap=col in ("id", "name", "hash"))
     for r in rows:
         parents = ", ".join(f"{p['id']} ({p['role']})" for p in r.parents) or "-"
         table.add_row(r.id, r.name, r.state, parents, short(r.content_hash), r.created_at.strftime("%Y-%m-%d %H:%M"))
