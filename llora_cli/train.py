@@ -25,6 +25,7 @@ from llora_cli.trainconfig import TrainConfig, memory_estimate, resolve_targets,
 from llora_store import Store
 from llora_store.catalog import new_id, validate_name
 from llora_store.errors import BadInput, InvalidTransition, UserError
+from llora_store.files import pid_alive
 from llora_store.models import Artifact
 
 BASE_KINDS = ("base", "merged", "compressed")
@@ -139,7 +140,7 @@ def resume(store: Store, run_ref: str, *, command: str = "", progress: Callable[
         store.apply(art.id, "resume", command=command, reason="resume from the last checkpoint")
     elif art.state == "training":
         run = art.meta.get("run", {})
-        if run.get("host") == socket.gethostname() and _alive(run.get("pid")):
+        if run.get("host") == socket.gethostname() and pid_alive(run.get("pid")):
             raise InvalidTransition(f"run {art.id} is still training in process {run.get('pid')}", allowed=[])
     else:
         raise InvalidTransition(f"run {art.id} is '{art.state}'; only failed or interrupted runs resume",
@@ -151,16 +152,6 @@ def resume(store: Store, run_ref: str, *, command: str = "", progress: Callable[
     return _execute(store, store.get(art.id), spec, progress=progress, launcher=art.meta.get("launcher", "none"),
                     num_processes=art.meta.get("num_processes", 1), command=command,
                     accelerate_config=Path(acc_cfg) if acc_cfg else None)
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _execute(store: Store, art: Artifact, spec, *, progress, launcher: str, num_processes: int, command: str,

@@ -177,6 +177,7 @@ class GcReport:
     staging_in_use: list[str]
     orphans_removed: list[str]
     discarded_files_removed: list[str]
+    dead_runs_failed: list[str] = field(default_factory=list)
 
 
 class Store:
@@ -645,8 +646,16 @@ class Store:
 
     def gc(self, *, dry_run: bool = False) -> GcReport:
         """Remove debris of interrupted commands (R10): dead staging dirs, orphans, discarded files."""
-        removed, in_use, orphans, discarded = [], [], [], []
+        removed, in_use, orphans, discarded, dead = [], [], [], [], []
         with self.writing() as s:  # holds the write lock: no create can be half-way meanwhile
+            # runs left in 'training' by a killed process on this host become 'failed' (they can be resumed)
+            for art in s.execute(select(Artifact).where(Artifact.state == "training")).scalars():
+                run = art.meta.get("run") or {}
+                if run.get("host") == socket.gethostname() and run.get("pid") and not fs.pid_alive(run["pid"]):
+                    dead.append(art.id)
+                    if not dry_run:
+                        lifecycle.transition(s, art, "fail", command="llora db gc",
+                                             reason=f"the training process {run['pid']} is gone (killed?)")
             known = {r[0]: r[1] for r in s.execute(select(Artifact.id, Artifact.state)).all()}
             for p in self.layout.leftovers():
                 if _owner_alive(p):
@@ -665,7 +674,7 @@ class Store:
                         discarded.append(p.name)
                         if not dry_run:
                             self._delete_payload(p.name)
-        return GcReport(removed, in_use, orphans, discarded)
+        return GcReport(removed, in_use, orphans, discarded, dead)
 
 
 def _owner_alive(staging: Path) -> bool:
@@ -675,13 +684,7 @@ def _owner_alive(staging: Path) -> bool:
         return False
     if host != socket.gethostname():
         return True  # another machine's process: not ours to judge
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return fs.pid_alive(pid)
 
 
 def open_store(home: Path | str | None = None, *, auto_create: bool = True) -> Store:

@@ -108,5 +108,16 @@ class Layout:
         return sorted(self.tmp.iterdir()) if self.tmp.exists() else []
 
 
+def pid_alive(pid) -> bool:
+    """Whether a process with this pid exists on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)

@@ -241,3 +241,20 @@ def test_merge_hooks_r1_to_r4(store):
     rules.check_mergeable(store.get(q.id), store.get(base.id))  # the round-trip merge is allowed
     with pytest.raises(RuleViolation, match="R4"):
         rules.check_mergeable(store.get(q.id), store.get(base.id), naive_qlora=True)
+
+
+def test_gc_fails_runs_whose_process_died(store):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    run = store.create("adapter", "killed-run", state="training",
+                       metadata={"run": {"host": socket.gethostname(), "pid": pid}})
+    live = store.create("adapter", "live-run", state="training",
+                        metadata={"run": {"host": socket.gethostname(), "pid": __import__("os").getpid()}})
+    assert store.gc(dry_run=True).dead_runs_failed == [run.id] and store.get(run.id).state == "training"
+    store.gc()
+    assert store.get(run.id).state == "failed" and store.get(live.id).state == "training"
+    assert "is gone" in store.history(run.id)[-1].reason
