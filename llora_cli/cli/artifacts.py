@@ -52,6 +52,16 @@ def render_detail(d) -> None:
         for f in d.files:
             files.add_row(escape(f.path) + (" [dim](deleted)[/]" if f.deleted else ""), human_bytes(f.bytes), short(f.sha256, 16))
         out().print(files)
+    if d.evaluations:
+        evals = Table(title="evaluations", title_justify="left")
+        for col in ("at", "dataset", "split", "n", "loss", "perplexity", "accuracy"):
+            evals.add_column(col)
+        for e in d.evaluations:
+            m = e["metrics"]
+            acc = f"{m['accuracy']:.1%}" if m.get("accuracy") is not None else "-"
+            evals.add_row(e["at"][:19], e["dataset"] or "-", e["split"], str(m.get("n")), str(m.get("loss")),
+                          str(m.get("perplexity")), acc)
+        out().print(evals)
     if d.metadata:
         out().print("[bold]metadata[/]")
         out().print(escape(json.dumps(d.metadata, indent=2, default=str)))

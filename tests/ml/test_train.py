@@ -112,6 +112,16 @@ def test_train_adapter_end_to_end(cli, store, setup, tiny_model_dir):
     assert "R5" in cli("deploy", "ad1").stderr
 
 
+def test_gradient_checkpointing_and_text_data(cli, store, setup, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("The quick brown fox.\n\nJumps over the lazy dog.\n\nAnd runs away.\n")
+    res = cli.json("train", "--base", "tiny", "--data", text, "--name", "gc", "max_steps=2",
+                   "gradient_checkpointing=true", "batch_size=2")
+    assert res["state"] == "trained" and res["steps"] == 2
+    ds = cli.json("show", "notes")
+    assert ds["metadata"]["format"] == "text" and ds["metadata"]["rows"]["train"] == 3
+
+
 def test_training_lowers_the_loss(cli, setup):
     res = cli.json("train", "--base", "tiny", "--data", "auto", "--name", "fit", "max_steps=40",
                    "learning_rate=0.01", "batch_size=8")
@@ -130,6 +140,8 @@ def test_eval_stores_results_and_modifier_improves_loss(cli, store, setup):
     assert base_eval["split"] == "test" and base_eval["n"] == 8 and base_eval["accuracy"] is not None
     assert mod_eval["loss"] < base_eval["loss"]
     assert cli.json("show", "mod")["evaluations"][0]["metrics"]["loss"] == mod_eval["loss"]
+    shown = cli("show", "mod")
+    assert "evaluations" in shown.stdout and f"{mod_eval['accuracy']:.1%}" in shown.stdout
     d = cli.json("show", "mod")
     assert d["domain"] == "automation"
     assert sorted(p["role"] for p in d["parents"]) == ["data", "runs_on"]
