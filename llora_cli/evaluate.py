@@ -61,22 +61,17 @@ def model_source(store: Store, art: Artifact) -> tuple[Path, Path | None, str | 
 
 
 def load_model(base_dir: Path, adapter_dir: Path | None, quantize: str | None = None):
+    """Tokenizer and model in fp32; a QLoRA adapter runs on the quantize-dequantized base weights it saw
+    (the same numbers bitsandbytes computes with, without its CPU inference kernels)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    kwargs: dict = {"dtype": torch.float32}
-    if quantize in ("nf4", "int8"):
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                            bnb_4bit_compute_dtype=torch.float32)
-                                         if quantize == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
-    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     if adapter_dir is not None:
-        from peft import PeftModel
+        from llora_cli.merge import reference_model
 
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        return tokenizer, reference_model(base_dir, adapter_dir, quantize)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     model.eval()
     return tokenizer, model
 

@@ -393,6 +393,7 @@ class Store:
         reason: str = "",
         artifact_id: str | None = None,
         unique_content: bool = False,
+        transitions: list[tuple[str, str]] = (),
     ) -> Artifact:
         """Register an artifact and publish its staged files, atomically (R10).
 
@@ -443,11 +444,18 @@ class Store:
                     s.add(ArtifactFile(artifact_id=artifact_id, path=r.path, sha256=r.sha256, bytes=r.bytes))
                 s.add(Event(artifact_id=artifact_id, event="create", from_state=None, to_state=state,
                             command=command[:256], reason=reason[:1024]))
+                for other_id, event in transitions:  # e.g. the adapter's "merge", in the same transaction
+                    other = s.get(Artifact, other_id)
+                    if other is None:
+                        raise NotFound(f"artifact {other_id} does not exist")
+                    lifecycle.transition(s, other, event, command=command, reason=f"-> {kind} '{name}' ({artifact_id})")
                 s.flush()
                 target = staging if staging is not None else self.layout.new_staging(artifact_id)
                 (target / fs.OWNER).unlink(missing_ok=True)
                 fs.write_json_atomic(target / fs.SIDECAR, self._sidecar(s, art))
                 published = self.layout.publish(target, artifact_id)
+            for other_id, _ in transitions:
+                self._refresh_sidecar(other_id)
             return art
         except BaseException as exc:
             if published is not None:

@@ -58,18 +58,22 @@ def build_tiny_llama(out: Path, *, seed: int = 0, hidden: int = 32, layers: int 
     return out
 
 
-def build_tiny_adapter(base_dir: Path, out: Path, *, r: int = 4, target_modules=("q_proj", "v_proj"), seed: int = 0) -> Path:
-    """A PEFT LoRA adapter on ``base_dir`` with non-zero B (so it changes outputs)."""
+def build_tiny_adapter(base_dir: Path, out: Path, *, r: int = 4, target_modules=("q_proj", "v_proj"), seed: int = 0,
+                       dora: bool = False, rslora: bool = False) -> Path:
+    """A PEFT LoRA adapter on ``base_dir`` with non-zero B (and perturbed DoRA magnitudes) so it changes outputs."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules)))
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules),
+                                                  use_dora=dora, use_rslora=rslora))
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:
-                p.normal_(0, 0.02)
+                p.normal_(0, 0.05)
+            if "lora_magnitude_vector" in n:
+                p.mul_(1 + 0.1 * torch.randn_like(p))
     peft_model.save_pretrained(out)
     return out

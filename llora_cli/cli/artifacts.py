@@ -90,7 +90,7 @@ def lineage(ref: ArtifactRef, json_: JsonOpt = False) -> None:
 
     def label(n) -> str:
         role = f"[dim]{escape(n.role)}:[/] " if n.role else ""
-        return f"{role}[bold]{n.kind}[/] {escape(n.name)} [dim]{n.id}[/] [{n.state}]"
+        return f"{role}[bold]{n.kind}[/] {escape(n.name)} [dim]{n.id}[/] " + escape(f"[{n.state}]")
 
     tree = Tree(label(root))
 

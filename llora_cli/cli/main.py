@@ -7,7 +7,7 @@ import os
 import typer
 from typer.core import TyperGroup
 
-from llora_cli.cli import adapters, artifacts, bases, data, db, demo, evalcmd, experiment, kinds, runs, train
+from llora_cli.cli import adapters, artifacts, bases, data, db, demo, evalcmd, experiment, kinds, merge, runs, train
 from llora_cli.cli.options import HomeOpt, debug, report_error
 from llora_store.errors import LloraError
 
@@ -56,6 +56,7 @@ app.add_typer(db.app, name="db")
 app.command("train")(train.train)
 app.command("eval")(evalcmd.eval_)
 app.command("experiment")(experiment.experiment)
+app.command("merge")(merge.merge)
 artifacts.register(app)
 app.command("demo")(demo.demo)
 

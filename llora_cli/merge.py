@@ -1,0 +1,311 @@
+"""`llora merge`: a streaming, verified, provenance-gated merge of a training adapter into its base.
+
+Streams the base's safetensors one tensor at a time: adapted weights are merged
+in fp32 (``mergeops``) and cast to the output dtype, everything else is passed
+through (cast if needed). Each merged tensor is checked on random probe vectors
+against base + adapter computed without the merged weight (level 1). After the
+stream, when the model fits in memory, logits of the merged model are compared
+with base + adapter through PEFT on probe prompts (level 2). Only then is the
+catalog changed: the merged artifact is registered and the adapter moved to
+``merged`` in one transaction, then discarded unless kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llora_cli import mergeops, modelfiles
+from llora_store import Store, rules
+from llora_store.catalog import new_id, validate_name
+from llora_store.errors import BadInput, RuleViolation
+from llora_store.models import Artifact
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Level-1: the fp32 merged weight applied to probe vectors vs base + adapter computed in fp64 without
+# forming the merged weight (max |diff| / max |reference|); the cast to the output dtype is checked
+# separately against half a unit in the last place of that dtype.
+TENSOR_TOL = 1e-4
+CAST_TOL = {"fp32": 0.0, "fp16": 2.0**-11, "bf16": 2.0**-8}
+# Level-2 tolerance: max |logits diff| / max |reference logits|.
+LOGIT_TOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+SHARD_BYTES = 512 << 20
+PROBES = ["What is the capital of France?", "def add(a, b):", "Set a timer for 5 minutes."]
+
+
+@dataclass
+class MergeReport:
+    merged: Artifact | None
+    adapter_state: str
+    dtype: str
+    qlora: str | None
+    tensors_merged: int
+    tensors_total: int
+    tensor_check: dict
+    full_check: dict
+    naive_error: dict | None = None
+    files: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "merged": {"id": self.merged.id, "name": self.merged.name, "content_hash": self.merged.content_hash}
+            if self.merged else None,
+            "adapter_state": self.adapter_state, "dtype": self.dtype, "qlora": self.qlora,
+            "tensors_merged": self.tensors_merged, "tensors_total": self.tensors_total,
+            "tensor_check": self.tensor_check, "full_check": self.full_check, "naive_error": self.naive_error,
+        }
+
+
+def read_adapter(adapter_dir: Path):
+    """(PEFT config, {module: {"A","B","m"}}) with module names as in the base (``model.layers.0...q_proj``)."""
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    tensors = load_file(adapter_dir / "adapter_model.safetensors")
+    modules: dict[str, dict] = {}
+    for key, t in tensors.items():
+        name = key.removeprefix("base_model.model.")
+        for part, short in ((".lora_A.weight", "A"), (".lora_B.weight", "B"), (".lora_magnitude_vector.weight", "m"),
+                            (".lora_magnitude_vector", "m")):
+            if name.endswith(part):
+                modules.setdefault(name[: -len(part)], {})[short] = t
+                break
+        else:
+            raise BadInput(f"adapter tensor {key} is not a LoRA tensor llora can merge (embedding LoRA is not supported)")
+    for module, parts in modules.items():
+        if "A" not in parts or "B" not in parts:
+            raise BadInput(f"adapter module {module} lacks lora_A or lora_B")
+    return config, modules
+
+
+def quantized_by_bnb(name: str, t) -> bool:
+    """Whether transformers' bitsandbytes integration quantizes this tensor: the decoder's linear weights
+    (embeddings, norms and the output head stay in full precision)."""
+    return ".layers." in name and name.endswith(".weight") and t.dim() == 2
+
+
+def reference_model(base_dir: Path, adapter_dir: Path, qlora: str | None):
+    """Base + adapter through PEFT, in fp32; for QLoRA on the dequantized weights bnb computes with."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if qlora:
+        round_trip = mergeops.ROUND_TRIPS[qlora]
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if quantized_by_bnb(name, p):
+                    p.copy_(round_trip(p.data))
+    return PeftModel.from_pretrained(model, adapter_dir).eval()
+
+
+def _probe(name: str, fan_in: int, k: int = 4):
+    import torch
+
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(fan_in, k, generator=g, dtype=torch.float32)
+
+
+def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: str = "bf16", qlora: str | None = None,
+                 naive: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write the merged checkpoint's weights into ``out_dir``; returns counts and level-1 figures.
+
+    Peak memory: one output shard (<= SHARD_BYTES) + the largest tensor in fp32 + the adapter.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config, modules = read_adapter(adapter_dir)
+    out_dtype = getattr(torch, DTYPES[dtype])
+    shards = modelfiles.weight_files(base_dir)
+    headers = [(p, modelfiles.read_safetensors_header(p)) for p in shards]
+    missing = [m for m in modules if not any(f"{m}.weight" in h for _, h in headers)]
+    if missing:
+        raise BadInput(f"the adapter targets modules the base does not have: {', '.join(missing[:5])}")
+    # Plan output shards from the headers so names and contents are deterministic.
+    itemsize = torch.tensor([], dtype=out_dtype).element_size()
+    plan: list[list[tuple[Path, str]]] = [[]]
+    size = 0
+    for path, header in headers:
+        for name in sorted(header):
+            n = 1
+            for d in header[name].shape:
+                n *= d
+            nbytes = n * (itemsize if header[name].dtype in ("F32", "F16", "BF16", "F64") else 4)
+            if plan[-1] and size + nbytes > SHARD_BYTES:
+                plan.append([])
+                size = 0
+            plan[-1].append((path, name))
+            size += nbytes
+    total = sum(len(s) for s in plan)
+    weight_map: dict[str, str] = {}
+    worst_rel, worst_cast, sum_abs, n_checked, merged = 0.0, 0.0, 0.0, 0, 0
+    round_trip = mergeops.ROUND_TRIPS.get(qlora) if qlora and not naive else None
+    handles = {p: safe_open(str(p), framework="pt") for p in shards}
+    done = 0
+    for i, shard in enumerate(plan):
+        fname = "model.safetensors" if len(plan) == 1 else f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors"
+        tensors = {}
+        for path, name in shard:
+            t = handles[path].get_tensor(name)
+            module = name.removesuffix(".weight")
+            if round_trip is not None and quantized_by_bnb(name, t):
+                # every linear weight of the decoder was quantized during QLoRA training, adapted or not
+                t = round_trip(t.to(torch.float32))
+            if name.endswith(".weight") and module in modules:
+                parts = modules[module]
+                W = t.to(torch.float32)
+                scale = mergeops.lora_scale(config, module)
+                w = mergeops.merge_weight(W, parts["A"], parts["B"], scale, parts.get("m"))
+                out = w.to(out_dtype)
+                x = _probe(name, W.shape[1])
+                ref = mergeops.reference_apply(W, parts["A"], parts["B"], scale, x, parts.get("m"))
+                diff = (w.to(torch.float64) @ x.to(torch.float64) - ref).abs()
+                worst_rel = max(worst_rel, float(diff.max() / ref.abs().max().clamp_min(1e-12)))
+                sum_abs += float(diff.mean())
+                nonzero = w.abs() > torch.finfo(out_dtype).tiny
+                cast = ((out.to(torch.float32) - w).abs()[nonzero] / w.abs()[nonzero]).max() if nonzero.any() else 0.0
+                worst_cast = max(worst_cast, float(cast))
+                n_checked += 1
+                merged += 1
+                tensors[name] = out.contiguous()
+            elif t.is_floating_point():
+                tensors[name] = t.to(out_dtype).contiguous()
+            else:
+                tensors[name] = t
+            weight_map[name] = fname
+            done += 1
+            if progress:
+                progress(done, total)
+        save_file(tensors, str(out_dir / fname), metadata={"format": "pt"})
+        del tensors
+    if merged != len(modules):
+        raise BadInput(f"merged {merged} of {len(modules)} adapter modules; the adapter does not fit this base")
+    if len(plan) > 1:
+        index = {"metadata": {"total_size": sum(os.path.getsize(out_dir / f) for f in set(weight_map.values()))},
+                 "weight_map": dict(sorted(weight_map.items()))}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    passed = worst_rel <= TENSOR_TOL and worst_cast <= CAST_TOL[dtype]
+    return {"tensors_merged": merged, "tensors_total": total,
+            "tensor_check": {"probe_vectors": 4, "max_rel_error": worst_rel, "mean_abs_error": sum_abs / max(n_checked, 1),
+                             "tolerance": TENSOR_TOL, "cast_max_rel_error": worst_cast, "cast_tolerance": CAST_TOL[dtype],
+                             "passed": passed}}
+
+
+def copy_model_files(base_dir: Path, out_dir: Path, dtype: str) -> None:
+    """Config (with the output dtype), generation config and tokenizer, copied from the base."""
+    config = json.loads((base_dir / "config.json").read_text())
+    for key in ("torch_dtype", "dtype"):
+        if key in config or key == "dtype":
+            config[key] = DTYPES[dtype]
+    config.pop("quantization_config", None)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for n in ("generation_config.json", *modelfiles.TOKENIZER_FILES):
+        if (base_dir / n).is_file():
+            shutil.copyfile(base_dir / n, out_dir / n)
+
+
+def available_memory() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def full_check(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, dtype: str, qlora: str | None) -> dict:
+    """Logits of the merged model vs base + adapter (PEFT) on probe prompts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    ref_model = reference_model(base_dir, adapter_dir, qlora)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    worst, mean_sum = 0.0, 0.0
+    with torch.inference_mode():
+        for prompt in PROBES:
+            ids = tokenizer(prompt, return_tensors="pt")
+            ref = ref_model(**ids).logits.float()
+            got = merged(**ids).logits.float()
+            diff = (got - ref).abs()
+            worst = max(worst, float(diff.max() / ref.abs().max().clamp_min(1e-12)))
+            mean_sum += float(diff.mean())
+    tol = LOGIT_TOL[dtype]
+    return {"level": "full", "prompts": len(PROBES), "max_rel_error": worst, "mean_abs_error": mean_sum / len(PROBES),
+            "tolerance": tol, "passed": worst <= tol}
+
+
+def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "bf16", name: str | None = None,
+          keep_adapter: bool = False, verify: str = "full", naive_qlora: bool = False, command: str = "",
+          progress: Callable[[int, int], None] | None = None) -> MergeReport:
+    if dtype not in DTYPES:
+        raise BadInput(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if verify not in ("tensors", "full"):
+        raise BadInput(f"--verify must be tensors or full, got {verify!r}")
+    adapter = store.resolve(ref, kinds=("adapter", "modifier"))
+    with store.reading() as s:
+        trained_on = store.parents_by_role(s, adapter.id, "trained_on") or store.parents_by_role(s, adapter.id, "runs_on")
+    base = store.resolve(base_ref, kinds=("base", "merged", "compressed")) if base_ref else (trained_on[0] if trained_on else None)
+    if base is None:
+        raise RuleViolation("R3", f"adapter '{adapter.name}' ({adapter.id}) records no base it was trained on",
+                            hint="name the exact base with --base")
+    qlora = adapter.quantization if adapter.quantization in mergeops.ROUND_TRIPS else None
+    rules.check_mergeable(adapter, base, naive_qlora=False)  # R1, R2, R3
+    if naive_qlora and not qlora:
+        raise BadInput("--naive-qlora is for adapters trained on a quantized base; this one was not")
+    base_dir, adapter_dir = store.path_of(base.id), store.path_of(adapter.id)
+    name = validate_name(name if name is not None else _default_name(store, adapter))
+    aid = new_id()
+    staging = store.new_staging(aid)
+    try:
+        result = stream_merge(base_dir, adapter_dir, staging, dtype=dtype, qlora=qlora, naive=naive_qlora, progress=progress)
+        copy_model_files(base_dir, staging, dtype)
+        tensor_check = result["tensor_check"]
+        if not tensor_check["passed"]:
+            raise RuleViolation("R2", f"merged tensors differ from base + adapter by {tensor_check['max_rel_error']:.2e} "
+                                      f"(relative), above the tolerance {tensor_check['tolerance']:.0e}; nothing changed",
+                                hint="merge to a wider --dtype (fp32), or report the adapter")
+        need = (modelfiles.summarize_model(base_dir)["num_parameters"] or 0) * 4 * 3
+        if verify == "full" and need < available_memory() * 0.8:
+            fc = full_check(base_dir, adapter_dir, staging, dtype=dtype, qlora=qlora)
+        elif verify == "full":
+            fc = {"level": "skipped", "reason": f"needs ~{need >> 20} MiB, {available_memory() >> 20} MiB available"}
+        else:
+            fc = {"level": "skipped", "reason": "--verify tensors"}
+        naive_error = None
+        if naive_qlora:
+            naive_error = {k: fc.get(k) for k in ("max_rel_error", "mean_abs_error")} if fc.get("level") == "full" else None
+        elif fc.get("level") == "full" and not fc["passed"]:
+            raise RuleViolation("R2", f"merged model logits differ from base + adapter by {fc['max_rel_error']:.2e} "
+                                      f"(relative), above the tolerance {fc['tolerance']:.0e}; nothing changed",
+                                hint="merge to a wider --dtype (fp32)")
+        meta = {"merge": {"dtype": dtype, "qlora": qlora, "qlora_merge": ("naive" if naive_qlora else "round-trip") if qlora else None,
+                          "tensors_merged": result["tensors_merged"], "tensors_total": result["tensors_total"]},
+                "verification": {"tensors": tensor_check, "full": fc, **({"naive_qlora_error": naive_error} if naive_qlora else {})},
+                "architecture": modelfiles.summarize_model(staging),
+                "adapter": {"id": adapter.id, "name": adapter.name, "content_hash": adapter.content_hash}}
+        merged = store.create("merged", name, staging=staging, metadata=meta, artifact_id=aid, command=command,
+                              parents=[(base.id, "merge_base"), (adapter.id, "adapter")],
+                              reason=f"merged {adapter.name} into {base.name}", transitions=[(adapter.id, "merge")])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not keep_adapter:
+        store.discard(adapter.id, command=command, reason=f"merged into {merged.name} ({merged.id})")
+    return MergeReport(merged, store.get(adapter.id).state, dtype, qlora, result["tensors_merged"],
+                       result["tensors_total"], tensor_check, fc, naive_error)
+
+
+def _default_name(store: Store, adapter: Artifact) -> str:
+    taken = {a.name for a in store.list()}
+    stem = f"{adapter.name[:50]}-merged"
+    return next(n for n in (stem, *(f"{stem}-{i}" for i in range(2, 10_000))) if n not in taken)
