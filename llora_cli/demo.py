@@ -34,6 +34,8 @@ class DemoReport:
     base: ArtifactSummary | None = None
     generation: Generation | None = None
     evaluations: list[dict] = field(default_factory=list)
+    merge: dict | None = None
+    lineage: object | None = None  # LineageNode of the merged checkpoint
     catalog: list[ArtifactSummary] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -42,6 +44,8 @@ class DemoReport:
             "base": self.base.to_json() if self.base else None,
             "generation": self.generation.to_json() if self.generation else None,
             "evaluations": self.evaluations,
+            "merge": self.merge,
+            "lineage": self.lineage.to_json() if self.lineage is not None else None,
             "catalog": [a.to_json() for a in self.catalog],
         }
 
@@ -114,3 +118,16 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
         report.evaluations.append({"artifact": r.artifact, "task": data, "n": r.n, "loss": r.loss,
                                    "accuracy": r.accuracy})
     report.steps.append("evaluated base, adapter and modifier on held-out rows (stored on each artifact)")
+
+    from llora_cli.merge import merge
+
+    say(f"merging the training adapter '{adapter.artifact.name}' into its base (streaming, verified)")
+    m = merge(store, adapter.artifact.id, dtype="bf16", command="llora demo")
+    report.merge = m.to_json()
+    report.steps.append(
+        f"merged '{adapter.artifact.name}' into '{m.merged.name}' (bf16): tensor check max rel. error "
+        f"{m.tensor_check['max_rel_error']:.1e}, logits check {m.full_check.get('max_rel_error', float('nan')):.1e}; "
+        f"the adapter is now '{m.adapter_state}' (its weights deleted, row and lineage kept)")
+    r = evaluate(store, m.merged.id, datasets["instruct"].id, command="llora demo")
+    report.evaluations.append({"artifact": r.artifact, "task": "instruct", "n": r.n, "loss": r.loss, "accuracy": r.accuracy})
+    report.lineage = store.lineage(m.merged.id)

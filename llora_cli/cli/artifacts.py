@@ -85,6 +85,10 @@ def lineage(ref: ArtifactRef, json_: JsonOpt = False) -> None:
     if json_:
         print_json(root.to_json())
         return
+    render_lineage(root)
+
+
+def render_lineage(root) -> None:
     from rich.markup import escape
     from rich.tree import Tree
 

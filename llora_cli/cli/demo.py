@@ -52,4 +52,9 @@ def demo(
             table.add_row(escape(e["artifact"]["name"]), e["artifact"]["kind"], e["task"], str(e["n"]),
                           f"{e['loss']:.3f}", acc)
         out().print(table)
+    if report.lineage is not None:
+        from llora_cli.cli.artifacts import render_lineage
+
+        out().print("[bold]lineage of the merged checkpoint[/]")
+        render_lineage(report.lineage)
     render_list(report.catalog, title="catalog")

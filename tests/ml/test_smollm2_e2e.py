@@ -22,10 +22,16 @@ def test_demo_registers_trains_and_evaluates(cli, store):
     assert store.verify("smollm2").ok
 
     kinds = {(a["kind"], a["state"]) for a in report["catalog"]}
-    assert {("adapter", "trained"), ("modifier", "trained"), ("dataset", "ready")} <= kinds
+    assert {("adapter", "discarded"), ("merged", "ready"), ("modifier", "trained"), ("dataset", "ready")} <= kinds
     evals = report["evaluations"]
     assert [(e["artifact"]["kind"], e["task"]) for e in evals] == [
-        ("base", "instruct"), ("adapter", "instruct"), ("base", "automation"), ("modifier", "automation")]
+        ("base", "instruct"), ("adapter", "instruct"), ("base", "automation"), ("modifier", "automation"),
+        ("merged", "instruct")]
+    # the merged checkpoint behaves like base + adapter: same held-out loss up to bf16 rounding
+    assert abs(evals[4]["loss"] - evals[1]["loss"]) < 0.05
+    assert report["merge"]["adapter_state"] == "discarded" and report["merge"]["full_check"]["passed"]
+    assert report["lineage"]["kind"] == "merged"
+    assert {p["role"] for p in report["lineage"]["parents"]} == {"merge_base", "adapter"}
     assert all(e["n"] == 4 and e["loss"] > 0 and 0 <= e["accuracy"] <= 1 for e in evals)
     mod = next(a for a in report["catalog"] if a["kind"] == "modifier")
     assert cli.json("show", mod["id"])["evaluations"]
