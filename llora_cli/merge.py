@@ -61,6 +61,53 @@ class MergeReport:
         }
 
 
+ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64", "int64": "I64",
+             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+class ShardWriter:
+    """Writes one safetensors file tensor by tensor: the header (all offsets) first, then each tensor's bytes.
+
+    Memory: one tensor at a time, never the whole shard. The file is byte-compatible with the
+    safetensors format (8-byte little-endian header length, JSON header padded to 8 bytes, data).
+    """
+
+    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...], int]]) -> None:
+        header: dict = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        self.expected = {}
+        for name, dtype, shape, nbytes in entries:
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self.expected[name] = (dtype, nbytes)
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.f = open(path, "wb")
+        self.f.write(len(raw).to_bytes(8, "little"))
+        self.f.write(raw)
+        self.order = [e[0] for e in entries]
+        self.next = 0
+
+    def write(self, name: str, tensor) -> None:
+        import torch
+
+        if self.order[self.next] != name:
+            raise RuntimeError(f"shard writer expected {self.order[self.next]}, got {name}")
+        dtype, nbytes = self.expected[name]
+        if ST_DTYPES[str(tensor.dtype).removeprefix("torch.")] != dtype:
+            raise RuntimeError(f"{name}: planned {dtype}, got {tensor.dtype}")
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b""
+        if len(data) != nbytes:
+            raise RuntimeError(f"{name}: planned {nbytes} bytes, got {len(data)}")
+        self.f.write(memoryview(data) if not isinstance(data, bytes) else data)
+        self.next += 1
+
+    def close(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+
 def read_adapter(adapter_dir: Path):
     """(PEFT config, {module: {"A","B","m"}}) with module names as in the base (``model.layers.0...q_proj``)."""
     from safetensors.torch import load_file
@@ -117,11 +164,11 @@ def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: str
                  naive: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the merged checkpoint's weights into ``out_dir``; returns counts and level-1 figures.
 
-    Peak memory: one output shard (<= SHARD_BYTES) + the largest tensor in fp32 + the adapter.
+    Peak memory: the largest tensor in fp32 (plus its merged copy) + the adapter; output shards are
+    written tensor by tensor and one source shard is mapped at a time.
     """
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     config, modules = read_adapter(adapter_dir)
     out_dtype = getattr(torch, DTYPES[dtype])
@@ -130,63 +177,76 @@ def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: str
     missing = [m for m in modules if not any(f"{m}.weight" in h for _, h in headers)]
     if missing:
         raise BadInput(f"the adapter targets modules the base does not have: {', '.join(missing[:5])}")
-    # Plan output shards from the headers so names and contents are deterministic.
+    # Plan output shards from the headers so names, offsets and bytes are deterministic.
+    out_name = str(out_dtype).removeprefix("torch.")
     itemsize = torch.tensor([], dtype=out_dtype).element_size()
-    plan: list[list[tuple[Path, str]]] = [[]]
+    float_types = {"F32", "F16", "BF16", "F64"}
+    plan: list[list[tuple[Path, str, str, tuple[int, ...], int]]] = [[]]
     size = 0
     for path, header in headers:
         for name in sorted(header):
+            info = header[name]
             n = 1
-            for d in header[name].shape:
+            for d in info.shape:
                 n *= d
-            nbytes = n * (itemsize if header[name].dtype in ("F32", "F16", "BF16", "F64") else 4)
+            if info.dtype in float_types:
+                dt, nbytes = ST_DTYPES[out_name], n * itemsize
+            else:
+                dt = info.dtype
+                nbytes = n * {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}[info.dtype]
             if plan[-1] and size + nbytes > SHARD_BYTES:
                 plan.append([])
                 size = 0
-            plan[-1].append((path, name))
+            plan[-1].append((path, name, dt, info.shape, nbytes))
             size += nbytes
-    total = sum(len(s) for s in plan)
+    total = sum(len(sh) for sh in plan)
     weight_map: dict[str, str] = {}
     worst_rel, worst_cast, sum_abs, n_checked, merged = 0.0, 0.0, 0.0, 0, 0
     round_trip = mergeops.ROUND_TRIPS.get(qlora) if qlora and not naive else None
-    handles = {p: safe_open(str(p), framework="pt") for p in shards}
     done = 0
+    handle, handle_path = None, None
     for i, shard in enumerate(plan):
         fname = "model.safetensors" if len(plan) == 1 else f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors"
-        tensors = {}
-        for path, name in shard:
-            t = handles[path].get_tensor(name)
-            module = name.removesuffix(".weight")
-            if round_trip is not None and quantized_by_bnb(name, t):
-                # every linear weight of the decoder was quantized during QLoRA training, adapted or not
-                t = round_trip(t.to(torch.float32))
-            if name.endswith(".weight") and module in modules:
-                parts = modules[module]
-                W = t.to(torch.float32)
-                scale = mergeops.lora_scale(config, module)
-                w = mergeops.merge_weight(W, parts["A"], parts["B"], scale, parts.get("m"))
-                out = w.to(out_dtype)
-                x = _probe(name, W.shape[1])
-                ref = mergeops.reference_apply(W, parts["A"], parts["B"], scale, x, parts.get("m"))
-                diff = (w.to(torch.float64) @ x.to(torch.float64) - ref).abs()
-                worst_rel = max(worst_rel, float(diff.max() / ref.abs().max().clamp_min(1e-12)))
-                sum_abs += float(diff.mean())
-                nonzero = w.abs() > torch.finfo(out_dtype).tiny
-                cast = ((out.to(torch.float32) - w).abs()[nonzero] / w.abs()[nonzero]).max() if nonzero.any() else 0.0
-                worst_cast = max(worst_cast, float(cast))
-                n_checked += 1
-                merged += 1
-                tensors[name] = out.contiguous()
-            elif t.is_floating_point():
-                tensors[name] = t.to(out_dtype).contiguous()
-            else:
-                tensors[name] = t
-            weight_map[name] = fname
-            done += 1
-            if progress:
-                progress(done, total)
-        save_file(tensors, str(out_dir / fname), metadata={"format": "pt"})
-        del tensors
+        writer = ShardWriter(out_dir / fname, [(name, dt, shape, nbytes) for _, name, dt, shape, nbytes in shard])
+        try:
+            for path, name, _dt, _shape, _nbytes in shard:
+                if handle_path != path:  # one source shard open at a time: its mapped pages are released
+                    handle, handle_path = safe_open(str(path), framework="pt"), path
+                t = handle.get_tensor(name)
+                module = name.removesuffix(".weight")
+                if round_trip is not None and quantized_by_bnb(name, t):
+                    # every linear weight of the decoder was quantized during QLoRA training, adapted or not
+                    t = round_trip(t.to(torch.float32))
+                if name.endswith(".weight") and module in modules:
+                    parts = modules[module]
+                    W = t.to(torch.float32)
+                    scale = mergeops.lora_scale(config, module)
+                    w = mergeops.merge_weight(W, parts["A"], parts["B"], scale, parts.get("m"))
+                    out = w.to(out_dtype)
+                    x = _probe(name, W.shape[1])
+                    ref = mergeops.reference_apply(W, parts["A"], parts["B"], scale, x, parts.get("m"))
+                    diff = (w.to(torch.float64) @ x.to(torch.float64) - ref).abs()
+                    worst_rel = max(worst_rel, float(diff.max() / ref.abs().max().clamp_min(1e-12)))
+                    sum_abs += float(diff.mean())
+                    nonzero = w.abs() > torch.finfo(out_dtype).tiny
+                    cast = ((out.to(torch.float32) - w).abs()[nonzero] / w.abs()[nonzero]).max() if nonzero.any() else 0.0
+                    worst_cast = max(worst_cast, float(cast))
+                    n_checked += 1
+                    merged += 1
+                    writer.write(name, out)
+                    del W, w, out
+                elif t.is_floating_point():
+                    writer.write(name, t.to(out_dtype))
+                else:
+                    writer.write(name, t)
+                del t
+                weight_map[name] = fname
+                done += 1
+                if progress:
+                    progress(done, total)
+        finally:
+            writer.close()
+    handle = None
     if merged != len(modules):
         raise BadInput(f"merged {merged} of {len(modules)} adapter modules; the adapter does not fit this base")
     if len(plan) > 1:

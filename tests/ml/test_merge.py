@@ -183,3 +183,23 @@ def test_eval_of_a_qlora_adapter(cli, base):
     cli.json("train", "--base", "tiny", "--data", "auto", "--name", "q", "--quantize", "nf4", "max_steps=2")
     rep = cli.json("eval", "q", "--data", "auto", "--limit", "3")
     assert rep["n"] == 3 and rep["loss"] > 0
+
+
+def test_sharded_output_with_index_loads_in_transformers(cli, store, base, tmp_path, tiny_model_dir, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from llora_cli import merge
+
+    monkeypatch.setattr(merge, "SHARD_BYTES", 16_000)
+    import_adapter(cli, tmp_path, tiny_model_dir, "ad")
+    adapter_copy = tmp_path / "ad"
+    res = cli.json("merge", "ad", "--dtype", "fp32")
+    out = store.path_of(res["merged"]["id"])
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 2 and set(index["weight_map"].values()) == set(shards)
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_copy)
+    ids = torch.tensor([[3, 8, 21]])
+    assert torch.allclose(merged(ids).logits, ref(ids).logits, atol=1e-4)
