@@ -1,0 +1,109 @@
+"""The model loading layer: device, dtype and strategy chosen from the artifact and the machine.
+
+``plan_for`` answers without loading anything (safetensors headers + /proc/meminfo):
+the memory of loading (fp32 / bf16 / nf4), of a streaming merge and of a streaming
+compression, and the strategy a load would use: ``full`` (fits in fp32 on CPU or
+bf16 on an accelerator), ``full-bf16``, ``quantized-nf4``, or ``offload``
+(accelerate ``device_map="auto"`` with disk offload). ``load_causal_lm`` applies it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llora_cli import modelfiles
+from llora_cli.merge import available_memory
+from llora_store import Store
+
+RUNTIME_OVERHEAD = 400 << 20  # torch + transformers + activations for short prompts, measured order of magnitude
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    artifact: dict
+    parameters: int
+    device: str
+    available_bytes: int
+    load_bytes: dict[str, int]
+    merge_peak_bytes: int | None
+    compress_peak_bytes: int
+    strategy: str
+    dtype: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def detect_device() -> str:
+    """CUDA, then MPS, then CPU; torch is imported only if an accelerator may exist."""
+    if shutil.which("nvidia-smi") or Path("/System/Library").exists():
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+    return "cpu"
+
+
+def _model_dir(store: Store, ref: str):
+    art = store.resolve(ref)
+    if art.kind in ("adapter", "modifier"):
+        role = "runs_on" if art.kind == "modifier" else "trained_on"
+        with store.reading() as s:
+            parents = store.parents_by_role(s, art.id, role)
+        return art, store.path_of(parents[0].id), store.path_of(art.id)
+    return art, store.path_of(art.id), None
+
+
+def plan_for(store: Store, ref: str, *, available: int | None = None, device: str | None = None) -> LoadPlan:
+    art, base_dir, adapter_dir = _model_dir(store, ref)
+    tensors = modelfiles.model_tensors(base_dir)
+    sizes = []
+    for t in tensors.values():
+        n = 1
+        for d in t.shape:
+            n *= d
+        sizes.append(n)
+    params = sum(sizes)
+    largest = max(sizes) if sizes else 0
+    adapter_bytes = 0
+    if adapter_dir is not None and (adapter_dir / "adapter_model.safetensors").exists():
+        adapter_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
+    load = {"fp32": params * 4 + RUNTIME_OVERHEAD, "bf16": params * 2 + RUNTIME_OVERHEAD,
+            "nf4": int(params * 0.56) + RUNTIME_OVERHEAD}
+    merge_peak = largest * 4 * 3 + adapter_bytes + RUNTIME_OVERHEAD if art.kind == "adapter" else None
+    compress_peak = largest * 4 * 2 + RUNTIME_OVERHEAD
+    available = available_memory() if available is None else available
+    device = device or detect_device()
+    budget = int(available * 0.8)
+    if device == "cpu" and load["fp32"] <= budget:
+        strategy, dtype, why = "full", "fp32", "fits in fp32 (CPU matmuls are fastest and exact in fp32)"
+    elif load["bf16"] <= budget:
+        strategy, dtype, why = ("full" if device != "cpu" else "full-bf16"), "bf16", "fits in bf16"
+    elif load["nf4"] <= budget:
+        strategy, dtype, why = "quantized-nf4", "nf4", "only an NF4 copy fits in memory"
+    else:
+        strategy, dtype, why = "offload", "bf16", "does not fit even in NF4: layers are offloaded to disk"
+    return LoadPlan({"id": art.id, "name": art.name, "kind": art.kind}, params, device, available, load, merge_peak,
+                    compress_peak, strategy, dtype, why)
+
+
+def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None = None):
+    """Load a causal LM following ``plan``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if plan.strategy == "quantized-nf4":
+        from transformers import BitsAndBytesConfig
+
+        return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
+    if plan.strategy == "offload":
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="auto",
+                                                    offload_folder=str(offload_dir or model_dir / ".offload"))
+    dtype = torch.float32 if plan.dtype == "fp32" else torch.bfloat16
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(plan.device)
