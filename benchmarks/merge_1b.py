@@ -3,7 +3,8 @@
 Usage: python benchmarks/merge_1b.py [--layers 18] [--workdir DIR]
 (a) transformers load (bf16) + PeftModel.from_pretrained + merge_and_unload + save_pretrained;
 (b) `llora merge --dtype bf16 --verify tensors`; (b+) the same with `--verify full`.
-Each runs in its own process; peak RSS is that process's ru_maxrss. Then the
+Each runs in its own process; peak RSS is that process's VmHWM (ru_maxrss would
+inherit the benchmark parent's peak through fork). Then the
 output tensors of (a) and (b) are compared with an fp32 reference.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 PEFT_PATH = textwrap.dedent('''
-    import json, resource, sys, time, torch
+    import json, sys, time, torch
     t = time.perf_counter()
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -31,17 +32,19 @@ PEFT_PATH = textwrap.dedent('''
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.save_pretrained(out, max_shard_size="500MB")
     s = time.perf_counter() - t
-    print(json.dumps({"seconds": s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(json.dumps({"seconds": s, "peak_rss_mb": hwm / 1024}))
 ''')
 
 LLORA_PATH = textwrap.dedent('''
-    import json, resource, sys, time
+    import json, sys, time
     t = time.perf_counter()
     from llora_store import open_store
     from llora_cli.merge import merge
     r = merge(open_store(), sys.argv[1], dtype="bf16", verify=sys.argv[2], keep_adapter=True)
     s = time.perf_counter() - t
-    print(json.dumps({"seconds": s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(json.dumps({"seconds": s, "peak_rss_mb": hwm / 1024,
                       "merged": r.merged.id, "tensor_check": r.tensor_check, "full_check": r.full_check}))
 ''')
 

@@ -37,16 +37,20 @@ def merge_weight(W, A, B, scale: float, magnitude=None):
     return (magnitude.to(torch.float32) / norm).unsqueeze(1) * w
 
 
-def reference_apply(W, A, B, scale: float, x, magnitude=None):
-    """What base + adapter compute for inputs ``x`` [in, k], without forming the merged weight: [out, k] fp64."""
+def reference_apply(W, A, B, scale: float, x, magnitude=None, norm=None):
+    """What base + adapter compute for inputs ``x`` [in, k], without forming the merged weight: [out, k] fp32.
+
+    For DoRA, ``norm`` [out] is the row norm of ``W + sBA`` (computed here if not given).
+    """
     import torch
 
-    W64, A64, B64, x64 = (t.to(torch.float64) for t in (W, A, B, x))
-    y = W64 @ x64 + scale * (B64 @ (A64 @ x64))
+    W32, A32, B32, x32 = (t.to(torch.float32) for t in (W, A, B, x))
+    y = W32 @ x32 + scale * (B32 @ (A32 @ x32))
     if magnitude is None:
         return y
-    norm = torch.linalg.norm(W64 + scale * (B64 @ A64), dim=1)
-    return (magnitude.to(torch.float64) / norm).unsqueeze(1) * y
+    if norm is None:
+        norm = torch.linalg.norm(W32 + scale * (B32 @ A32), dim=1)
+    return (magnitude.to(torch.float32) / norm).unsqueeze(1) * y
 
 
 def nf4_round_trip(W, *, blocksize: int = 64):

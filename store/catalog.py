@@ -394,6 +394,7 @@ class Store:
         artifact_id: str | None = None,
         unique_content: bool = False,
         transitions: list[tuple[str, str]] = (),
+        known_hashes: dict[str, fs.FileRecord] | None = None,
     ) -> Artifact:
         """Register an artifact and publish its staged files, atomically (R10).
 
@@ -413,7 +414,7 @@ class Store:
         artifact_id = artifact_id or new_id()
         published: Path | None = None
         try:
-            records = fs.scan(staging) if staging is not None else []
+            records = fs.scan(staging, known_hashes) if staging is not None else []
             chash = fs.content_hash(records) if staging is not None else None
             with self.writing() as s:
                 if s.execute(select(Artifact.id).where(Artifact.name == name)).first() is not None:

@@ -42,15 +42,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def scan(directory: Path) -> list[FileRecord]:
-    """Hash every payload file under ``directory`` (the sidecar excluded), sorted by path."""
+def scan(directory: Path, known: dict[str, FileRecord] | None = None) -> list[FileRecord]:
+    """Hash every payload file under ``directory`` (the sidecar excluded), sorted by path.
+
+    ``known``: hashes computed while the writer wrote the file (same bytes); used when the size matches.
+    """
     records = []
     for p in sorted(directory.rglob("*")):
         if p.is_file() and not p.is_symlink():
             rel = p.relative_to(directory).as_posix()
             if rel in INTERNAL:
                 continue
-            records.append(FileRecord(rel, sha256_file(p), p.stat().st_size))
+            size = p.stat().st_size
+            k = (known or {}).get(rel)
+            records.append(k if k is not None and k.bytes == size else FileRecord(rel, sha256_file(p), size))
     return records
 
 
