@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +91,23 @@ class ShardWriter:
         self._emit(raw)
         self.order = [e[0] for e in entries]
         self.next = 0
+        # Writing and hashing run in one background thread (both release the GIL) while the next
+        # tensor is merged; the queue holds at most one tensor, so memory stays one tensor deep.
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            try:
+                if self.error is None:
+                    self._emit(item)
+            except BaseException as e:  # reported by write()/close() in the caller's thread
+                self.error = e
 
     def write(self, name: str, tensor) -> None:
         import torch
@@ -101,18 +120,28 @@ class ShardWriter:
         data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b""
         if len(data) != nbytes:
             raise RuntimeError(f"{name}: planned {nbytes} bytes, got {len(data)}")
-        self._emit(memoryview(data) if not isinstance(data, bytes) else data)
+        if self.error is not None:
+            raise self.error
+        self.queue.put((data, tensor))  # the tensor keeps the numpy view's memory alive
         self.next += 1
 
-    def _emit(self, data) -> None:
-        self.f.write(data)
-        self.sha.update(data)
-        self.bytes += len(data)
+    def _emit(self, item) -> None:
+        data = item[0] if isinstance(item, tuple) else item
+        view = memoryview(data) if not isinstance(data, bytes) else data
+        self.f.write(view)
+        self.sha.update(view)
+        self.bytes += len(view) if isinstance(view, bytes) else view.nbytes
 
     def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+        self.queue.put(None)
+        self.thread.join()
+        try:
+            if self.error is not None:
+                raise self.error
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        finally:
+            self.f.close()
 
 
 class ShardReader:
@@ -273,12 +302,14 @@ def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: str
                     sum_abs += float(diff.mean())
                     # rounding to the output dtype moves each product w_i x_i by at most half an ulp, so
                     # |out x - w x| <= 2^-(p+1) * (|w| |x|) row by row; checked on the same probes
-                    cast_err = (out.to(torch.float32) @ x - wx).abs() / (w.abs() @ x.abs()).clamp_min(1e-30)
+                    # w is not needed after this: take |w| in place unless `out` is w itself (fp32 output)
+                    w_abs = w.abs() if out.data_ptr() == w.data_ptr() else w.abs_()
+                    cast_err = (out.to(torch.float32) @ x - wx).abs() / (w_abs @ x.abs()).clamp_min(1e-30)
                     worst_cast = max(worst_cast, float(cast_err.max()))
                     n_checked += 1
                     merged += 1
                     writer.write(name, out)
-                    del W, w, out
+                    del W, w, w_abs, out
                 elif t.is_floating_point():
                     writer.write(name, t.to(out_dtype))
                 else:
