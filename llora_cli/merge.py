@@ -37,6 +37,7 @@ CAST_TOL = {"fp32": 1e-6, "fp16": 2.0**-11, "bf16": 2.0**-8}
 # Level-2 tolerance: max |logits diff| / max |reference logits|.
 LOGIT_TOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 SHARD_BYTES = 512 << 20
+PIPELINE_MAX_BYTES = 64 << 20  # tensors up to this size are written in the background
 PROBES = ["What is the capital of France?", "def add(a, b):", "Set a timer for 5 minutes."]
 
 
@@ -102,12 +103,15 @@ class ShardWriter:
         while True:
             item = self.queue.get()
             if item is None:
+                self.queue.task_done()
                 return
             try:
                 if self.error is None:
                     self._emit(item)
             except BaseException as e:  # reported by write()/close() in the caller's thread
                 self.error = e
+            finally:
+                self.queue.task_done()
 
     def write(self, name: str, tensor) -> None:
         import torch
@@ -122,7 +126,13 @@ class ShardWriter:
             raise RuntimeError(f"{name}: planned {nbytes} bytes, got {len(data)}")
         if self.error is not None:
             raise self.error
-        self.queue.put((data, tensor))  # the tensor keeps the numpy view's memory alive
+        if nbytes > PIPELINE_MAX_BYTES:
+            # a large tensor (embeddings, head) is written in this thread after the queue drains,
+            # so two large tensors are never in memory at once
+            self.queue.join()
+            self._emit((data, tensor))
+        else:
+            self.queue.put((data, tensor))  # the tensor keeps the numpy view's memory alive
         self.next += 1
 
     def _emit(self, item) -> None:
