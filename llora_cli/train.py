@@ -193,6 +193,12 @@ def _execute(store: Store, art: Artifact, spec, *, progress, launcher: str, num_
                         hint=f"fix the cause, then resume from the last checkpoint: llora train --resume {art.id}") from exc
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _launch_accelerate(spec_path: Path, num_processes: int, config_file: Path | None = None) -> dict:
     """One process per rank through ``accelerate launch``: DDP (gloo on CPU), or what ``config_file`` says (FSDP)."""
     if config_file is not None:
@@ -201,11 +207,19 @@ def _launch_accelerate(spec_path: Path, num_processes: int, config_file: Path | 
         # --multi_gpu also selects multi-process DDP on CPU; `--cpu --num_processes N` silently runs one process
         flags = ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
                  "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if config_file is None:
+        flags += ["--main_process_port", str(_free_port())]  # never collide with another job's rendezvous
+    # torchrun's elastic restart: a rank that dies (seen once here: SIGABRT of rank 1 at start-up on CPU/gloo)
+    # restarts the worker group once (from the last checkpoint, if one was written) instead of failing the run
+    flags += ["--max_restarts", "1"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "llora_cli.trainjob", str(spec_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = spec_path.parent / "launch.log"
+    log.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise UserError(f"accelerate launch exited with {proc.returncode}:\n{tail}")
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if "Error" in ln or "error" in ln]
+        tail = "\n".join(lines[-6:] or (proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise UserError(f"accelerate launch exited with {proc.returncode}:\n{tail}\nfull log: {log}")
     outcome_path = spec_path.parent / "outcome.json"
     outcome = json.loads(outcome_path.read_text())
     outcome["num_processes"] = num_processes

@@ -219,6 +219,8 @@ class TrainJob:
 def main(argv: list[str]) -> int:
     """Worker entry point for ``accelerate launch -m llora_cli.trainjob SPEC.json``."""
     spec = TrainSpec.load(Path(argv[0]))
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        spec.resume = True  # an elastic restart continues from the last checkpoint, if any
     job = TrainJob(spec)
     job.setup()
     outcome = job.run()
