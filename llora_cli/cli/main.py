@@ -7,7 +7,7 @@ import os
 import typer
 from typer.core import TyperGroup
 
-from llora_cli.cli import adapters, artifacts, bases, data, db, demo, evalcmd, experiment, kinds, merge, plan, runs, train
+from llora_cli.cli import adapters, artifacts, bases, data, db, demo, evalcmd, experiment, kinds, merge, plan, runs, train, transfer
 from llora_cli.cli.options import HomeOpt, debug, report_error
 from llora_store.errors import LloraError
 
@@ -58,6 +58,8 @@ app.command("eval")(evalcmd.eval_)
 app.command("experiment")(experiment.experiment)
 app.command("merge")(merge.merge)
 app.command("plan")(plan.plan)
+app.command("export")(transfer.export)
+app.command("import")(transfer.import_)
 artifacts.register(app)
 app.command("demo")(demo.demo)
 

@@ -1,0 +1,44 @@
+"""`llora export` and `llora import`: move artifacts between stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llora_cli.cli.options import ArtifactRef, JsonOpt, NameOpt, command_line, err, open_store, print_json
+
+
+def export(
+    ref: ArtifactRef,
+    to: Annotated[Path, typer.Option("--to", help="Directory to write the export into.")],
+    low_bandwidth: Annotated[bool, typer.Option("--low-bandwidth", help="Merged checkpoint: ship only the kept "
+                                                "adapter and a recipe; the receiver rebuilds it.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Export an artifact (files + manifest with hashes and lineage) to a directory.
+
+    Example: llora export my-merged --to /shared/llora --low-bandwidth
+    """
+    from llora_cli.transfer import export_artifact
+
+    out = export_artifact(open_store(), ref, to, low_bandwidth=low_bandwidth)
+    print_json({"path": str(out)}) if json_ else err().print(f"exported to {out}")
+
+
+def import_(
+    src: Annotated[Path, typer.Argument(metavar="DIR", help="A directory written by llora export.")],
+    name: NameOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Import an exported artifact; a low-bandwidth export is rebuilt on the local base and hash-checked.
+
+    Example: llora import /shared/llora/3f9a2c1d7e4b
+    """
+    from llora_cli.transfer import import_artifact
+
+    store = open_store()
+    art = import_artifact(store, src, name=name, command=command_line())
+    print_json(store.describe(art.id).to_json()) if json_ else err().print(
+        f"imported {art.kind} '{art.name}' ({art.id})")
