@@ -134,7 +134,7 @@ def _refuse_known_source(store: Store, sha: str) -> None:
 
 
 def _copy_hf_dir(src: Path, dest: Path) -> None:
-    config = modelfiles.read_config(src)
+    modelfiles.read_config(src)  # refuses a directory that is not a transformers model
     weights = modelfiles.weight_files(src)
     has_bin = any(src.glob("pytorch_model*.bin"))
     if not weights and not has_bin:
@@ -156,15 +156,14 @@ def _copy_hf_dir(src: Path, dest: Path) -> None:
         if index.is_file():
             shutil.copy2(index, dest / index.name)
     else:
-        _convert_bin(src, dest, config)
+        _convert_bin(src, dest)
 
 
-def _convert_bin(src: Path, dest: Path, config: dict) -> None:
+def _convert_bin(src: Path, dest: Path) -> None:
     """A pytorch_model*.bin checkpoint re-saved as safetensors through transformers."""
-    import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32 if config.get("torch_dtype") == "float32" else "auto")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")  # keep the checkpoint's own dtype
     model.save_pretrained(dest, safe_serialization=True)
 
 

@@ -160,8 +160,7 @@ def register_user_file(store: Store, path: Path, *, command: str = "") -> Artifa
     try:
         write_jsonl(staging / "train.jsonl", rows)
         base = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._")[:40] or "data"
-        taken = {a.name for a in store.list()}
-        name = next(n for n in (base, *(f"{base}-{i}" for i in range(2, 10_000))) if n not in taken)
+        name = store.unique_name(base)
         meta = {"task": None, "format": fmt, "rows": {"train": len(rows), "test": 0},
                 "source": {"path": str(path.resolve()), "sha256": sha}}
         return store.create("dataset", name, staging=staging, metadata=meta, command=command, artifact_id=aid,

@@ -50,11 +50,6 @@ class DemoReport:
         }
 
 
-def _unique(store: Store, stem: str) -> str:
-    taken = {a.name for a in store.list()}
-    return next(n for n in (stem, *(f"{stem}-{i}" for i in range(2, 10_000))) if n not in taken)
-
-
 def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max_new_tokens: int = 32,
              options: DemoOptions | None = None) -> DemoReport:
     opts = options or DemoOptions()
@@ -66,7 +61,7 @@ def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max
         base_id = existing[0].id
         report.steps.append(f"the embedded SmolLM2 is already registered as base '{existing[0].name}' ({base_id})")
     else:
-        name = _unique(store, "smollm2")
+        name = store.unique_name("smollm2")
         base_id = add_base(store, "smollm2", name=name, command="llora demo", progress=say).id
         report.steps.append(f"registered the embedded SmolLM2-135M-Instruct as base '{name}' ({base_id})")
     report.base = next(a for a in store.list(kind="base") if a.id == base_id)
@@ -94,20 +89,20 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
         else:
             say(f"making {opts.rows} rows of {task} task data")
             ds = make_dataset(store, task, opts.rows, seed=0, n_test=opts.eval_rows,
-                              name=_unique(store, f"demo-data-{task}"), command="llora demo")
+                              name=store.unique_name(f"demo-data-{task}"), command="llora demo")
             store.update_metadata(ds.id, {"demo": opts.rows})
             datasets[task] = ds
         report.steps.append(f"dataset '{datasets[task].name}': {opts.rows} {task} rows + {opts.eval_rows} held-out")
 
     say(f"training a training adapter on instruct data ({opts.adapter_steps} steps, fp32)")
     adapter = train(store, base_ref=base_id, data_ref=datasets["instruct"].id, kind="adapter",
-                    name=_unique(store, "demo-adapter"), command="llora demo",
+                    name=store.unique_name("demo-adapter"), command="llora demo",
                     config=load_config(None, [f"max_steps={opts.adapter_steps}", "learning_rate=5e-4", "batch_size=4"]))
     report.steps.append(f"trained adapter '{adapter.artifact.name}': {adapter.outcome['steps']} steps, "
                         f"{adapter.outcome['tokens_per_s']:.0f} tokens/s, final loss {adapter.outcome['final_loss']:.3f}")
     say(f"training an automation modifier ({opts.modifier_steps} steps, fp32)")
     modifier = train(store, base_ref=base_id, data_ref=datasets["automation"].id, kind="modifier", domain="automation",
-                     name=_unique(store, "demo-modifier-automation"), command="llora demo",
+                     name=store.unique_name("demo-modifier-automation"), command="llora demo",
                      config=load_config(None, [f"max_steps={opts.modifier_steps}", "learning_rate=1e-3", "batch_size=8"]))
     report.steps.append(f"trained modifier '{modifier.artifact.name}' (domain automation): {modifier.outcome['steps']} steps, "
                         f"{modifier.outcome['tokens_per_s']:.0f} tokens/s, final loss {modifier.outcome['final_loss']:.3f}")

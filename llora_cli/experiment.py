@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llora_cli.trainconfig import TrainConfig, _format_errors
+from llora_cli.trainconfig import TrainConfig, format_errors
 from llora_store import Store
 from llora_store.errors import BadInput
 
@@ -56,7 +56,7 @@ def load_spec(path: Path) -> tuple[ExperimentSpec, list[TrainConfig]]:
     try:
         spec = ExperimentSpec(**(raw or {}))
     except (ValidationError, TypeError) as e:
-        msg = _format_errors(e) if isinstance(e, ValidationError) else str(e)
+        msg = format_errors(e) if isinstance(e, ValidationError) else str(e)
         raise BadInput(f"invalid experiment {path}: {msg}") from None
     keys = list(spec.grid)
     configs = []
@@ -65,7 +65,7 @@ def load_spec(path: Path) -> tuple[ExperimentSpec, list[TrainConfig]]:
         try:
             configs.append(TrainConfig(**{**spec.config, **params}))
         except ValidationError as e:
-            raise BadInput(f"invalid experiment {path}: grid point {params}: {_format_errors(e)}") from None
+            raise BadInput(f"invalid experiment {path}: grid point {params}: {format_errors(e)}") from None
     return spec, configs
 
 

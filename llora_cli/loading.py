@@ -14,8 +14,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llora_cli import modelfiles
-from llora_cli.merge import available_memory
 from llora_store import Store
+
+
+def available_memory() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
 
 RUNTIME_OVERHEAD = 400 << 20  # torch + transformers + activations for short prompts, measured order of magnitude
 

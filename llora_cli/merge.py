@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llora_cli import mergeops, modelfiles
+from llora_cli.loading import available_memory
 from llora_store import Store, rules
 from llora_store.catalog import new_id, validate_name
 from llora_store.errors import BadInput, RuleViolation
@@ -362,16 +363,6 @@ def copy_model_files(base_dir: Path, out_dir: Path, dtype: str) -> None:
             shutil.copyfile(base_dir / n, out_dir / n)
 
 
-def available_memory() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def full_check(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, dtype: str, qlora: str | None) -> dict:
     """Logits of the merged model vs base + adapter (PEFT) on probe prompts."""
     import torch
@@ -413,7 +404,7 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
     if naive_qlora and not qlora:
         raise BadInput("--naive-qlora is for adapters trained on a quantized base; this one was not")
     base_dir, adapter_dir = store.path_of(base.id), store.path_of(adapter.id)
-    name = validate_name(name if name is not None else _default_name(store, adapter))
+    name = validate_name(name if name is not None else store.unique_name(f"{adapter.name[:50]}-merged"))
     aid = new_id()
     staging = store.new_staging(aid)
     try:
@@ -454,8 +445,3 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
     return MergeReport(merged, store.get(adapter.id).state, dtype, qlora, result["tensors_merged"],
                        result["tensors_total"], tensor_check, fc, naive_error)
 
-
-def _default_name(store: Store, adapter: Artifact) -> str:
-    taken = {a.name for a in store.list()}
-    stem = f"{adapter.name[:50]}-merged"
-    return next(n for n in (stem, *(f"{stem}-{i}" for i in range(2, 10_000))) if n not in taken)

@@ -101,8 +101,7 @@ def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: Trai
     aid = new_id()
     if name is None:
         stem = f"{domain}-{kind}" if domain else f"{kind}"
-        taken = {a.name for a in store.list()}
-        name = next(n for n in (f"{stem}-{aid[:6]}", f"{stem}-{aid}") if n not in taken)
+        name = store.unique_name(f"{stem}-{aid[:6]}")
     validate_name(name)
     quantization = config.quantize if config.quantize != "none" else base.quantization
     role = "runs_on" if kind == "modifier" else "trained_on"

@@ -48,7 +48,7 @@ class TrainConfig(BaseModel):
         return self
 
 
-def _format_errors(e: ValidationError) -> str:
+def format_errors(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"]) or "config"
@@ -99,7 +99,7 @@ def load_config(path: Path | None, overrides: list[str]) -> TrainConfig:
     try:
         return TrainConfig(**data)
     except ValidationError as e:
-        raise BadInput(f"invalid training config: {_format_errors(e)}") from None
+        raise BadInput(f"invalid training config: {format_errors(e)}") from None
 
 
 def linear_modules(tensors: dict[str, modelfiles.TensorInfo]) -> dict[str, tuple[int, int]]:

@@ -257,6 +257,13 @@ class Store:
                 q = q.where(Artifact.kind == kind)
             return list(s.execute(q).scalars().all())
 
+    def unique_name(self, stem: str) -> str:
+        """``stem``, or ``stem-2``, ``stem-3``, ... : the first name not taken (names are never reused)."""
+        stem = stem[:58]
+        with self.reading() as s:
+            taken = set(s.execute(select(Artifact.name).where(Artifact.name.startswith(stem))).scalars())
+        return next(n for n in (stem, *(f"{stem}-{i}" for i in range(2, 1_000_000))) if n not in taken)
+
     def artifacts(self, kind: str | None = None) -> list[Artifact]:
         """Full rows (with metadata), for library code that needs more than a summary."""
         with self.reading() as s:
@@ -509,12 +516,6 @@ class Store:
         with self.writing() as s:
             art = self.resolve(ref, session=s)
             s.add(Evaluation(artifact_id=art.id, dataset_id=dataset_id, split=split, metrics=metrics))
-
-    def evaluations(self, artifact_id: str) -> list[dict[str, Any]]:
-        with self.reading() as s:
-            q = select(Evaluation).where(Evaluation.artifact_id == artifact_id).order_by(Evaluation.id)
-            return [{"at": e.at.isoformat() + "Z", "dataset": e.dataset_id, "split": e.split, "metrics": e.metrics}
-                    for e in s.execute(q).scalars()]
 
     def new_staging(self, artifact_id: str) -> Path:
         """A staging directory for files of a future artifact, marked with this process as owner."""
