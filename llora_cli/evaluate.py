@@ -33,10 +33,12 @@ class EvalReport:
     correct: int | None = None
     seconds: float = 0.0
     samples: list[dict] = field(default_factory=list)
+    load: dict = field(default_factory=dict)  # the loading layer's choice: strategy, dtype, device
 
     def metrics(self) -> dict:
         return {"n": self.n, "loss": self.loss, "perplexity": self.perplexity, "accuracy": self.accuracy,
-                "correct": self.correct, "task": self.dataset.get("task"), "seconds": self.seconds}
+                "correct": self.correct, "task": self.dataset.get("task"), "seconds": self.seconds,
+                "load": self.load}
 
     def to_json(self) -> dict:
         return {"artifact": self.artifact, "dataset": self.dataset, "split": self.split, **self.metrics(),
@@ -58,22 +60,6 @@ def model_source(store: Store, art: Artifact) -> tuple[Path, Path | None, str | 
         raise BadInput(f"{art.kind} '{art.name}' records no base")
     quant = (art.meta.get("quantized_training") or {}).get("method")
     return store.path_of(bases[0].id), store.path_of(art.id), quant
-
-
-def load_model(base_dir: Path, adapter_dir: Path | None, quantize: str | None = None):
-    """Tokenizer and model in fp32; a QLoRA adapter runs on the quantize-dequantized base weights it saw
-    (the same numbers bitsandbytes computes with, without its CPU inference kernels)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    if adapter_dir is not None:
-        from llora_cli.merge import reference_model
-
-        return tokenizer, reference_model(base_dir, adapter_dir, quantize)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model.eval()
-    return tokenizer, model
 
 
 def mean_loss(tokenizer, model, rows: list[dict], *, max_len: int = 512, batch_size: int = 8) -> float | None:
@@ -130,13 +116,16 @@ def evaluate(store: Store, ref: str, data_ref: str, *, limit: int | None = None,
         rows = rows[:limit]
     base_dir, adapter_dir, quant = model_source(store, art)
     start = time.perf_counter()
-    tokenizer, model = load_model(base_dir, adapter_dir, quant)
+    from llora_cli.loading import load_model
+
+    tokenizer, model, plan = load_model(base_dir, adapter_dir, quant)
     loss = mean_loss(tokenizer, model, rows)
     report = EvalReport(
         artifact={"id": art.id, "name": art.name, "kind": art.kind},
         dataset={"id": data.artifact.id, "name": data.artifact.name, "task": data.task},
         split=used_split, n=len(rows), loss=round(loss, 5) if loss is not None else None,
         perplexity=round(math.exp(min(loss, 50)), 4) if loss is not None else None,
+        load={"strategy": plan.strategy, "dtype": plan.dtype, "device": plan.device},
     )
     if data.task in tasks.KINDS:
         check = tasks.checker(data.task)

@@ -71,6 +71,13 @@ def _model_dir(store: Store, ref: str):
 
 def plan_for(store: Store, ref: str, *, available: int | None = None, device: str | None = None) -> LoadPlan:
     art, base_dir, adapter_dir = _model_dir(store, ref)
+    return plan_for_dir(base_dir, adapter_dir, {"id": art.id, "name": art.name, "kind": art.kind},
+                        available=available, device=device)
+
+
+def plan_for_dir(base_dir: Path, adapter_dir: Path | None = None, artifact: dict | None = None, *,
+                 available: int | None = None, device: str | None = None) -> LoadPlan:
+    """The plan for a model directory (plus an optional adapter directory), from headers and /proc/meminfo."""
     tensors = modelfiles.model_tensors(base_dir)
     sizes = []
     for t in tensors.values():
@@ -83,9 +90,11 @@ def plan_for(store: Store, ref: str, *, available: int | None = None, device: st
     adapter_bytes = 0
     if adapter_dir is not None and (adapter_dir / "adapter_model.safetensors").exists():
         adapter_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
-    load = {"fp32": params * 4 + RUNTIME_OVERHEAD, "bf16": params * 2 + RUNTIME_OVERHEAD,
-            "nf4": int(params * 0.56) + RUNTIME_OVERHEAD}
-    merge_peak = largest * 4 * 3 + adapter_bytes + RUNTIME_OVERHEAD if art.kind == "adapter" else None
+    artifact = artifact or {"id": None, "name": base_dir.name, "kind": "adapter" if adapter_dir else "base"}
+    load = {"fp32": params * 4 + adapter_bytes * 2 + RUNTIME_OVERHEAD,
+            "bf16": params * 2 + adapter_bytes * 2 + RUNTIME_OVERHEAD,
+            "nf4": int(params * 0.56) + adapter_bytes * 2 + RUNTIME_OVERHEAD}
+    merge_peak = largest * 4 * 3 + adapter_bytes + RUNTIME_OVERHEAD if artifact["kind"] == "adapter" else None
     compress_peak = largest * 4 * 2 + RUNTIME_OVERHEAD
     available = available_memory() if available is None else available
     device = device or detect_device()
@@ -98,8 +107,7 @@ def plan_for(store: Store, ref: str, *, available: int | None = None, device: st
         strategy, dtype, why = "quantized-nf4", "nf4", "only an NF4 copy fits in memory"
     else:
         strategy, dtype, why = "offload", "bf16", "does not fit even in NF4: layers are offloaded to disk"
-    return LoadPlan({"id": art.id, "name": art.name, "kind": art.kind}, params, device, available, load, merge_peak,
-                    compress_peak, strategy, dtype, why)
+    return LoadPlan(artifact, params, device, available, load, merge_peak, compress_peak, strategy, dtype, why)
 
 
 def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None = None):
@@ -117,3 +125,39 @@ def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None 
                                                     offload_folder=str(offload_dir or model_dir / ".offload"))
     dtype = torch.float32 if plan.dtype == "fp32" else torch.bfloat16
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(plan.device)
+
+
+def quantized_by_bnb(name: str, t) -> bool:
+    """Whether transformers' bitsandbytes integration quantizes this tensor: the decoder's linear weights
+    (embeddings, norms and the output head stay in full precision)."""
+    return ".layers." in name and name.endswith(".weight") and t.dim() == 2
+
+
+def load_model(base_dir: Path, adapter_dir: Path | None = None, qlora: str | None = None, *,
+               plan: LoadPlan | None = None):
+    """(tokenizer, eval-mode model, plan): the base loaded as ``plan`` says (planned here when not given),
+    with the adapter attached through PEFT when there is one.
+
+    A QLoRA adapter (``qlora`` = nf4 | int8) runs on the quantize-dequantized base weights it was trained
+    against: the same numbers bitsandbytes computes with, without its CPU 4-bit kernels (which fail on a
+    batch of one sequence here).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from llora_cli import mergeops
+
+    plan = plan or plan_for_dir(base_dir, adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = load_causal_lm(base_dir, plan)
+    if qlora and plan.strategy in ("full", "full-bf16"):
+        round_trip = mergeops.ROUND_TRIPS[qlora]
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if quantized_by_bnb(name, p):
+                    p.copy_(round_trip(p.data))
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    return tokenizer, model.eval(), plan

@@ -12,6 +12,7 @@ catalog changed: the merged artifact is registered and the adapter moved to
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,16 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llora_cli import mergeops, modelfiles
-from llora_cli.loading import available_memory
+from llora_cli.loading import available_memory, quantized_by_bnb
 from llora_store import Store, rules
 from llora_store.catalog import new_id, validate_name
 from llora_store.errors import BadInput, RuleViolation
 from llora_store.models import Artifact
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-# Level-1: the fp32 merged weight applied to probe vectors vs base + adapter computed in fp64 without
+# Level-1: the fp32 merged weight applied to probe vectors vs base + adapter computed in fp32 without
 # forming the merged weight (max |diff| / max |reference|); the cast to the output dtype is checked
-# separately against half a unit in the last place of that dtype.
+# separately against the unit roundoff of that dtype (see mergeops.merge_checked).
 TENSOR_TOL = 1e-4
 CAST_TOL = {"fp32": 1e-6, "fp16": 2.0**-11, "bf16": 2.0**-8}
 # Level-2 tolerance: max |logits diff| / max |reference logits|.
@@ -210,28 +211,6 @@ def read_adapter(adapter_dir: Path):
     return config, modules
 
 
-def quantized_by_bnb(name: str, t) -> bool:
-    """Whether transformers' bitsandbytes integration quantizes this tensor: the decoder's linear weights
-    (embeddings, norms and the output head stay in full precision)."""
-    return ".layers." in name and name.endswith(".weight") and t.dim() == 2
-
-
-def reference_model(base_dir: Path, adapter_dir: Path, qlora: str | None):
-    """Base + adapter through PEFT, in fp32; for QLoRA on the dequantized weights bnb computes with."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    if qlora:
-        round_trip = mergeops.ROUND_TRIPS[qlora]
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if quantized_by_bnb(name, p):
-                    p.copy_(round_trip(p.data))
-    return PeftModel.from_pretrained(model, adapter_dir).eval()
-
-
 def _probe(name: str, fan_in: int, k: int = 4):
     import torch
 
@@ -244,8 +223,9 @@ def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: str
                  naive: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the merged checkpoint's weights into ``out_dir``; returns counts and level-1 figures.
 
-    Peak memory: the largest tensor in fp32 (plus its merged copy) + the adapter; source tensors are
-    read one at a time without mmap and output shards are written tensor by tensor.
+    Peak memory: the largest tensor in its source dtype and in the output dtype (one being written in
+    the background) + the adapter + one fp32 row block; source tensors are read one at a time without
+    mmap and output shards are written tensor by tensor.
     """
     import torch
 
@@ -301,26 +281,16 @@ def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: str
                     t = round_trip(t.to(torch.float32))
                 if name.endswith(".weight") and module in modules:
                     parts = modules[module]
-                    W = t.to(torch.float32)
                     scale = mergeops.lora_scale(config, module)
-                    w = mergeops.merge_weight(W, parts["A"], parts["B"], scale, parts.get("m"))
-                    out = w.to(out_dtype)
-                    x = _probe(name, W.shape[1])
-                    ref = mergeops.reference_apply(W, parts["A"], parts["B"], scale, x, parts.get("m"))
-                    wx = w @ x
-                    diff = (wx - ref).abs()
-                    worst_rel = max(worst_rel, float(diff.max() / ref.abs().max().clamp_min(1e-12)))
-                    sum_abs += float(diff.mean())
-                    # rounding to the output dtype moves each product w_i x_i by at most half an ulp, so
-                    # |out x - w x| <= 2^-(p+1) * (|w| |x|) row by row; checked on the same probes
-                    # w is not needed after this: take |w| in place unless `out` is w itself (fp32 output)
-                    w_abs = w.abs() if out.data_ptr() == w.data_ptr() else w.abs_()
-                    cast_err = (out.to(torch.float32) @ x - wx).abs() / (w_abs @ x.abs()).clamp_min(1e-30)
-                    worst_cast = max(worst_cast, float(cast_err.max()))
+                    out, fig = mergeops.merge_checked(t, parts["A"], parts["B"], scale, _probe(name, t.shape[1]),
+                                                      out_dtype, parts.get("m"))
+                    worst_rel = max(worst_rel, fig["max_diff"] / max(fig["max_ref"], 1e-12))
+                    sum_abs += fig["sum_diff"] / fig["n"]
+                    worst_cast = max(worst_cast, fig["cast_ratio"])
                     n_checked += 1
                     merged += 1
                     writer.write(name, out)
-                    del W, w, w_abs, out
+                    del out
                 elif t.is_floating_point():
                     writer.write(name, t.to(out_dtype))
                 else:
@@ -366,10 +336,13 @@ def copy_model_files(base_dir: Path, out_dir: Path, dtype: str) -> None:
 def full_check(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, dtype: str, qlora: str | None) -> dict:
     """Logits of the merged model vs base + adapter (PEFT) on probe prompts."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    ref_model = reference_model(base_dir, adapter_dir, qlora)
+    from llora_cli.loading import load_model, plan_for_dir
+
+    fp32 = dataclasses.replace(plan_for_dir(base_dir, adapter_dir), strategy="full", dtype="fp32", device="cpu",
+                               reason="the reference is computed in fp32")
+    tokenizer, ref_model, _ = load_model(base_dir, adapter_dir, qlora, plan=fp32)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     worst, mean_sum = 0.0, 0.0
     with torch.inference_mode():

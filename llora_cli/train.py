@@ -212,6 +212,7 @@ def _launch_accelerate(spec_path: Path, num_processes: int, config_file: Path | 
     # restarts the worker group once (from the last checkpoint, if one was written) instead of failing the run
     flags += ["--max_restarts", "1"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "llora_cli.trainjob", str(spec_path)]
+    (spec_path.parent / "outcome.json").unlink(missing_ok=True)  # written by rank 0 only once the adapter is saved
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log = spec_path.parent / "launch.log"
     log.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")

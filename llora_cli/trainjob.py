@@ -219,6 +219,9 @@ class TrainJob:
 def main(argv: list[str]) -> int:
     """Worker entry point for ``accelerate launch -m llora_cli.trainjob SPEC.json``."""
     spec = TrainSpec.load(Path(argv[0]))
+    finished = Path(spec.run_dir) / "outcome.json"
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and finished.is_file():
+        return 0  # the run had finished and saved; a rank died on the way out: nothing to redo
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         spec.resume = True  # an elastic restart continues from the last checkpoint, if any
     job = TrainJob(spec)
@@ -226,8 +229,25 @@ def main(argv: list[str]) -> int:
     outcome = job.run()
     job.save()
     if job.trainer.is_world_process_zero():
-        (Path(spec.run_dir) / "outcome.json").write_text(json.dumps(asdict(outcome)))
+        tmp = finished.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(outcome)))
+        os.replace(tmp, finished)  # whole or absent: a restarted rank trusts it
+    _shutdown_distributed()
     return 0
+
+
+def _shutdown_distributed() -> None:
+    """Leave the process group together and tear it down before the interpreter exits.
+
+    Without this, a rank that reaches exit while gloo's background threads are still joinable dies with
+    "terminate called without an active exception" (SIGABRT, seen here about once in 20 two-rank runs); the
+    elastic agent then restarts a run that had already finished.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

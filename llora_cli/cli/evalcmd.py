@@ -31,3 +31,5 @@ def eval_(
     acc = f", accuracy {report.accuracy:.1%} ({report.correct}/{report.n})" if report.accuracy is not None else ""
     out().print(f"{report.artifact['kind']} '{report.artifact['name']}' on '{report.dataset['name']}' ({report.split}, "
                 f"n={report.n}): loss {report.loss}, perplexity {report.perplexity}{acc}")
+    load = report.load
+    out().print(f"[dim]loaded {load['strategy']} ({load['dtype']}, {load['device']}) in {report.seconds} s[/]")

@@ -203,3 +203,23 @@ def test_sharded_output_with_index_loads_in_transformers(cli, store, base, tmp_p
     ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_copy)
     ids = torch.tensor([[3, 8, 21]])
     assert torch.allclose(merged(ids).logits, ref(ids).logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("dora", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocked_merge_kernel_matches_the_whole_tensor_formula(monkeypatch, dora, dtype):
+    from llora_cli import mergeops
+
+    monkeypatch.setattr(mergeops, "BLOCK_ELEMENTS", 3 * 96)  # 3 rows per block, last block partial (40 rows)
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(40, 96, generator=g).to(torch.bfloat16)
+    A, B = torch.randn(8, 96, generator=g) * 0.1, torch.randn(40, 8, generator=g) * 0.1
+    m = torch.rand(40, generator=g) + 0.5 if dora else None
+    x = torch.randn(96, 4, generator=g)
+    out, fig = mergeops.merge_checked(W, A, B, 2.0, x, dtype, m)
+    whole = mergeops.merge_weight(W, A, B, 2.0, m)
+    assert out.dtype == dtype and torch.allclose(out.float(), whole, rtol=2**-8, atol=1e-6)
+    ref = mergeops.reference_apply(W, A, B, 2.0, x, m)
+    assert fig["max_ref"] == pytest.approx(float(ref.abs().max()), rel=1e-6)
+    assert fig["max_diff"] / fig["max_ref"] < 1e-5 and fig["n"] == 160
+    assert fig["cast_ratio"] <= (2**-8 if dtype == torch.bfloat16 else 0.0)

@@ -1,0 +1,63 @@
+"""The loading layer: each strategy loads a model whose logits match the fp32 load; eval goes through it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from llora_cli import loading
+
+
+@pytest.fixture
+def fp32_logits(tiny_model_dir):
+    import torch
+
+    tok, model, plan = loading.load_model(tiny_model_dir, plan=dataclasses.replace(
+        loading.plan_for_dir(tiny_model_dir, available=10**12, device="cpu")))
+    assert plan.strategy == "full" and plan.dtype == "fp32"
+    assert next(model.parameters()).dtype == torch.float32 and not model.training
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.inference_mode():
+        return ids, model(**ids).logits
+
+
+@pytest.mark.parametrize("strategy,dtype,tol", [("full-bf16", "bf16", 0.05), ("offload", "bf16", 0.05)])
+def test_strategies_load_equivalent_models(tiny_model_dir, fp32_logits, tmp_path, strategy, dtype, tol):
+    import torch
+
+    ids, ref = fp32_logits
+    need = loading.plan_for_dir(tiny_model_dir, available=10**12, device="cpu").load_bytes
+    # the planner picks the strategy from the memory it is given
+    available = {"full-bf16": int(need["bf16"] / 0.8) + 1, "offload": int(need["nf4"] / 0.8) - 1}[strategy]
+    plan = loading.plan_for_dir(tiny_model_dir, available=available, device="cpu")
+    assert plan.strategy == strategy and plan.dtype == dtype
+    _, model, _ = loading.load_model(tiny_model_dir, plan=plan)
+    with torch.inference_mode():
+        got = model(**ids).logits.float()
+    rel = float((got - ref).abs().max() / ref.abs().max())
+    assert 0 < rel < tol  # bf16 weights: close to fp32, not identical
+
+
+def test_adapter_is_attached_and_changes_logits(tiny_model_dir, tiny_adapter_dir, fp32_logits):
+    import torch
+    from peft import PeftModel
+
+    ids, ref = fp32_logits
+    _, model, plan = loading.load_model(tiny_model_dir, tiny_adapter_dir)
+    assert isinstance(model, PeftModel) and plan.artifact["kind"] == "adapter"
+    with torch.inference_mode():
+        got = model(**ids).logits
+    assert float((got - ref).abs().max()) > 1e-3
+
+
+def test_eval_records_the_loading_choice(cli, store, tiny_model_dir, monkeypatch):
+    cli.json("bases", "add", tiny_model_dir, "--name", "tiny")
+    cli.json("data", "make", "automation", "--n", "16", "--name", "auto")
+    rep = cli.json("eval", "tiny", "--data", "auto", "--limit", "2")
+    assert rep["load"] == {"strategy": "full", "dtype": "fp32", "device": "cpu"}
+    need = loading.plan_for_dir(store.path_of(store.resolve("tiny").id), available=10**12, device="cpu").load_bytes
+    monkeypatch.setattr(loading, "available_memory", lambda: int(need["bf16"] / 0.8) + 1)
+    low = cli.json("eval", "tiny", "--data", "auto", "--limit", "2")
+    assert low["load"] == {"strategy": "full-bf16", "dtype": "bf16", "device": "cpu"}
+    assert low["loss"] == pytest.approx(rep["loss"], rel=0.05) and low["loss"] != rep["loss"]
