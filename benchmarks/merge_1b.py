@@ -1,6 +1,6 @@
 """Merge benchmark: PEFT's path vs `llora merge` on a random ~0.9B Llama in bf16 (sharded safetensors).
 
-Usage: python benchmarks/merge_1b.py [--layers 18] [--workdir DIR]
+Usage: python benchmarks/merge_1b.py [--layers 18] [--workdir DIR] [--rounds 3]
 (a) transformers load (bf16) + PeftModel.from_pretrained + merge_and_unload + save_pretrained;
 (b) `llora merge --dtype bf16 --verify tensors`; (b+) the same with `--verify full`.
 Each runs in its own process; peak RSS is that process's VmHWM (ru_maxrss would
@@ -14,6 +14,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,7 @@ LLORA_PATH = textwrap.dedent('''
 
 
 def run(code: str, *args: str, env: dict) -> dict:
+    os.sync()  # each timed run starts with no dirty pages left by the previous one (not counted)
     out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr[-3000:])
@@ -115,10 +118,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=18)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each path; medians are reported")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="llora-merge-bench-"))
     base, adapter, n_params = build(work, args.layers)
     home = work / "home"
+    shutil.rmtree(home, ignore_errors=True)  # a rerun in the same --workdir starts from an empty store
+    shutil.rmtree(work / "out_a", ignore_errors=True)
     env = {**os.environ, "LLORA_HOME": str(home)}
     os.environ["LLORA_HOME"] = str(home)
     from llora_cli.adapters import import_adapter
@@ -127,18 +133,29 @@ def main() -> None:
 
     store = open_store()
     add_base(store, str(base), name="big")
-    import_adapter(store, adapter, "big", name="ad-tensors")
+    runs_a, runs_b = [], []
+    for i in range(args.rounds):  # alternate the paths so disk and cache conditions hit both alike
+        shutil.rmtree(work / "out_a", ignore_errors=True)
+        runs_a.append(run(PEFT_PATH, str(base), str(adapter), str(work / "out_a"), env=env))
+        import_adapter(store, adapter, "big", name=f"ad-tensors-{i}")
+        runs_b.append(run(LLORA_PATH, f"ad-tensors-{i}", "tensors", env=env))
     import_adapter(store, adapter, "big", name="ad-full")
-    a = run(PEFT_PATH, str(base), str(adapter), str(work / "out_a"), env=env)
-    b = run(LLORA_PATH, "ad-tensors", "tensors", env=env)
     full = run(LLORA_PATH, "ad-full", "full", env=env)
+    b = runs_b[-1]
     cmp = compare(base, adapter, work / "out_a", store.path_of(b["merged"]))
+    a_s = statistics.median(r["seconds"] for r in runs_a)
+    b_s = statistics.median(r["seconds"] for r in runs_b)
+    a_rss = max(r["peak_rss_mb"] for r in runs_a)
+    b_rss = max(r["peak_rss_mb"] for r in runs_b)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "parameters": n_params, "peft_path": a,
-        "llora_tensors": {k: b[k] for k in ("seconds", "peak_rss_mb", "tensor_check")},
+        "parameters": n_params, "rounds": args.rounds,
+        "peft_path": {"seconds_each": [round(r["seconds"], 2) for r in runs_a], "median_seconds": a_s,
+                      "peak_rss_mb": a_rss},
+        "llora_tensors": {"seconds_each": [round(r["seconds"], 2) for r in runs_b], "median_seconds": b_s,
+                          "peak_rss_mb": b_rss, "tensor_check": b["tensor_check"]},
         "llora_full": {k: full[k] for k in ("seconds", "peak_rss_mb", "full_check")},
-        "rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"], "time_ratio": b["seconds"] / a["seconds"], **cmp,
+        "rss_ratio": b_rss / a_rss, "time_ratio": b_s / a_s, **cmp,
     }
     print(json.dumps(result, indent=2))
 

@@ -127,10 +127,10 @@ def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None 
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(plan.device)
 
 
-def quantized_by_bnb(name: str, t) -> bool:
-    """Whether transformers' bitsandbytes integration quantizes this tensor: the decoder's linear weights
-    (embeddings, norms and the output head stay in full precision)."""
-    return ".layers." in name and name.endswith(".weight") and t.dim() == 2
+def quantized_by_bnb(name: str, shape) -> bool:
+    """Whether transformers' bitsandbytes integration quantizes the tensor ``name`` of ``shape``: the
+    decoder's linear weights (embeddings, norms and the output head stay in full precision)."""
+    return ".layers." in name and name.endswith(".weight") and len(shape) == 2
 
 
 def load_model(base_dir: Path, adapter_dir: Path | None = None, qlora: str | None = None, *,
@@ -154,7 +154,7 @@ def load_model(base_dir: Path, adapter_dir: Path | None = None, qlora: str | Non
         round_trip = mergeops.ROUND_TRIPS[qlora]
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if quantized_by_bnb(name, p):
+                if quantized_by_bnb(name, p.shape):
                     p.copy_(round_trip(p.data))
     if adapter_dir is not None:
         from peft import PeftModel

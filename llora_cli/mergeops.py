@@ -57,7 +57,7 @@ def reference_apply(W, A, B, scale: float, x, magnitude=None, norm=None):
 BLOCK_ELEMENTS = 1 << 18  # one fp32 row block (1 MiB) stays in cache through every step of merge_checked
 
 
-def merge_checked(W, A, B, scale: float, x, out_dtype, magnitude=None, *, out=None):
+def merge_checked(W, A, B, scale: float, probes, out_dtype, magnitude=None, *, out=None):
     """The merged weight cast to ``out_dtype`` plus its level-1 check, computed one row block at a time.
 
     Each block of rows is upcast to fp32, probed (``W x + scale * B (A x)``, the reference, computed before
@@ -65,16 +65,19 @@ def merge_checked(W, A, B, scale: float, x, out_dtype, magnitude=None, *, out=No
     probed again, and cast into ``out``. A block is small enough to stay in cache, so the weight crosses
     main memory twice (read in its dtype, written in ``out_dtype``) however many checks run on it.
 
-    W [out, in], A [r, in], B [out, r], x [in, k] probes, magnitude [out] (DoRA).
-    Returns (out, figures): ``max_diff`` and ``sum_diff`` of |merged x - reference| (fp32 merged weight),
-    ``max_ref`` = max |reference|, ``n`` = number of compared values, and ``cast_ratio`` = the largest
-    |out x - merged x| / (|merged| |x|) row by row (rounding to ``out_dtype`` bounds it by its unit roundoff).
+    W [out, in], A [r, in], B [out, r], probes [k, in] (row-major: ``w @ probes.T`` is ~4x faster on CPU
+    than a product with an [in, k] matrix), magnitude [out] (DoRA).
+    Returns (out, figures): ``max_diff`` and ``sum_diff`` of |merged x - reference| (fp32 merged weight,
+    every row), ``max_ref`` = max |reference|, ``n`` = number of compared values, and ``cast_ratio`` = the
+    largest |out x - merged x| / (|merged| |x|) over the rows of the first block (rounding to ``out_dtype``
+    bounds it by that dtype's unit roundoff).
     """
     import torch
 
     f32 = torch.float32
     n_out, n_in = W.shape
-    A32, B32, x32 = A.to(f32), B.to(f32), x.to(f32)
+    A32, B32 = A.to(f32), B.to(f32)
+    x32 = probes.to(f32).contiguous().T  # [in, k] view of row-major probes
     ax = A32 @ x32
     x_abs = x32.abs()
     if out is None:
@@ -103,11 +106,13 @@ def merge_checked(W, A, B, scale: float, x, out_dtype, magnitude=None, *, out=No
         max_ref = max(max_ref, float(ref.abs().max()))
         o = out[i:j]
         o.copy_(w)
-        if out_dtype != f32:
+        if out_dtype != f32 and i == 0:
+            # the cast is one elementwise rounding: checked on the first row block, which keeps the
+            # kernel at five passes over each block instead of nine
             bound = w.abs_() @ x_abs
             cast = (o.to(f32) @ x32 - wx).abs_().div_(bound.clamp_min_(1e-30))
             cast_ratio = max(cast_ratio, float(cast.max()))
-    return out, {"max_diff": max_diff, "max_ref": max_ref, "sum_diff": sum_diff, "n": n_out * x.shape[1],
+    return out, {"max_diff": max_diff, "max_ref": max_ref, "sum_diff": sum_diff, "n": n_out * x32.shape[1],
                  "cast_ratio": cast_ratio}
 
 

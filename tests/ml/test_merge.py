@@ -160,6 +160,25 @@ def test_qlora_round_trip_matches_bitsandbytes(tiny_model_dir):
     assert not torch.equal(original, seen)
 
 
+def test_int8_round_trip_matches_bitsandbytes(tiny_model_dir):
+    """The int8 round trip uses the same int8 codes and row scales as a bnb LLM.int8 model (its weights are
+    stored as nothing else), and dequantizes them to the same numbers."""
+    import bitsandbytes.functional as F
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from llora_cli import mergeops
+
+    q = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                             quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    original = state_dict(tiny_model_dir)["model.layers.1.mlp.down_proj.weight"]
+    weight = q.model.layers[1].mlp.down_proj.weight
+    codes, scales, _ = F.int8_vectorwise_quant(original.to(torch.float16))
+    assert torch.equal(codes, weight.CB) and torch.equal(scales, weight.SCB)
+    seen = F.int8_vectorwise_dequant(weight.CB, weight.SCB).float()
+    assert torch.equal(mergeops.int8_round_trip(original), seen)
+    assert 0 < float((seen - original).abs().max()) < 1e-2 * float(original.abs().max())
+
+
 def test_qlora_adapter_merge_and_naive_flag(cli, store, base):
     cli.json("data", "make", "automation", "--n", "24", "--name", "auto")
     cli.json("train", "--base", "tiny", "--data", "auto", "--name", "q", "--quantize", "nf4", "max_steps=3",
@@ -216,7 +235,7 @@ def test_blocked_merge_kernel_matches_the_whole_tensor_formula(monkeypatch, dora
     A, B = torch.randn(8, 96, generator=g) * 0.1, torch.randn(40, 8, generator=g) * 0.1
     m = torch.rand(40, generator=g) + 0.5 if dora else None
     x = torch.randn(96, 4, generator=g)
-    out, fig = mergeops.merge_checked(W, A, B, 2.0, x, dtype, m)
+    out, fig = mergeops.merge_checked(W, A, B, 2.0, x.T, dtype, m)
     whole = mergeops.merge_weight(W, A, B, 2.0, m)
     assert out.dtype == dtype and torch.allclose(out.float(), whole, rtol=2**-8, atol=1e-6)
     ref = mergeops.reference_apply(W, A, B, 2.0, x, m)
