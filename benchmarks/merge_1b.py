@@ -86,6 +86,7 @@ def build(work: Path, layers: int) -> tuple[Path, Path]:
 
 
 def compare(base: Path, adapter: Path, out_a: Path, out_b: Path) -> dict:
+    import torch
     from safetensors import safe_open
 
     from llora_cli import mergeops
@@ -105,7 +106,7 @@ def compare(base: Path, adapter: Path, out_a: Path, out_b: Path) -> dict:
         name = f"{module}.weight"
         W = find(base, name).float()
         p = modules[module]
-        ref = W + mergeops.lora_scale(config, module) * (p["B"].float() @ p["A"].float())
+        ref = W + (torch.from_numpy(p["B"]) @ torch.from_numpy(p["A"])) * mergeops.lora_scale(config, module)
         a, b = find(out_a, name).float(), find(out_b, name).float()
         ulp = (ref.abs().clamp_min(1e-30).log2().floor() - 7).exp2()  # bf16 spacing at each value
         worst_ulps = max(worst_ulps, float(((a - b).abs() / ulp).max()))

@@ -31,6 +31,7 @@ from llora_store.errors import BadInput, RuleViolation
 from llora_store.models import Artifact
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+ST_OUT = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}  # --dtype -> safetensors dtype
 # Level-1: the fp32 merged weight applied to probe vectors vs base + adapter computed in fp32 without
 # forming the merged weight (max |diff| / max |reference|); the cast to the output dtype is checked
 # separately against the unit roundoff of that dtype (see mergeops.merge_checked).
@@ -64,10 +65,6 @@ class MergeReport:
             "tensors_merged": self.tensors_merged, "tensors_total": self.tensors_total,
             "tensor_check": self.tensor_check, "full_check": self.full_check, "naive_error": self.naive_error,
         }
-
-
-ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64", "int64": "I64",
-             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
 class ShardWriter:
@@ -130,21 +127,21 @@ class ShardWriter:
                     self.f.close()
                 self.queue.task_done()
 
-    def write(self, name: str, tensor) -> None:
-        self.write_parts(name, [tensor])
+    def write(self, name: str, array) -> None:
+        self.write_parts(name, [array])
 
     def write_parts(self, name: str, parts) -> None:
-        """Write tensor ``name`` from consecutive pieces (tensors of its dtype, in row-major order)."""
-        import torch
+        """Write tensor ``name`` from consecutive pieces (numpy arrays of its dtype, in row-major order)."""
+        import numpy as np
 
         if self.order[self.next] != name:
             raise RuntimeError(f"shard writer expected {self.order[self.next]}, got {name}")
         dtype, nbytes = self.expected[name]
         written = 0
         for tensor in parts:
-            if ST_DTYPES[str(tensor.dtype).removeprefix("torch.")] != dtype:
+            if tensor.dtype != np.dtype(mergeops.NUMPY_DTYPES[dtype]):
                 raise RuntimeError(f"{name}: planned {dtype}, got {tensor.dtype}")
-            data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b""
+            data = np.ascontiguousarray(tensor).reshape(-1).view(np.uint8)
             written += len(data)
             if written > nbytes:
                 raise RuntimeError(f"{name}: planned {nbytes} bytes, got more")
@@ -156,7 +153,7 @@ class ShardWriter:
                 self.queue.join()
                 self._emit((data, tensor))
             elif len(data):
-                self.queue.put((data, tensor))  # the tensor keeps the numpy view's memory alive
+                self.queue.put((data, tensor))
         if written != nbytes:
             raise RuntimeError(f"{name}: planned {nbytes} bytes, got {written}")
         self.next += 1
@@ -196,22 +193,22 @@ class BufferPool:
         self.lock = threading.Lock()
 
     def take(self, nbytes: int):
-        import torch
+        import numpy as np
 
         with self.lock:
             idle = self.free.get(nbytes)
             if idle:
                 return idle.pop()
-        return torch.empty(nbytes, dtype=torch.uint8)
+        return np.empty(nbytes, dtype=np.uint8)
 
-    def give(self, tensor) -> None:
-        import torch
+    def give(self, array) -> None:
+        import numpy as np
 
-        if tensor is None or not tensor.is_contiguous() or tensor.numel() == 0:
+        if array is None or not array.flags.c_contiguous or array.size == 0:
             return
-        flat = tensor.reshape(-1).view(torch.uint8)
+        flat = array.reshape(-1).view(np.uint8)
         with self.lock:
-            idle = self.free.setdefault(flat.numel(), [])
+            idle = self.free.setdefault(flat.size, [])
             if len(idle) < self.keep:
                 idle.append(flat)
 
@@ -234,39 +231,40 @@ class ShardReader:
         self.start = 8 + n
 
     def get_tensor(self, name: str):
-        import torch
+        """Tensor ``name`` as a numpy array of its dtype (BF16: uint16 bits)."""
+        import numpy as np
 
         info = self.header[name]
         begin, end = info["data_offsets"]
         self.f.seek(self.start + begin)
-        dtype = getattr(torch, self.TORCH[info["dtype"]])
+        dtype = np.dtype(mergeops.NUMPY_DTYPES[info["dtype"]])
         if end == begin:
-            return torch.empty(info["shape"], dtype=dtype)
+            return np.empty(info["shape"], dtype=dtype)
         buf = self.pool.take(end - begin)  # not zero-filled, unlike bytearray
-        if self.f.readinto(buf.numpy()) != end - begin:
+        if self.f.readinto(buf) != end - begin:
             raise BadInput(f"{self.f.name} is truncated: tensor {name} ends past the end of the file")
         return buf.view(dtype).reshape(info["shape"])
 
-    def iter_chunks(self, name: str, dtype=None, chunk_bytes: int = 16 << 20):
-        """Tensor ``name`` as flat pieces of about ``chunk_bytes``, cast to ``dtype`` if given: a pass-through
-        tensor (embeddings, head) never needs to be in memory whole."""
-        import torch
+    def iter_chunks(self, name: str, dtype: str | None = None, chunk_bytes: int = 16 << 20):
+        """Tensor ``name`` as flat numpy pieces of about ``chunk_bytes``, cast to safetensors ``dtype`` if given:
+        a pass-through tensor (embeddings, head) never needs to be in memory whole."""
+        import numpy as np
 
         info = self.header[name]
         begin, end = info["data_offsets"]
-        src = getattr(torch, self.TORCH[info["dtype"]])
-        item = torch.tensor([], dtype=src).element_size()
+        src = info["dtype"]
+        item = np.dtype(mergeops.NUMPY_DTYPES[src]).itemsize
         step = max(item, chunk_bytes // item * item)
         pos = begin
         while pos < end:
             n = min(step, end - pos)
             self.f.seek(self.start + pos)
             buf = self.pool.take(n)
-            if self.f.readinto(buf.numpy()) != n:
+            if self.f.readinto(buf) != n:
                 raise BadInput(f"{self.f.name} is truncated: tensor {name} ends past the end of the file")
-            piece = buf.view(src)
+            piece = buf.view(mergeops.NUMPY_DTYPES[src])
             if dtype is not None and dtype != src:
-                piece = piece.to(dtype)
+                piece = mergeops.from_f32(mergeops.to_f32(piece, src), dtype)
                 self.pool.give(buf)
             yield piece
             pos += n
@@ -276,11 +274,15 @@ class ShardReader:
 
 
 def read_adapter(adapter_dir: Path):
-    """(PEFT config, {module: {"A","B","m"}}) with module names as in the base (``model.layers.0...q_proj``)."""
-    from safetensors.torch import load_file
-
+    """(PEFT config, {module: {"A","B","m"}}) with module names as in the base (``model.layers.0...q_proj``);
+    the tensors are fp32 numpy arrays."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    tensors = load_file(adapter_dir / "adapter_model.safetensors")
+    reader = ShardReader(adapter_dir / "adapter_model.safetensors")
+    try:
+        tensors = {k: mergeops.to_f32(reader.get_tensor(k), reader.header[k]["dtype"])
+                   for k in reader.header if k != "__metadata__" and reader.header[k]["dtype"] in mergeops.FLOAT_TYPES}
+    finally:
+        reader.close()
     modules: dict[str, dict] = {}
     for key, t in tensors.items():
         name = key.removeprefix("base_model.model.")
@@ -297,13 +299,19 @@ def read_adapter(adapter_dir: Path):
     return config, modules
 
 
-def _probe(name: str, fan_in: int, k: int = 4):
-    """``k`` random probe vectors [k, fan_in], seeded by the tensor name (reproducible checks)."""
+def _round_trip(fn, array, st_dtype: str):
+    """A bitsandbytes quantize-dequantize round trip (torch) applied to a numpy weight; fp32 result."""
     import torch
 
+    return fn(torch.from_numpy(mergeops.to_f32(array, st_dtype))).numpy()
+
+
+def _probe(name: str, fan_in: int, k: int = 4):
+    """``k`` random probe vectors [k, fan_in], seeded by the tensor name (reproducible checks)."""
+    import numpy as np
+
     seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(k, fan_in, generator=g, dtype=torch.float32)
+    return np.random.default_rng(seed).standard_normal((k, fan_in), dtype=np.float32)
 
 
 def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: str = "bf16", qlora: str | None = None,
@@ -314,32 +322,30 @@ def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: str
     the background) + the adapter + one fp32 row block; source tensors are read one at a time without
     mmap and output shards are written tensor by tensor.
     """
-    import torch
+    import numpy  # noqa: F401  (loads the BLAS library that threadpool_limits then finds)
+    from threadpoolctl import threadpool_limits
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - 1))  # leave a core to the writer thread (write + sha256)
-    try:
+    # BLAS gets one core fewer than the machine: the writer thread (write + sha256) keeps one, and idle
+    # OpenBLAS threads spin instead of yielding it (6.1-6.8 s vs 7.6-10.1 s on the 1B benchmark, 2 cores)
+    with threadpool_limits(limits=max(1, (os.cpu_count() or 2) - 1), user_api="blas"):
         return _stream_merge(base_dir, adapter_dir, out_dir, dtype=dtype, qlora=qlora, naive=naive, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: str, qlora: str | None, naive: bool,
                   progress: Callable[[int, int], None] | None) -> dict:
-    import torch
+    import numpy as np
 
     pool = BufferPool()
     config, modules = read_adapter(adapter_dir)
-    out_dtype = getattr(torch, DTYPES[dtype])
+    out_dtype = ST_OUT[dtype]
     shards = modelfiles.weight_files(base_dir)
     headers = [(p, modelfiles.read_safetensors_header(p)) for p in shards]
     missing = [m for m in modules if not any(f"{m}.weight" in h for _, h in headers)]
     if missing:
         raise BadInput(f"the adapter targets modules the base does not have: {', '.join(missing[:5])}")
     # Plan output shards from the headers so names, offsets and bytes are deterministic.
-    out_name = str(out_dtype).removeprefix("torch.")
-    itemsize = torch.tensor([], dtype=out_dtype).element_size()
-    float_types = {"F32", "F16", "BF16", "F64"}
+    itemsize = np.dtype(mergeops.NUMPY_DTYPES[out_dtype]).itemsize
+    float_types = set(mergeops.FLOAT_TYPES)
     plan: list[list[tuple[Path, str, str, tuple[int, ...], int]]] = [[]]
     size = 0
     for path, header in headers:
@@ -349,7 +355,7 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
             for d in info.shape:
                 n *= d
             if info.dtype in float_types:
-                dt, nbytes = ST_DTYPES[out_name], n * itemsize
+                dt, nbytes = out_dtype, n * itemsize
             else:
                 dt = info.dtype
                 nbytes = n * {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}[info.dtype]
@@ -385,15 +391,16 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
                         cast = out_dtype if src["dtype"] in float_types else None
                         writer.write_parts(name, handle.iter_chunks(name, cast))
                     else:
-                        t = handle.get_tensor(name)
+                        t, t_dtype = handle.get_tensor(name), src["dtype"]
                         if round_trip_this:
                             # every linear weight of the decoder was quantized during QLoRA training
-                            t = round_trip(t.to(torch.float32))
+                            t_src, t, t_dtype = t, _round_trip(round_trip, t, t_dtype), "F32"
+                            pool.give(t_src)
                         if adapted:
                             parts = modules[module]
                             scale = mergeops.lora_scale(config, module)
-                            out = pool.take(t.numel() * itemsize).view(out_dtype).reshape(t.shape)
-                            out, fig = mergeops.merge_checked(t, parts["A"], parts["B"], scale,
+                            out = pool.take(t.size * itemsize).view(mergeops.NUMPY_DTYPES[out_dtype]).reshape(t.shape)
+                            out, fig = mergeops.merge_checked(t, t_dtype, parts["A"], parts["B"], scale,
                                                               _probe(name, t.shape[1]), out_dtype, parts.get("m"),
                                                               out=out)
                             pool.give(t)  # the source is not needed any more; `out` goes to the writer
@@ -405,8 +412,8 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
                             writer.write(name, out)
                             del out
                         else:
-                            cast = t.to(out_dtype)
-                            if cast.data_ptr() != t.data_ptr():
+                            cast = mergeops.from_f32(t, out_dtype) if t_dtype != out_dtype else t
+                            if cast is not t:
                                 pool.give(t)
                             writer.write(name, cast)
                             del cast

@@ -1,7 +1,8 @@
 """Pure tensor operations of the merge: LoRA / rsLoRA / DoRA deltas and quantization round trips.
 
-All arithmetic is fp32 (or wider); callers cast the result to the output dtype.
-Shapes: W [out, in], A [r, in], B [out, r], magnitude [out].
+All arithmetic is fp32; results are cast to the output dtype by round to nearest even.
+Shapes: W [out, in], A [r, in], B [out, r], magnitude [out]. The stream works on numpy
+arrays; only the QLoRA round trips (bitsandbytes' own functions) need torch.
 """
 
 from __future__ import annotations
@@ -23,96 +24,114 @@ def lora_scale(config: dict, module: str) -> float:
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
 
-def merge_weight(W, A, B, scale: float, magnitude=None):
-    """The merged weight in fp32: ``W + scale * B @ A``, or DoRA's ``m / ||W + sBA||_row * (W + sBA)``.
-
-    W [out, in], A [r, in], B [out, r], magnitude [out] (DoRA) -> [out, in] fp32.
-    """
-    import torch
-
-    # one fused fp32 kernel, one allocation: W + scale * (B @ A)
-    w = torch.addmm(W.to(torch.float32), B.to(torch.float32), A.to(torch.float32), alpha=scale)
-    if magnitude is None:
-        return w
-    norm = torch.linalg.norm(w, dim=1)
-    return w.mul_((magnitude.to(torch.float32) / norm).unsqueeze(1))
+# Tensors of the stream are numpy arrays tagged with their safetensors dtype: numpy has no bfloat16, so a
+# BF16 tensor is its raw uint16 bits. numpy + OpenBLAS keeps torch (~1.5 s to import here) out of the merge.
+NUMPY_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "uint16", "I64": "int64",
+                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+FLOAT_TYPES = ("F64", "F32", "F16", "BF16")
 
 
-def reference_apply(W, A, B, scale: float, x, magnitude=None, norm=None):
-    """What base + adapter compute for inputs ``x`` [in, k], without forming the merged weight: [out, k] fp32.
+def to_f32(src, st_dtype: str, out=None):
+    """fp32 values of ``src`` (an array of ``st_dtype``), into ``out`` when given."""
+    import numpy as np
 
-    For DoRA, ``norm`` [out] is the row norm of ``W + sBA`` (computed here if not given).
-    """
-    import torch
+    if out is None:
+        out = np.empty(src.shape, dtype=np.float32)
+    if st_dtype == "BF16":
+        bits = out.view(np.uint32)
+        bits[...] = src
+        bits <<= 16  # bfloat16 is the upper half of a float32
+    else:
+        out[...] = src
+    return out
 
-    W32, A32, B32, x32 = (t.to(torch.float32) for t in (W, A, B, x))
-    y = W32 @ x32 + scale * (B32 @ (A32 @ x32))
-    if magnitude is None:
-        return y
-    if norm is None:
-        norm = torch.linalg.norm(W32 + scale * (B32 @ A32), dim=1)
-    return (magnitude.to(torch.float32) / norm).unsqueeze(1) * y
+
+def from_f32(x, st_dtype: str, out=None):
+    """``x`` (fp32) rounded to ``st_dtype`` (round to nearest even, like torch), into ``out`` when given."""
+    import numpy as np
+
+    if st_dtype != "BF16":
+        if out is None:
+            return x.astype(NUMPY_DTYPES[st_dtype])
+        out[...] = x
+        return out
+    if out is None:
+        out = np.empty(x.shape, dtype=np.uint16)
+    bits = x.view(np.uint32)
+    rounded = (bits >> 16) & 1
+    rounded += 0x7FFF
+    rounded += bits
+    rounded >>= 16
+    out[...] = rounded
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = 0x7FC0  # torch's canonical bfloat16 NaN; rounding would turn some NaNs into infinities
+    return out
 
 
 BLOCK_ELEMENTS = 1 << 18  # one fp32 row block (1 MiB) stays in cache through every step of merge_checked
+UNIT_ROUNDOFF = {"F32": 0.0, "F16": 2.0**-11, "BF16": 2.0**-8}
 
 
-def merge_checked(W, A, B, scale: float, probes, out_dtype, magnitude=None, *, out=None):
+def merge_checked(W, w_dtype: str, A, B, scale: float, probes, out_dtype: str, magnitude=None, *, out=None):
     """The merged weight cast to ``out_dtype`` plus its level-1 check, computed one row block at a time.
 
     Each block of rows is upcast to fp32, probed (``W x + scale * B (A x)``, the reference, computed before
-    the weight is merged), merged with one fused ``addmm_`` (DoRA: rescaled by ``magnitude / ||row||``),
-    probed again, and cast into ``out``. A block is small enough to stay in cache, so the weight crosses
-    main memory twice (read in its dtype, written in ``out_dtype``) however many checks run on it.
+    the weight is merged), merged (``W + (B @ A) * scale``, PEFT's order of operations; DoRA: rescaled by
+    ``magnitude / ||row||``), probed again, and cast into ``out``. A block is small enough to stay in
+    cache, so the weight crosses main memory twice (read in its dtype, written in ``out_dtype``) however
+    many checks run on it.
 
-    W [out, in], A [r, in], B [out, r], probes [k, in] (row-major: ``w @ probes.T`` is ~4x faster on CPU
-    than a product with an [in, k] matrix), magnitude [out] (DoRA).
+    W [out, in] of safetensors dtype ``w_dtype``, A [r, in], B [out, r] (fp32), probes [k, in] fp32,
+    magnitude [out] (DoRA); arrays are numpy (BF16 as uint16 bits).
     Returns (out, figures): ``max_diff`` and ``sum_diff`` of |merged x - reference| (fp32 merged weight,
     every row), ``max_ref`` = max |reference|, ``n`` = number of compared values, and ``cast_ratio`` = the
-    largest |out x - merged x| / (|merged| |x|) over the rows of the first block (rounding to ``out_dtype``
-    bounds it by that dtype's unit roundoff).
+    largest |out x - merged x| / (|merged| |x|) over the rows of the first block (rounding to
+    ``out_dtype`` bounds it by that dtype's unit roundoff).
     """
-    import torch
+    import numpy as np
 
-    f32 = torch.float32
+    f32 = np.float32
     n_out, n_in = W.shape
-    A32, B32 = A.to(f32), B.to(f32)
-    x32 = probes.to(f32).contiguous().T  # [in, k] view of row-major probes
-    ax = A32 @ x32
-    x_abs = x32.abs()
+    A32, B32 = np.asarray(A, dtype=f32), np.asarray(B, dtype=f32)
+    xT = np.ascontiguousarray(probes, dtype=f32).T  # [in, k] view of row-major probes
+    ax = A32 @ xT
     if out is None:
-        out = torch.empty((n_out, n_in), dtype=out_dtype)
+        out = np.empty((n_out, n_in), dtype=NUMPY_DTYPES[out_dtype])
     rows = max(1, BLOCK_ELEMENTS // max(n_in, 1))
-    work = torch.empty((min(rows, n_out), n_in), dtype=f32)
+    work = np.empty((min(rows, n_out), n_in), dtype=f32)
+    delta = np.empty_like(work)
     max_diff = max_ref = sum_diff = cast_ratio = 0.0
     for i in range(0, n_out, rows):
         j = min(i + rows, n_out)
-        w = work[: j - i]
-        w.copy_(W[i:j])
+        w, d = work[: j - i], delta[: j - i]
+        to_f32(W[i:j], w_dtype, out=w)
         Bi = B32[i:j]
-        ref = (w @ x32).addmm_(Bi, ax, alpha=scale)  # base + adapter without the merged weight
-        if magnitude is None:
-            w.addmm_(Bi, A32, alpha=scale)
-        else:
-            # PEFT's DoRA: m / ||W + s B A||_row * (W + s B A); the reference's norm is formed separately
-            ref_norm = torch.linalg.vector_norm(w + scale * (Bi @ A32), dim=1)
-            ref.mul_((magnitude[i:j].to(f32) / ref_norm).unsqueeze(1))
-            w.addmm_(Bi, A32, alpha=scale)
-            w.mul_((magnitude[i:j].to(f32) / torch.linalg.vector_norm(w, dim=1)).unsqueeze(1))
-        wx = w @ x32
-        diff = (wx - ref).abs_()
+        ref = w @ xT
+        ref += (Bi @ ax) * f32(scale)  # base + adapter without the merged weight
+        np.matmul(Bi, A32, out=d)
+        d *= f32(scale)
+        w += d
+        if magnitude is not None:
+            # PEFT's DoRA: m / ||W + s B A||_row * (W + s B A)
+            factor = (np.asarray(magnitude[i:j], dtype=f32) / np.linalg.norm(w, axis=1)).astype(f32)
+            ref *= factor[:, None]
+            w *= factor[:, None]
+        wx = w @ xT
+        diff = np.abs(wx - ref)
         max_diff = max(max_diff, float(diff.max()))
         sum_diff += float(diff.sum())
-        max_ref = max(max_ref, float(ref.abs().max()))
+        max_ref = max(max_ref, float(np.abs(ref).max()))
         o = out[i:j]
-        o.copy_(w)
-        if out_dtype != f32 and i == 0:
+        from_f32(w, out_dtype, out=o)
+        if out_dtype != "F32" and i == 0:
             # the cast is one elementwise rounding: checked on the first row block, which keeps the
             # kernel at five passes over each block instead of nine
-            bound = w.abs_() @ x_abs
-            cast = (o.to(f32) @ x32 - wx).abs_().div_(bound.clamp_min_(1e-30))
+            bound = np.abs(w) @ np.abs(xT)
+            got = to_f32(o, out_dtype) @ xT
+            cast = np.abs(got - wx) / np.maximum(bound, 1e-30)
             cast_ratio = max(cast_ratio, float(cast.max()))
-    return out, {"max_diff": max_diff, "max_ref": max_ref, "sum_diff": sum_diff, "n": n_out * x32.shape[1],
+    return out, {"max_diff": max_diff, "max_ref": max_ref, "sum_diff": sum_diff, "n": n_out * xT.shape[1],
                  "cast_ratio": cast_ratio}
 
 
