@@ -96,16 +96,19 @@ class ShardWriter:
             pass  # file systems without fallocate just allocate as they go
         self.sha = hashlib.sha256()
         self.bytes = 0
-        self._emit(len(raw).to_bytes(8, "little"))
-        self._emit(raw)
         self.order = [e[0] for e in entries]
         self.next = 0
-        # Writing and hashing run in one background thread (both release the GIL) while the next
-        # tensor is merged; the queue holds at most one tensor, so memory stays one tensor deep.
+        # Writing and hashing run in two background threads (both release the GIL) while the next tensor
+        # is merged; each queue holds at most one tensor, so memory stays a few tensors deep.
         self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.hash_queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.hasher = threading.Thread(target=self._hash, daemon=True)
         self.thread.start()
+        self.hasher.start()
+        self._emit(len(raw).to_bytes(8, "little"))
+        self._emit(raw)
 
     def _drain(self) -> None:
         while True:
@@ -125,7 +128,18 @@ class ShardWriter:
             finally:
                 if item is None:
                     self.f.close()
+                    self.hash_queue.put(None)
                 self.queue.task_done()
+
+    def _hash(self) -> None:
+        while True:
+            item = self.hash_queue.get()
+            if item is None:
+                return
+            data = item[0] if isinstance(item, tuple) else item
+            self.sha.update(memoryview(data) if not isinstance(data, bytes) else data)
+            if self.pool is not None and isinstance(item, tuple):
+                self.pool.give(item[1])  # written and hashed: this was the array's last use
 
     def write(self, name: str, array) -> None:
         self.write_parts(name, [array])
@@ -162,10 +176,8 @@ class ShardWriter:
         data = item[0] if isinstance(item, tuple) else item
         view = memoryview(data) if not isinstance(data, bytes) else data
         self.f.write(view)
-        self.sha.update(view)
         self.bytes += len(view) if isinstance(view, bytes) else view.nbytes
-        if self.pool is not None and isinstance(item, tuple):
-            self.pool.give(item[1])  # written: the writer held the tensor's last use
+        self.hash_queue.put(item)
 
     def close(self) -> None:
         """Finish in the background: the writer thread drains, fsyncs and closes; ``wait()`` joins it."""
@@ -173,6 +185,7 @@ class ShardWriter:
 
     def wait(self) -> None:
         self.thread.join()
+        self.hasher.join()
         if not self.f.closed:
             self.f.close()
         if self.error is not None:

@@ -46,8 +46,9 @@ def to_f32(src, st_dtype: str, out=None):
     return out
 
 
-def from_f32(x, st_dtype: str, out=None):
-    """``x`` (fp32) rounded to ``st_dtype`` (round to nearest even, like torch), into ``out`` when given."""
+def from_f32(x, st_dtype: str, out=None, scratch=None):
+    """``x`` (fp32) rounded to ``st_dtype`` (round to nearest even, like torch), into ``out`` when given;
+    ``scratch`` (uint32, x's shape) spares the bfloat16 path its temporary."""
     import numpy as np
 
     if st_dtype != "BF16":
@@ -58,14 +59,14 @@ def from_f32(x, st_dtype: str, out=None):
     if out is None:
         out = np.empty(x.shape, dtype=np.uint16)
     bits = x.view(np.uint32)
-    rounded = (bits >> 16) & 1
+    rounded = np.right_shift(bits, 16, out=scratch)
+    rounded &= 1
     rounded += 0x7FFF
     rounded += bits
     rounded >>= 16
-    out[...] = rounded
-    nan = np.isnan(x)
-    if nan.any():
-        out[nan] = 0x7FC0  # torch's canonical bfloat16 NaN; rounding would turn some NaNs into infinities
+    np.copyto(out, rounded, casting="unsafe")
+    if x.size and np.isnan(x.max()):  # max propagates NaN: the full check runs only when there is one
+        out[np.isnan(x)] = 0x7FC0  # torch's canonical bfloat16 NaN; rounding would turn some NaNs into infinities
     return out
 
 
@@ -101,6 +102,7 @@ def merge_checked(W, w_dtype: str, A, B, scale: float, probes, out_dtype: str, m
     rows = max(1, BLOCK_ELEMENTS // max(n_in, 1))
     work = np.empty((min(rows, n_out), n_in), dtype=f32)
     delta = np.empty_like(work)
+    scratch = np.empty(work.shape, dtype=np.uint32) if out_dtype == "BF16" else None
     max_diff = max_ref = sum_diff = cast_ratio = 0.0
     for i in range(0, n_out, rows):
         j = min(i + rows, n_out)
@@ -123,7 +125,7 @@ def merge_checked(W, w_dtype: str, A, B, scale: float, probes, out_dtype: str, m
         sum_diff += float(diff.sum())
         max_ref = max(max_ref, float(np.abs(ref).max()))
         o = out[i:j]
-        from_f32(w, out_dtype, out=o)
+        from_f32(w, out_dtype, out=o, scratch=None if scratch is None else scratch[: j - i])
         if out_dtype != "F32" and i == 0:
             # the cast is one elementwise rounding: checked on the first row block, which keeps the
             # kernel at five passes over each block instead of nine
