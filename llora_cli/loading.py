@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llora_cli import modelfiles
 from llora_store import Store
+from llora_store.errors import Corrupt
 
 
 def available_memory() -> int:
@@ -78,11 +79,11 @@ def plan_for(store: Store, ref: str, *, available: int | None = None, device: st
 def plan_for_dir(base_dir: Path, adapter_dir: Path | None = None, artifact: dict | None = None, *,
                  available: int | None = None, device: str | None = None) -> LoadPlan:
     """The plan for a model directory (plus an optional adapter directory), from headers and /proc/meminfo."""
-    tensors = modelfiles.model_tensors(base_dir)
+    stored = stored_format(base_dir)
     sizes = []
-    for t in tensors.values():
+    for shape in _tensor_shapes(base_dir, stored):
         n = 1
-        for d in t.shape:
+        for d in shape:
             n *= d
         sizes.append(n)
     params = sum(sizes)
@@ -99,7 +100,15 @@ def plan_for_dir(base_dir: Path, adapter_dir: Path | None = None, artifact: dict
     available = available_memory() if available is None else available
     device = device or detect_device()
     budget = int(available * 0.8)
-    if device == "cpu" and load["fp32"] <= budget:
+    if stored == "gguf":
+        # transformers' GGUF loader dequantizes every tensor: the model runs in fp32 (what llama.cpp computes
+        # with is the same dequantized values; it just never materializes them)
+        strategy, dtype, why = "gguf-dequantized", "fp32", "GGUF weights, dequantized to fp32 on load"
+        if load["fp32"] > budget:
+            why += " (needs more memory than is available)"
+    elif stored in ("nf4", "int8"):
+        strategy, dtype, why = f"stored-{stored}", stored, f"pre-quantized bitsandbytes {stored} weights, loaded as stored"
+    elif device == "cpu" and load["fp32"] <= budget:
         strategy, dtype, why = "full", "fp32", "fits in fp32 (CPU matmuls are fastest and exact in fp32)"
     elif load["bf16"] <= budget:
         strategy, dtype, why = ("full" if device != "cpu" else "full-bf16"), "bf16", "fits in bf16"
@@ -110,10 +119,55 @@ def plan_for_dir(base_dir: Path, adapter_dir: Path | None = None, artifact: dict
     return LoadPlan(artifact, params, device, available, load, merge_peak, compress_peak, strategy, dtype, why)
 
 
+GGUF_NAME = "model.gguf"
+
+
+def stored_format(model_dir: Path) -> str:
+    """How a model directory stores its weights: ``gguf``, ``nf4`` / ``int8`` (pre-quantized bitsandbytes)
+    or ``safetensors``."""
+    if (model_dir / GGUF_NAME).is_file():
+        return "gguf"
+    config_path = model_dir / "config.json"
+    if config_path.is_file():
+        import json
+
+        q = json.loads(config_path.read_text()).get("quantization_config") or {}
+        if q.get("quant_method") == "bitsandbytes":
+            return "nf4" if q.get("load_in_4bit") else "int8"
+    return "safetensors"
+
+
+def _tensor_shapes(model_dir: Path, stored: str) -> list[tuple[int, ...]]:
+    if stored == "gguf":
+        import gguf
+
+        path = model_dir / GGUF_NAME
+        try:
+            reader = gguf.GGUFReader(path)
+            return [tuple(int(d) for d in t.shape) for t in reader.tensors]
+        except (ValueError, OSError, IndexError, KeyError) as e:
+            raise Corrupt(f"{path} is not a readable GGUF file (truncated or damaged?): {e}",
+                          hint="check the artifact's files with: llora verify ID") from e
+    return [t.shape for t in modelfiles.model_tensors(model_dir).values()]
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    if stored_format(model_dir) == "gguf":
+        return AutoTokenizer.from_pretrained(model_dir, gguf_file=GGUF_NAME)
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
 def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None = None):
     """Load a causal LM following ``plan``."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    if plan.strategy == "gguf-dequantized":
+        return AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=GGUF_NAME, dtype=torch.float32)
+    if plan.strategy.startswith("stored-"):
+        return AutoModelForCausalLM.from_pretrained(model_dir)
 
     if plan.strategy == "quantized-nf4":
         from transformers import BitsAndBytesConfig
@@ -143,12 +197,11 @@ def load_model(base_dir: Path, adapter_dir: Path | None = None, qlora: str | Non
     batch of one sequence here).
     """
     import torch
-    from transformers import AutoTokenizer
 
     from llora_cli import mergeops
 
     plan = plan or plan_for_dir(base_dir, adapter_dir)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = load_tokenizer(base_dir)
     model = load_causal_lm(base_dir, plan)
     if qlora and plan.strategy in ("full", "full-bf16"):
         round_trip = mergeops.ROUND_TRIPS[qlora]

@@ -62,9 +62,34 @@ def render_detail(d) -> None:
             evals.add_row(e["at"][:19], e["dataset"] or "-", e["split"], str(m.get("n")), str(m.get("loss")),
                           str(m.get("perplexity")), acc)
         out().print(evals)
+    if d.metadata.get("quality"):
+        render_quality(d.metadata)
     if d.metadata:
         out().print("[bold]metadata[/]")
         out().print(escape(json.dumps(d.metadata, indent=2, default=str)))
+
+
+def render_quality(meta: dict) -> None:
+    """The compression table: size, and each quality figure for the source and the compressed model."""
+    from rich.table import Table
+
+    c, q = meta.get("compression") or {}, meta.get("quality") or {}
+    table = Table(title=f"quality vs source ({c.get('method', '?')})", title_justify="left")
+    for col in ("measure", "source", "compressed", "change"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    if c.get("bytes"):
+        table.add_row("size", human_bytes(c.get("source_bf16_bytes") or 0) + " (bf16)", human_bytes(c["bytes"]),
+                      f"x{c['ratio_vs_bf16']:.3f}" if c.get("ratio_vs_bf16") else "-")
+    ppl = q.get("perplexity") or {}
+    if ppl:
+        table.add_row(f"perplexity ({q['heldout']['perplexity_rows']} held-out rows)", f"{ppl['source']:.3f}",
+                      f"{ppl['compressed']:.3f}", f"{ppl['delta_pct']:+.2f}%")
+    if q.get("kl_mean") is not None:
+        table.add_row(f"next-token KL ({q['heldout']['kl_prompts']} prompts)", "0", f"{q['kl_mean']:.5f}", "")
+    for task, acc in (q.get("accuracy") or {}).items():
+        table.add_row(f"{task} accuracy ({q['heldout']['task_rows']} rows)", f"{acc['source']:.1%}",
+                      f"{acc['compressed']:.1%}", f"{acc['delta'] * 100:+.1f} pts")
+    out().print(table)
 
 
 def show(ref: ArtifactRef, json_: JsonOpt = False) -> None:

@@ -22,6 +22,39 @@ def render_list(rows, *, title: str) -> None:
     out().print(table)
 
 
+def list_compressed(store, rows, *, json_: bool, title: str) -> None:
+    """Compressed bases with their size and quality columns (from the figures measured at compress time)."""
+    from rich.table import Table
+
+    from llora_cli.cli.artifacts import human_bytes
+
+    metas = {a.id: a.meta for a in store.artifacts(kind="compressed")}
+
+    def figures(rid: str) -> dict:
+        m = metas.get(rid) or {}
+        c, q = m.get("compression") or {}, m.get("quality") or {}
+        acc = q.get("accuracy") or {}
+        return {"method": c.get("method"), "bytes": c.get("bytes"), "ratio_vs_bf16": c.get("ratio_vs_bf16"),
+                "perplexity_delta_pct": (q.get("perplexity") or {}).get("delta_pct"), "kl_mean": q.get("kl_mean"),
+                "accuracy_delta": {t: a.get("delta") for t, a in acc.items()}}
+
+    if json_:
+        print_json([{**r.to_json(), **figures(r.id)} for r in rows])
+        return
+    table = Table(title=title, title_justify="left")
+    for col in ("id", "name", "state", "method", "size", "x bf16", "ppl", "KL", "acc (pts)", "source"):
+        table.add_column(col, no_wrap=col in ("id", "name"))
+    for r in rows:
+        f = figures(r.id)
+        acc = " ".join(f"{t[:4]} {d * 100:+.0f}" for t, d in f["accuracy_delta"].items() if d is not None) or "-"
+        table.add_row(r.id, r.name, r.state, f["method"] or "-", human_bytes(f["bytes"] or 0),
+                      f"{f['ratio_vs_bf16']:.3f}" if f["ratio_vs_bf16"] else "-",
+                      f"{f['perplexity_delta_pct']:+.2f}%" if f["perplexity_delta_pct"] is not None else "-",
+                      f"{f['kl_mean']:.4f}" if f["kl_mean"] is not None else "-", acc,
+                      ", ".join(p["id"] for p in r.parents) or "-")
+    out().print(table)
+
+
 HELP = {
     "base": "Base models: list, show, add.",
     "adapter": "Training adapters (temporary; merged, never served): list, show, import.",
@@ -39,7 +72,10 @@ def kind_app(kind: str) -> typer.Typer:
 
     @app.command("list")
     def list_(state: StateOpt = None, json_: JsonOpt = False) -> None:
-        rows = open_store().list(kind=kind, state=state)
+        store = open_store()
+        rows = store.list(kind=kind, state=state)
+        if kind == "compressed":
+            return list_compressed(store, rows, json_=json_, title=f"{group} ({len(rows)})")
         if json_:
             print_json([r.to_json() for r in rows])
         else:

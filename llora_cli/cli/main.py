@@ -7,7 +7,23 @@ import os
 import typer
 from typer.core import TyperGroup
 
-from llora_cli.cli import adapters, artifacts, bases, data, db, demo, evalcmd, experiment, kinds, merge, plan, runs, train, transfer
+from llora_cli.cli import (
+    adapters,
+    artifacts,
+    bases,
+    compress,
+    data,
+    db,
+    demo,
+    evalcmd,
+    experiment,
+    kinds,
+    merge,
+    plan,
+    runs,
+    train,
+    transfer,
+)
 from llora_cli.cli.options import HomeOpt, debug, report_error
 from llora_store.errors import LloraError
 
@@ -57,6 +73,7 @@ app.command("train")(train.train)
 app.command("eval")(evalcmd.eval_)
 app.command("experiment")(experiment.experiment)
 app.command("merge")(merge.merge)
+app.command("compress")(compress.compress)
 app.command("plan")(plan.plan)
 app.command("export")(transfer.export)
 app.command("import")(transfer.import_)

@@ -1,0 +1,167 @@
+"""`llora compress`: a base or merged checkpoint to a quantized base, with its quality measured.
+
+Methods: ``nf4`` / ``int8`` (bitsandbytes through transformers, saved pre-quantized so a reload gives
+the same weights) and ``gguf-f16`` / ``gguf-q8_0`` / ``gguf-q4_0`` / ``gguf-q4_k`` (``ggufwrite``).
+The result is a ``compressed`` artifact (parent role ``compressed_from``) whose metadata holds the
+size, the ratio to the source in bf16 and the quality figures measured at compress time on a fixed
+held-out set (``measure_quality``). Nothing is registered if any step fails.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from llora_cli import modelfiles
+from llora_cli.ggufwrite import GGUF_NAME
+from llora_cli.ggufwrite import METHODS as GGUF_METHODS
+from llora_store import Store
+from llora_store.catalog import new_id, validate_name
+from llora_store.errors import BadInput
+from llora_store.models import Artifact
+
+BNB_METHODS = ("nf4", "int8")
+METHODS = (*BNB_METHODS, *GGUF_METHODS)
+QUALITY_TASKS = ("reasoning", "automation", "code")
+QUALITY_SEED = 7  # the held-out rows are fixed: same seed, same rows, for every compression
+PPL_ROWS = 16
+KL_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Set a timer for 5 minutes and then",
+              "Tom has 3 apples and buys 4 more. How many"]
+
+
+@dataclass
+class CompressReport:
+    compressed: Artifact
+    source: Artifact
+    method: str
+    bytes: int
+    ratio: float
+    quality: dict
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"compressed": {"id": self.compressed.id, "name": self.compressed.name,
+                               "content_hash": self.compressed.content_hash},
+                "source": {"id": self.source.id, "name": self.source.name}, "method": self.method,
+                "bytes": self.bytes, "ratio_vs_bf16": self.ratio, "quality": self.quality, "seconds": self.seconds}
+
+
+def check_source(art: Artifact) -> None:
+    if art.kind == "adapter":
+        raise BadInput(f"'{art.name}' is a training adapter: adapters are merged first, then the merged checkpoint "
+                       "is compressed", hint=f"llora merge {art.name}")
+    if art.kind == "modifier":
+        raise BadInput(f"'{art.name}' is a runtime modifier: modifiers are never compressed; they run on a "
+                       "compressed base and are trained on it")
+    if art.kind not in ("base", "merged"):
+        raise BadInput(f"cannot compress {art.kind} '{art.name}': compress a base or a merged checkpoint")
+    if art.state == "discarded":
+        raise BadInput(f"{art.kind} '{art.name}' is discarded; its weights are gone")
+
+
+def write_bnb(source_dir: Path, out_dir: Path, method: str) -> None:
+    """Quantize with bitsandbytes while loading (tensor by tensor) and save pre-quantized."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    config = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+              if method == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
+    model = AutoModelForCausalLM.from_pretrained(source_dir, quantization_config=config, dtype=torch.float32)
+    model.save_pretrained(out_dir)
+    for n in ("generation_config.json", *modelfiles.TOKENIZER_FILES):
+        if (source_dir / n).is_file() and not (out_dir / n).exists():
+            shutil.copyfile(source_dir / n, out_dir / n)
+
+
+def _kl_and_logits(tok, src, cmp) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for prompt in KL_PROMPTS:
+            ids = tok(prompt, return_tensors="pt")
+            p = torch.log_softmax(src(**ids).logits.float(), dim=-1)
+            q = torch.log_softmax(cmp(**ids).logits.float(), dim=-1)
+            kl = (p.exp() * (p - q)).sum(-1)  # KL(source || compressed) per position
+            total += float(kl.sum())
+            count += kl.numel()
+    return total / count
+
+
+def measure_quality(source_dir: Path, compressed_dir: Path, *, eval_n: int = 16) -> dict:
+    """Perplexity (held-out instruct rows), mean next-token KL on probe prompts, and checker accuracy on
+    the held-out splits of reasoning / automation / code, for the source and the compressed model."""
+    from llora_cli import tasks
+    from llora_cli.evaluate import MAX_NEW_TOKENS, generate_batch, mean_loss
+    from llora_cli.loading import load_model
+
+    tok, src, _ = load_model(source_dir)
+    _, cmp, plan = load_model(compressed_dir)
+    text_rows = tasks.make("instruct", 0, seed=QUALITY_SEED, n_test=PPL_ROWS).test
+    loss_src, loss_cmp = mean_loss(tok, src, text_rows), mean_loss(tok, cmp, text_rows)
+    quality = {
+        "heldout": {"perplexity_rows": len(text_rows), "kl_prompts": len(KL_PROMPTS), "task_rows": eval_n,
+                    "seed": QUALITY_SEED},
+        "load": {"strategy": plan.strategy, "dtype": plan.dtype},
+        "perplexity": {"source": round(math.exp(loss_src), 4), "compressed": round(math.exp(loss_cmp), 4)},
+        "kl_mean": _kl_and_logits(tok, src, cmp),
+        "accuracy": {},
+    }
+    ppl = quality["perplexity"]
+    ppl["delta_pct"] = round(100 * (ppl["compressed"] / ppl["source"] - 1), 3)
+    for task in QUALITY_TASKS if eval_n > 0 else ():
+        rows = tasks.make(task, 0, seed=QUALITY_SEED, n_test=eval_n).test
+        check = tasks.checker(task)
+        acc = {}
+        for label, model in (("source", src), ("compressed", cmp)):
+            outs = generate_batch(tok, model, rows, max_new_tokens=MAX_NEW_TOKENS.get(task, 64))
+            acc[label] = round(sum(check(r, o) for r, o in zip(rows, outs)) / len(rows), 4)
+        acc["delta"] = round(acc["compressed"] - acc["source"], 4)
+        quality["accuracy"][task] = acc
+    return quality
+
+
+def compress(store: Store, ref: str, method: str, *, name: str | None = None, eval_n: int = 16, command: str = "",
+             progress: Callable[[int, int], None] | None = None) -> CompressReport:
+    if method not in METHODS:
+        raise BadInput(f"unknown compression method {method!r}; choose one of {', '.join(METHODS)}")
+    if eval_n < 0:
+        raise BadInput("--eval-n must be 0 (skip task accuracy) or more")
+    source = store.resolve(ref)
+    check_source(source)
+    source_dir = store.path_of(source.id)
+    name = validate_name(name if name is not None else store.unique_name(f"{source.name[:48]}-{method}"))
+    start = time.perf_counter()
+    aid = new_id()
+    staging = store.new_staging(aid)
+    try:
+        if method in GGUF_METHODS:
+            from llora_cli.ggufwrite import write_gguf
+
+            report = write_gguf(source_dir, staging / GGUF_NAME, method, name=name, progress=progress)
+            detail = {"ggml_types": report.types, "fallbacks": report.fallbacks[:50],
+                      "fallback_count": len(report.fallbacks)}
+        else:
+            write_bnb(source_dir, staging, method)
+            detail = {"bnb": json.loads((staging / "config.json").read_text()).get("quantization_config")}
+        size = sum(p.stat().st_size for p in staging.iterdir() if p.is_file() and p.name != ".owner")
+        params = modelfiles.summarize_model(source_dir).get("num_parameters") or 0
+        ratio = round(size / (params * 2), 4) if params else None
+        compress_seconds = round(time.perf_counter() - start, 2)
+        quality = measure_quality(source_dir, staging, eval_n=eval_n)
+        meta = {"compression": {"method": method, "bytes": size, "source_bf16_bytes": params * 2,
+                                "ratio_vs_bf16": ratio, "seconds": compress_seconds, **detail},
+                "quality": quality,
+                "architecture": modelfiles.summarize_model(source_dir),
+                "source": {"id": source.id, "name": source.name, "content_hash": source.content_hash}}
+        art = store.create("compressed", name, staging=staging, metadata=meta, artifact_id=aid, command=command,
+                           quantization=method, parents=[(source.id, "compressed_from")],
+                           reason=f"compressed {source.name} with {method}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CompressReport(art, source, method, size, ratio, quality, round(time.perf_counter() - start, 2))
