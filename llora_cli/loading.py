@@ -159,13 +159,37 @@ def load_tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
+def load_gguf_dequantized(model_dir: Path, dtype):
+    """The GGUF model with its dequantized weights as a plain transformers model.
+
+    transformers marks a GGUF-loaded model as quantized (its Trainer refuses to train it, and
+    ``save_pretrained`` refuses to save it), although the weights are ordinary dequantized tensors. They
+    are moved into a model built from the same config without ``quantization_config``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=GGUF_NAME, dtype=dtype)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise Corrupt(f"{model_dir / GGUF_NAME}: weights do not fit the architecture (missing {missing[:3]}, "
+                      f"unexpected {unexpected[:3]})")
+    if config.tie_word_embeddings:
+        plain.tie_weights()
+    return plain
+
+
 def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None = None):
     """Load a causal LM following ``plan``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if plan.strategy == "gguf-dequantized":
-        return AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=GGUF_NAME, dtype=torch.float32)
+        return load_gguf_dequantized(model_dir, torch.float32)
     if plan.strategy.startswith("stored-"):
         return AutoModelForCausalLM.from_pretrained(model_dir)
 

@@ -64,11 +64,73 @@ def weight_files(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("*.safetensors"))
 
 
+BNB_AUX = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".SCB", ".weight_format")
+
+
 def model_tensors(model_dir: Path) -> dict[str, TensorInfo]:
-    """All tensors of a safetensors checkpoint directory (sharded or not)."""
+    """The model's logical tensors (Hugging Face names, [out, in] shapes) of a checkpoint directory:
+    safetensors (sharded or not), pre-quantized bitsandbytes safetensors (packed weights reported with
+    their logical shape, quantization state left out) or a GGUF file (names mapped back)."""
+    gguf_path = model_dir / "model.gguf"
+    if gguf_path.is_file() and not weight_files(model_dir):
+        return _gguf_tensors(gguf_path)
     out: dict[str, TensorInfo] = {}
     for p in weight_files(model_dir):
         out.update(read_safetensors_header(p))
+    states = [n for n in out if ".quant_state.bitsandbytes__" in n]
+    if states or any(n.endswith(".SCB") for n in out):
+        for state in states:
+            weight = state.split(".quant_state.", 1)[0]
+            out[weight] = TensorInfo("NF4" if state.endswith("nf4") else "FP4", tuple(_bnb_shape(model_dir, state)))
+        out = {n: t for n, t in out.items() if ".quant_state." not in n and not n.endswith(BNB_AUX)}
+    return out
+
+
+def _bnb_shape(model_dir: Path, state_name: str) -> list[int]:
+    """The logical shape stored in a bitsandbytes 4-bit quant-state tensor (JSON bytes)."""
+    for p in weight_files(model_dir):
+        with open(p, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            if state_name in header:
+                begin, end = header[state_name]["data_offsets"]
+                f.seek(8 + n + begin)
+                return json.loads(f.read(end - begin))["shape"]
+    raise BadInput(f"{model_dir}: quantization state {state_name} not found")
+
+
+# GGUF (Llama) name -> Hugging Face name pattern; {i} is the layer
+_GGUF_TO_HF = {
+    "token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "attn_q.weight": "model.layers.{i}.self_attn.q_proj.weight", "attn_k.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "attn_v.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight", "ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+}
+
+
+def _gguf_tensors(path: Path) -> dict[str, TensorInfo]:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError, IndexError, KeyError) as e:
+        raise BadInput(f"{path} is not a readable GGUF file (truncated or damaged?): {e}") from e
+    out = {}
+    for t in reader.tensors:
+        if t.name.startswith("blk."):
+            _, i, rest = t.name.split(".", 2)
+            pattern = _GGUF_TO_HF.get(rest)
+        else:
+            i, pattern = "", _GGUF_TO_HF.get(t.name)
+        if pattern is None:
+            continue
+        shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))  # ggml lists dimensions innermost first
+        out[pattern.format(i=i)] = TensorInfo(t.tensor_type.name, shape)
     return out
 
 

@@ -71,6 +71,9 @@ def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str |
         raise BadInput("--domain is for modifiers; a training adapter is merged, not routed")
     base = store.resolve(base_ref, kinds=BASE_KINDS)
     base_dir = store.path_of(base.id)
+    if config.quantize != "none" and base.kind == "compressed":
+        raise BadInput(f"'{base.name}' is already compressed ({base.quantization}); train on it as stored, "
+                       "without --quantize")
     tensors = modelfiles.model_tensors(base_dir)
     targets = resolve_targets(config, tensors)
     data = load_data(store, data_ref, command=command)

@@ -84,17 +84,24 @@ class TrainJob:
     def setup(self) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
         self.device = choose_device(cfg.device)
         self.bf16 = self.device == "cuda" and torch.cuda.is_bf16_supported()
         self.precision = "bf16" if self.bf16 else "fp32"
-        self.tokenizer = AutoTokenizer.from_pretrained(self.spec.base_dir)
+        from llora_cli.loading import load_gguf_dequantized, load_tokenizer, stored_format
+
+        stored = stored_format(Path(self.spec.base_dir))
+        self.tokenizer = load_tokenizer(Path(self.spec.base_dir))
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         kwargs: dict = {"dtype": torch.bfloat16 if self.bf16 else torch.float32}
+        if stored == "gguf":
+            self.precision += "+gguf-dequantized"
+        elif stored in ("nf4", "int8"):
+            self.precision += f"+{stored} (stored)"  # loaded as saved: the same quantized weights that run
         if cfg.quantize != "none":
             from transformers import BitsAndBytesConfig
 
@@ -103,8 +110,12 @@ class TrainJob:
                 if cfg.quantize == "nf4" else BitsAndBytesConfig(load_in_8bit=True)
             )
             self.precision += f"+{cfg.quantize}"
-        model = AutoModelForCausalLM.from_pretrained(self.spec.base_dir, **kwargs)
-        if cfg.quantize != "none":
+        if stored == "gguf":
+            # a GGUF base trains on its dequantized weights: exactly the values the runtime computes with
+            model = load_gguf_dequantized(Path(self.spec.base_dir), kwargs["dtype"])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(self.spec.base_dir, **kwargs)
+        if cfg.quantize != "none" or stored in ("nf4", "int8"):
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)

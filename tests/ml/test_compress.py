@@ -171,3 +171,26 @@ def test_q4_k_blocks_against_gguf_dequantizer():
     assert ggufwrite.choose_type("Q4_K", (64, 576)) == "Q5_0"
     assert ggufwrite.choose_type("Q4_K", (64, 48)) == "F16"
     assert ggufwrite.choose_type("Q8_0", (576,)) == "F32"
+
+
+@pytest.mark.parametrize("method", ["gguf-q8_0", "nf4"])
+def test_modifier_trains_on_a_compressed_base_as_stored(cli, store, base, method):
+    comp = cli.json("compress", "tiny", "--method", method, "--eval-n", "0")["compressed"]
+    cli.json("data", "make", "automation", "--n", "16", "--name", "auto")
+    dry = cli.json("train", "--base", comp["id"], "--data", "auto", "--kind", "modifier", "--domain", "automation",
+                   "--dry-run", "max_steps=2")
+    assert dry["target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert dry["trainable_parameters"] > 0
+    res = cli.json("train", "--base", comp["id"], "--data", "auto", "--kind", "modifier", "--domain", "automation",
+                   "--name", "mod", "max_steps=2")
+    assert res["state"] == "trained"
+    assert ("gguf-dequantized" if method.startswith("gguf") else "nf4 (stored)") in res["precision"]
+    mod = store.resolve("mod")
+    assert mod.base_hash == comp["content_hash"] and mod.quantization == method  # R6 checks against this base
+    parents = {p["role"]: p["id"] for p in cli.json("show", "mod")["parents"]}
+    assert parents["runs_on"] == comp["id"]
+    rep = cli.json("eval", "mod", "--data", "auto", "--limit", "2")
+    assert rep["loss"] > 0
+    r = cli("train", "--base", comp["id"], "--data", "auto", "--kind", "modifier", "--domain", "automation",
+            "--quantize", "nf4", "max_steps=1")
+    assert r.exit_code == 2 and "already compressed" in r.stderr
