@@ -78,6 +78,36 @@ def write_bnb(source_dir: Path, out_dir: Path, method: str) -> None:
             shutil.copyfile(source_dir / n, out_dir / n)
 
 
+ZSTD_LEVEL = 10
+ZSTD_MIN_SAVING = 0.02  # keep the packed copy only if it saves at least 2%
+
+
+def zstd_pack(staging: Path) -> dict:
+    """zstd-pack every weight file of ``staging`` (streamed, bounded memory); a packed copy is kept
+    (``NAME.zst``) only where it saves at least ``ZSTD_MIN_SAVING`` of the file. Returns the figures."""
+    import zstandard
+
+    files = [p for p in sorted(staging.iterdir()) if p.suffix in (".gguf", ".safetensors")]
+    total_in = total_out = 0
+    kept = []
+    for p in files:
+        dst = p.with_name(p.name + ".zst")
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+        with open(p, "rb") as src, open(dst, "wb") as out:
+            cctx.copy_stream(src, out, size=p.stat().st_size)
+        size_in, size_out = p.stat().st_size, dst.stat().st_size
+        total_in += size_in
+        if size_out <= size_in * (1 - ZSTD_MIN_SAVING):
+            kept.append(dst.name)
+            total_out += size_out
+        else:
+            dst.unlink()
+            total_out += size_in
+    return {"level": ZSTD_LEVEL, "bytes_in": total_in, "bytes_packed": total_out,
+            "ratio": round(total_out / total_in, 4) if total_in else None, "kept": kept,
+            "note": "kept" if kept else f"not kept: saves less than {ZSTD_MIN_SAVING:.0%} on this quantized data"}
+
+
 def _kl_and_logits(tok, src, cmp) -> float:
     import torch
 
@@ -126,8 +156,8 @@ def measure_quality(source_dir: Path, compressed_dir: Path, *, eval_n: int = 16)
     return quality
 
 
-def compress(store: Store, ref: str, method: str, *, name: str | None = None, eval_n: int = 16, command: str = "",
-             progress: Callable[[int, int], None] | None = None) -> CompressReport:
+def compress(store: Store, ref: str, method: str, *, name: str | None = None, eval_n: int = 16, zstd: bool = False,
+             command: str = "", progress: Callable[[int, int], None] | None = None) -> CompressReport:
     if method not in METHODS:
         raise BadInput(f"unknown compression method {method!r}; choose one of {', '.join(METHODS)}")
     if eval_n < 0:
@@ -150,6 +180,8 @@ def compress(store: Store, ref: str, method: str, *, name: str | None = None, ev
             write_bnb(source_dir, staging, method)
             detail = {"bnb": json.loads((staging / "config.json").read_text()).get("quantization_config")}
         size = sum(p.stat().st_size for p in staging.iterdir() if p.is_file() and p.name != ".owner")
+        if zstd:
+            detail["zstd"] = zstd_pack(staging)
         params = modelfiles.summarize_model(source_dir).get("num_parameters") or 0
         ratio = round(size / (params * 2), 4) if params else None
         compress_seconds = round(time.perf_counter() - start, 2)

@@ -15,6 +15,8 @@ def compress(
     name: NameOpt = None,
     eval_n: Annotated[int, typer.Option(help="Held-out rows per task (reasoning, automation, code) for the "
                                              "accuracy comparison; 0 skips it.")] = 16,
+    zstd: Annotated[bool, typer.Option("--zstd", help="Also store a zstd-packed copy for transfer, when it saves "
+                                                      "space (the ratio is recorded either way).")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Compress a base or merged checkpoint; the quality vs the source is measured and recorded.
@@ -32,7 +34,7 @@ def compress(
 
     with Progress(TextColumn("[bold]compressing"), BarColumn(), MofNCompleteColumn(), console=err()) as bar:
         task = bar.add_task("compress", total=None)
-        report = run_compress(open_store(), ref, method, name=name, eval_n=eval_n, command=command_line(),
+        report = run_compress(open_store(), ref, method, name=name, eval_n=eval_n, zstd=zstd, command=command_line(),
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     if json_:
         print_json(report.to_json())
@@ -40,4 +42,7 @@ def compress(
     c = report.compressed
     err().print(f"compressed '{report.source.name}' to '{c.name}' ({c.id}) with {report.method}: "
                 f"{report.bytes / 2**20:.1f} MiB, {report.ratio:.3f} of the source in bf16, {report.seconds} s")
+    z = c.meta["compression"].get("zstd")
+    if z:
+        err().print(f"zstd (level {z['level']}): {z['ratio']:.3f} of the files; {z['note']}")
     render_quality(c.meta)

@@ -194,3 +194,19 @@ def test_modifier_trains_on_a_compressed_base_as_stored(cli, store, base, method
     r = cli("train", "--base", comp["id"], "--data", "auto", "--kind", "modifier", "--domain", "automation",
             "--quantize", "nf4", "max_steps=1")
     assert r.exit_code == 2 and "already compressed" in r.stderr
+
+
+def test_zstd_copy_is_kept_only_when_it_saves_space(cli, store, base):
+    import zstandard
+
+    f16 = cli.json("compress", "tiny", "--method", "gguf-f16", "--eval-n", "0", "--zstd")
+    z = cli.json("show", f16["compressed"]["id"])["metadata"]["compression"]["zstd"]
+    d = store.path_of(f16["compressed"]["id"])
+    assert 0 < z["ratio"] <= 1 and z["bytes_in"] == (d / "model.gguf").stat().st_size
+    if z["kept"]:  # then it round-trips to the same bytes and is a hashed file of the artifact
+        packed = (d / "model.gguf.zst").read_bytes()
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(packed) == (d / "model.gguf").read_bytes()
+        assert "model.gguf.zst" in {f["path"] for f in cli.json("show", f16["compressed"]["id"])["files"]}
+        assert z["ratio"] < 0.98
+    else:
+        assert not (d / "model.gguf.zst").exists() and z["ratio"] == 1.0
