@@ -153,8 +153,12 @@ def write_gguf(model_dir: Path, out_path: Path, method: str, *, name: str = "llo
     if config.get("model_type") != "llama" and "LlamaForCausalLM" not in archs:
         raise BadInput(f"GGUF export supports the Llama architecture; this model is {config.get('model_type')!r}",
                        hint="compress it with --method nf4 or int8 instead")
-    if config.get("rope_scaling"):
-        raise BadInput("GGUF export of a Llama with rope_scaling is not supported yet")
+    # transformers 5 writes rope_parameters {"rope_theta", "rope_type"}; older configs rope_theta/rope_scaling
+    rope = config.get("rope_parameters") or {}
+    rope_theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    rope_type = rope.get("rope_type") or (config.get("rope_scaling") or {}).get("rope_type") or "default"
+    if rope_type != "default":
+        raise BadInput(f"GGUF export of a Llama with {rope_type!r} rope scaling is not supported yet")
     n_layers = config["num_hidden_layers"]
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
@@ -185,7 +189,7 @@ def write_gguf(model_dir: Path, out_path: Path, method: str, *, name: str = "llo
         writer.add_head_count(n_head)
         writer.add_head_count_kv(n_kv)
         writer.add_rope_dimension_count(head_dim)
-        writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+        writer.add_rope_freq_base(rope_theta)
         writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-5)))
         writer.add_vocab_size(config["vocab_size"])
         writer.add_file_type(gguf.LlamaFileType[FILE_TYPE[target]])

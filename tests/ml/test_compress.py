@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import tiny
 import torch
@@ -10,7 +12,13 @@ import torch
 @pytest.fixture(scope="module")
 def wide_model_dir(tmp_path_factory):
     # hidden 128: bitsandbytes' CPU 4-bit kernels need rows of at least one 64-value block
-    return tiny.build_tiny_llama(tmp_path_factory.mktemp("wide") / "wide-llama", hidden=128)
+    d = tiny.build_tiny_llama(tmp_path_factory.mktemp("wide") / "wide-llama", hidden=128)
+    # a non-default rope base (SmolLM2 uses 100000), written the way transformers 5 writes it
+    config = json.loads((d / "config.json").read_text())
+    config.pop("rope_theta", None)
+    config["rope_parameters"] = {"rope_theta": 100000.0, "rope_type": "default"}
+    (d / "config.json").write_text(json.dumps(config))
+    return d
 
 
 @pytest.fixture
@@ -49,6 +57,8 @@ def test_gguf_methods_write_files_llama_cpp_and_transformers_read(cli, store, ba
     assert [k for k in LLAMA_KEYS if k not in fields] == []
     arch = reader.fields["general.architecture"]
     assert bytes(arch.parts[arch.data[0]]).decode() == "llama"
+    rope = reader.fields["llama.rope.freq_base"]
+    assert float(rope.parts[rope.data[0]][0]) == 100000.0
     tensors = {t.name: t for t in reader.tensors}
     n_layers = 2
     expected = {"token_embd.weight", "output_norm.weight", "output.weight"} | {  # tiny has an untied head
