@@ -123,17 +123,24 @@ def _kl_and_logits(tok, src, cmp) -> float:
     return total / count
 
 
-def measure_quality(source_dir: Path, compressed_dir: Path, *, eval_n: int = 16) -> dict:
+def measure_quality(source_dir: Path, compressed_dir: Path, *, eval_n: int = 16, cache: Path | None = None) -> dict:
     """Perplexity (held-out instruct rows), mean next-token KL on probe prompts, and checker accuracy on
-    the held-out splits of reasoning / automation / code, for the source and the compressed model."""
+    the held-out splits of reasoning / automation / code, for the source and the compressed model.
+
+    The source's figures are deterministic (greedy decoding, fixed rows) and cost as much as the
+    compressed model's: with ``cache`` (a JSON file keyed by the source's content hash and the
+    settings) a second compression of the same source reuses them.
+    """
     from llora_cli import tasks
     from llora_cli.evaluate import MAX_NEW_TOKENS, generate_batch, mean_loss
     from llora_cli.loading import load_model
 
+    cached = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     tok, src, _ = load_model(source_dir)
     _, cmp, plan = load_model(compressed_dir)
     text_rows = tasks.make("instruct", 0, seed=QUALITY_SEED, n_test=PPL_ROWS).test
-    loss_src, loss_cmp = mean_loss(tok, src, text_rows), mean_loss(tok, cmp, text_rows)
+    loss_src = cached.get("loss") or mean_loss(tok, src, text_rows)
+    loss_cmp = mean_loss(tok, cmp, text_rows)
     quality = {
         "heldout": {"perplexity_rows": len(text_rows), "kl_prompts": len(KL_PROMPTS), "task_rows": eval_n,
                     "seed": QUALITY_SEED},
@@ -149,10 +156,19 @@ def measure_quality(source_dir: Path, compressed_dir: Path, *, eval_n: int = 16)
         check = tasks.checker(task)
         acc = {}
         for label, model in (("source", src), ("compressed", cmp)):
+            if label == "source" and task in cached.get("accuracy", {}):
+                acc[label] = cached["accuracy"][task]
+                continue
             outs = generate_batch(tok, model, rows, max_new_tokens=MAX_NEW_TOKENS.get(task, 64))
             acc[label] = round(sum(check(r, o) for r, o in zip(rows, outs)) / len(rows), 4)
         acc["delta"] = round(acc["compressed"] - acc["source"], 4)
         quality["accuracy"][task] = acc
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        from llora_store.files import write_json_atomic
+
+        write_json_atomic(cache, {"loss": loss_src,
+                                  "accuracy": {t: a["source"] for t, a in quality["accuracy"].items()}})
     return quality
 
 
@@ -185,7 +201,9 @@ def compress(store: Store, ref: str, method: str, *, name: str | None = None, ev
         params = modelfiles.summarize_model(source_dir).get("num_parameters") or 0
         ratio = round(size / (params * 2), 4) if params else None
         compress_seconds = round(time.perf_counter() - start, 2)
-        quality = measure_quality(source_dir, staging, eval_n=eval_n)
+        key = f"{source.content_hash}-s{QUALITY_SEED}-p{PPL_ROWS}-n{eval_n}"
+        quality = measure_quality(source_dir, staging, eval_n=eval_n,
+                                  cache=store.home / "cache" / "quality" / f"{key}.json")
         meta = {"compression": {"method": method, "bytes": size, "source_bf16_bytes": params * 2,
                                 "ratio_vs_bf16": ratio, "seconds": compress_seconds, **detail},
                 "quality": quality,

@@ -220,3 +220,12 @@ def test_zstd_copy_is_kept_only_when_it_saves_space(cli, store, base):
         assert z["ratio"] < 0.98
     else:
         assert not (d / "model.gguf.zst").exists() and z["ratio"] == 1.0
+
+
+def test_source_figures_are_cached_per_source_and_settings(cli, store, base):
+    a = cli.json("compress", "tiny", "--method", "gguf-q8_0", "--eval-n", "1")["quality"]
+    cache = list((store.home / "cache" / "quality").glob("*.json"))
+    assert len(cache) == 1 and store.resolve("tiny").content_hash in cache[0].name
+    b = cli.json("compress", "tiny", "--method", "gguf-q4_0", "--eval-n", "1")["quality"]
+    assert a["perplexity"]["source"] == b["perplexity"]["source"]
+    assert {t: x["source"] for t, x in a["accuracy"].items()} == {t: x["source"] for t, x in b["accuracy"].items()}
