@@ -41,8 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     home = args.home or tempfile.mkdtemp(prefix="llora-compress-bench-")
     env = {**os.environ, "LLORA_HOME": home}
-    subprocess.run([sys.executable, "-m", "llora_cli.cli.entry", "bases", "add", "smollm2", "--json"], env=env,
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", "from llora_cli.cli.entry import main; main()", "bases", "add", "smollm2",
+                    "--json"], env=env, check=True, capture_output=True)
     rows = []
     for method in args.methods.split(","):
         start = time.perf_counter()
