@@ -69,9 +69,19 @@ def write_bnb(source_dir: Path, out_dir: Path, method: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    config = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-              if method == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
-    model = AutoModelForCausalLM.from_pretrained(source_dir, quantization_config=config, dtype=torch.float32)
+    quant = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+             if method == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
+    # what bitsandbytes leaves unquantized (embeddings, norms, head) is stored in 16 bits (fp16 if the source
+    # is fp16, else bf16), like a GGUF file quantizes its embedding: in fp32, SmolLM2's 28M-parameter
+    # embedding alone is 113 MB, more than its quantized layers. The measured quality includes this cast.
+    config = modelfiles.read_config(source_dir)
+    dtype = torch.float16 if (config.get("dtype") or config.get("torch_dtype")) == "float16" else torch.bfloat16
+    # quantize from full precision, then narrow only the plain (unquantized) parameters
+    model = AutoModelForCausalLM.from_pretrained(source_dir, quantization_config=quant, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            if type(p) is torch.nn.Parameter and p.dtype == torch.float32:
+                p.data = p.data.to(dtype)
     model.save_pretrained(out_dir)
     for n in ("generation_config.json", *modelfiles.TOKENIZER_FILES):
         if (source_dir / n).is_file() and not (out_dir / n).exists():

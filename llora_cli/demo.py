@@ -1,9 +1,10 @@
 """``llora demo``: every lifecycle stage that exists so far, on the embedded SmolLM2 model.
 
 Stages: register the base, generate with it, make task data, train a training
-adapter (full precision) and a runtime modifier, evaluate base, adapter and
-modifier on held-out rows, show the catalog. Step counts are options so the
-whole demo fits in a few minutes on a 2-core CPU.
+adapter, merge it (streaming, verified), compress the merged checkpoint (GGUF
+Q8_0 by default, quality measured), train a runtime modifier on the compressed
+base, evaluate every stage on held-out rows, show the lineage and the catalog.
+Step counts are options so the whole demo fits in a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class DemoOptions:
     modifier_steps: int = 30
     rows: int = 240
     eval_rows: int = 20
+    compress_method: str = "gguf-q8_0"
+    compress_eval_rows: int = 8
     train: bool = True
 
 
@@ -35,7 +38,8 @@ class DemoReport:
     generation: Generation | None = None
     evaluations: list[dict] = field(default_factory=list)
     merge: dict | None = None
-    lineage: object | None = None  # LineageNode of the merged checkpoint
+    compress: dict | None = None
+    lineage: object | None = None  # LineageNode of the modifier (compressed <- merged <- base + adapter)
     catalog: list[ArtifactSummary] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -45,6 +49,7 @@ class DemoReport:
             "generation": self.generation.to_json() if self.generation else None,
             "evaluations": self.evaluations,
             "merge": self.merge,
+            "compress": self.compress,
             "lineage": self.lineage.to_json() if self.lineage is not None else None,
             "catalog": [a.to_json() for a in self.catalog],
         }
@@ -100,19 +105,15 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
                     config=load_config(None, [f"max_steps={opts.adapter_steps}", "learning_rate=5e-4", "batch_size=4"]))
     report.steps.append(f"trained adapter '{adapter.artifact.name}': {adapter.outcome['steps']} steps, "
                         f"{adapter.outcome['tokens_per_s']:.0f} tokens/s, final loss {adapter.outcome['final_loss']:.3f}")
-    say(f"training an automation modifier ({opts.modifier_steps} steps, fp32)")
-    modifier = train(store, base_ref=base_id, data_ref=datasets["automation"].id, kind="modifier", domain="automation",
-                     name=store.unique_name("demo-modifier-automation"), command="llora demo",
-                     config=load_config(None, [f"max_steps={opts.modifier_steps}", "learning_rate=1e-3", "batch_size=8"]))
-    report.steps.append(f"trained modifier '{modifier.artifact.name}' (domain automation): {modifier.outcome['steps']} steps, "
-                        f"{modifier.outcome['tokens_per_s']:.0f} tokens/s, final loss {modifier.outcome['final_loss']:.3f}")
-    for ref, data in ((base_id, "instruct"), (adapter.artifact.id, "instruct"),
-                      (base_id, "automation"), (modifier.artifact.id, "automation")):
+
+    def evaluate_on(ref: str, data: str) -> None:
         say(f"evaluating {ref} on held-out {data} rows")
         r = evaluate(store, ref, datasets[data].id, command="llora demo")
         report.evaluations.append({"artifact": r.artifact, "task": data, "n": r.n, "loss": r.loss,
                                    "accuracy": r.accuracy})
-    report.steps.append("evaluated base, adapter and modifier on held-out rows (stored on each artifact)")
+
+    evaluate_on(base_id, "instruct")
+    evaluate_on(adapter.artifact.id, "instruct")
 
     from llora_cli.merge import merge
 
@@ -123,6 +124,28 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
         f"merged '{adapter.artifact.name}' into '{m.merged.name}' (bf16): tensor check max rel. error "
         f"{m.tensor_check['max_rel_error']:.1e}, logits check {m.full_check.get('max_rel_error', float('nan')):.1e}; "
         f"the adapter is now '{m.adapter_state}' (its weights deleted, row and lineage kept)")
-    r = evaluate(store, m.merged.id, datasets["instruct"].id, command="llora demo")
-    report.evaluations.append({"artifact": r.artifact, "task": "instruct", "n": r.n, "loss": r.loss, "accuracy": r.accuracy})
-    report.lineage = store.lineage(m.merged.id)
+    evaluate_on(m.merged.id, "instruct")
+
+    from llora_cli.compress import compress
+
+    say(f"compressing '{m.merged.name}' with {opts.compress_method} and measuring its quality")
+    c = compress(store, m.merged.id, opts.compress_method, eval_n=opts.compress_eval_rows, command="llora demo")
+    report.compress = c.to_json()
+    ppl = c.quality["perplexity"]
+    report.steps.append(
+        f"compressed '{m.merged.name}' to '{c.compressed.name}' ({opts.compress_method}): {c.bytes / 2**20:.0f} MiB, "
+        f"{c.ratio:.2f} of bf16; perplexity {ppl['source']:.3f} -> {ppl['compressed']:.3f}, "
+        f"next-token KL {c.quality['kl_mean']:.4f}")
+
+    say(f"training an automation modifier on the compressed base ({opts.modifier_steps} steps, fp32)")
+    modifier = train(store, base_ref=c.compressed.id, data_ref=datasets["automation"].id, kind="modifier",
+                     domain="automation", name=store.unique_name("demo-modifier-automation"), command="llora demo",
+                     config=load_config(None, [f"max_steps={opts.modifier_steps}", "learning_rate=1e-3", "batch_size=8"]))
+    report.steps.append(f"trained modifier '{modifier.artifact.name}' (domain automation) on '{c.compressed.name}', "
+                        f"the weights it will run on: {modifier.outcome['steps']} steps, "
+                        f"{modifier.outcome['tokens_per_s']:.0f} tokens/s, final loss {modifier.outcome['final_loss']:.3f}")
+    evaluate_on(c.compressed.id, "automation")
+    evaluate_on(modifier.artifact.id, "automation")
+    report.steps.append("evaluated base, adapter, merged, compressed and modifier on held-out rows "
+                        "(stored on each artifact)")
+    report.lineage = store.lineage(modifier.artifact.id)

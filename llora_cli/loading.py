@@ -191,7 +191,8 @@ def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None 
     if plan.strategy == "gguf-dequantized":
         return load_gguf_dequantized(model_dir, torch.float32)
     if plan.strategy.startswith("stored-"):
-        return AutoModelForCausalLM.from_pretrained(model_dir)
+        # quantized weights load as stored; the rest (embeddings, norms) computes in fp32 on CPU
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if plan.device == "cpu" else "auto")
 
     if plan.strategy == "quantized-nf4":
         from transformers import BitsAndBytesConfig

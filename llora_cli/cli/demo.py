@@ -14,21 +14,26 @@ def demo(
     modifier_steps: Annotated[int, typer.Option(help="Training steps of the demo's automation modifier.")] = 30,
     rows: Annotated[int, typer.Option(help="Training rows generated per task.")] = 240,
     eval_rows: Annotated[int, typer.Option(help="Held-out rows per task for eval.")] = 20,
+    compress_method: Annotated[str, typer.Option(help="How the merged checkpoint is compressed.")] = "gguf-q8_0",
+    compress_eval_rows: Annotated[int, typer.Option(help="Held-out rows per task for the compression's "
+                                                          "accuracy comparison (0 skips it).")] = 8,
     no_train: Annotated[bool, typer.Option("--no-train", help="Only register the base and generate.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run every lifecycle stage that exists so far on the embedded SmolLM2-135M-Instruct.
 
     Registers the built-in base and generates an answer, makes task data,
-    trains a training adapter and an automation modifier, evaluates base,
-    adapter and modifier on held-out rows, and shows the catalog.
+    trains a training adapter, merges it into its base (verified), compresses
+    the merged checkpoint (quality measured), trains an automation modifier on
+    the compressed base, evaluates every stage on held-out rows, and shows the
+    lineage and the catalog.
 
     Example: llora demo --modifier-steps 60
     """
     from llora_cli.demo import DemoOptions, run_demo
 
     opts = DemoOptions(adapter_steps=adapter_steps, modifier_steps=modifier_steps, rows=rows, eval_rows=eval_rows,
-                       train=not no_train)
+                       compress_method=compress_method, compress_eval_rows=compress_eval_rows, train=not no_train)
     report = run_demo(open_store(), progress=progress_printer(), options=opts)
     if json_:
         print_json(report.to_json())
@@ -52,9 +57,13 @@ def demo(
             table.add_row(escape(e["artifact"]["name"]), e["artifact"]["kind"], e["task"], str(e["n"]),
                           f"{e['loss']:.3f}", acc)
         out().print(table)
+    if report.compress is not None:
+        from llora_cli.cli.artifacts import render_quality
+
+        render_quality(open_store().get(report.compress["compressed"]["id"]).meta)
     if report.lineage is not None:
         from llora_cli.cli.artifacts import render_lineage
 
-        out().print("[bold]lineage of the merged checkpoint[/]")
+        out().print("[bold]lineage of the modifier[/]")
         render_lineage(report.lineage)
     render_list(report.catalog, title="catalog")

@@ -6,7 +6,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SHORT = ["--adapter-steps", "2", "--modifier-steps", "3", "--rows", "24", "--eval-rows", "4"]
+SHORT = ["--adapter-steps", "2", "--modifier-steps", "3", "--rows", "24", "--eval-rows", "4",
+         "--compress-eval-rows", "0"]
 
 
 def test_demo_registers_trains_and_evaluates(cli, store):
@@ -22,19 +23,30 @@ def test_demo_registers_trains_and_evaluates(cli, store):
     assert store.verify("smollm2").ok
 
     kinds = {(a["kind"], a["state"]) for a in report["catalog"]}
-    assert {("adapter", "discarded"), ("merged", "ready"), ("modifier", "trained"), ("dataset", "ready")} <= kinds
+    assert {("adapter", "discarded"), ("merged", "ready"), ("compressed", "ready"), ("modifier", "trained"),
+            ("dataset", "ready")} <= kinds
     evals = report["evaluations"]
     assert [(e["artifact"]["kind"], e["task"]) for e in evals] == [
-        ("base", "instruct"), ("adapter", "instruct"), ("base", "automation"), ("modifier", "automation"),
-        ("merged", "instruct")]
+        ("base", "instruct"), ("adapter", "instruct"), ("merged", "instruct"),
+        ("compressed", "automation"), ("modifier", "automation")]
     # the merged checkpoint behaves like base + adapter: same held-out loss up to bf16 rounding
-    assert abs(evals[4]["loss"] - evals[1]["loss"]) < 0.05
+    assert abs(evals[2]["loss"] - evals[1]["loss"]) < 0.05
     assert report["merge"]["adapter_state"] == "discarded" and report["merge"]["full_check"]["passed"]
-    assert report["lineage"]["kind"] == "merged"
-    assert {p["role"] for p in report["lineage"]["parents"]} == {"merge_base", "adapter"}
+    comp = report["compress"]
+    assert comp["method"] == "gguf-q8_0" and 0.5 < comp["ratio_vs_bf16"] < 0.56  # Q8_0: 8.5 bits per weight
+    # Q8_0 within 1% perplexity of the source (the goal) on the held-out rows
+    assert abs(comp["quality"]["perplexity"]["delta_pct"]) < 1.0
+    # the modifier was trained on the compressed base and its lineage goes back to base and adapter
+    lineage = report["lineage"]
+    assert lineage["kind"] == "modifier"
+    runs_on = next(p for p in lineage["parents"] if p["role"] == "runs_on")
+    assert runs_on["kind"] == "compressed" and runs_on["id"] == comp["compressed"]["id"]
+    merged = next(p for p in runs_on["parents"] if p["role"] == "compressed_from")
+    assert {p["role"] for p in merged["parents"]} == {"merge_base", "adapter"}
     assert all(e["n"] == 4 and e["loss"] > 0 and 0 <= e["accuracy"] <= 1 for e in evals)
     mod = next(a for a in report["catalog"] if a["kind"] == "modifier")
     assert cli.json("show", mod["id"])["evaluations"]
+    assert store.resolve(mod["id"]).base_hash == comp["compressed"]["content_hash"]
 
     # the same GGUF file under another name is refused before any conversion work
     from llora_cli.bases import builtin_gguf
