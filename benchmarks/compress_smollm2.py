@@ -41,8 +41,10 @@ def main() -> None:
     args = ap.parse_args()
     home = args.home or tempfile.mkdtemp(prefix="llora-compress-bench-")
     env = {**os.environ, "LLORA_HOME": home}
-    subprocess.run([sys.executable, "-c", "from llora_cli.cli.entry import main; main()", "bases", "add", "smollm2",
-                    "--json"], env=env, check=True, capture_output=True)
+    added = subprocess.run([sys.executable, "-c", "from llora_cli.cli.entry import main; main()", "bases", "add",
+                            "smollm2", "--json"], env=env, capture_output=True, text=True)
+    if added.returncode != 0 and "already registered" not in added.stderr:  # a rerun with --home reuses it
+        raise SystemExit(added.stderr)
     rows = []
     for method in args.methods.split(","):
         start = time.perf_counter()
