@@ -34,7 +34,7 @@ def logits(model, ids):
 IDS = torch.tensor([[1, 7, 42, 9, 100, 3, 55, 21]])
 # max |logits diff| / max |logits| of the GGUF reloaded by transformers vs the source, per method, on this
 # random model (measured: f16 ~4e-4, q8_0 ~1e-2, q4_0 ~0.15); the bounds leave room, not slack for bugs
-LOGIT_TOL = {"gguf-f16": 2e-3, "gguf-q8_0": 3e-2, "gguf-q4_0": 0.4}
+LOGIT_TOL = {"gguf-f16": 2e-3, "gguf-q8_0": 3e-2, "gguf-q4_0": 0.4, "gguf-q4_k": 0.4}
 LLAMA_KEYS = ["general.architecture", "general.file_type", "general.quantization_version", "llama.block_count",
               "llama.context_length", "llama.embedding_length", "llama.feed_forward_length",
               "llama.attention.head_count", "llama.attention.head_count_kv", "llama.rope.dimension_count",
@@ -43,7 +43,7 @@ LLAMA_KEYS = ["general.architecture", "general.file_type", "general.quantization
               "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"]
 
 
-@pytest.mark.parametrize("method", ["gguf-f16", "gguf-q8_0", "gguf-q4_0"])
+@pytest.mark.parametrize("method", ["gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k"])
 def test_gguf_methods_write_files_llama_cpp_and_transformers_read(cli, store, base, wide_model_dir, method):
     import gguf
     from transformers import AutoModelForCausalLM
@@ -65,8 +65,10 @@ def test_gguf_methods_write_files_llama_cpp_and_transformers_read(cli, store, ba
         f"blk.{i}.{n}.weight" for i in range(n_layers) for n in
         ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "ffn_norm")}
     assert set(tensors) == expected
-    want = {"gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-q4_0": "Q4_0"}[method]
-    assert tensors["blk.0.attn_q.weight"].tensor_type.name == want
+    want = {"gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-q4_0": "Q4_0", "gguf-q4_k": "Q5_0"}[method]
+    assert tensors["blk.0.attn_q.weight"].tensor_type.name == want  # q4_k: rows of 128 fall back to Q5_0
+    if method == "gguf-q4_k":  # ffn_down's rows are 256 values: a real Q4_K tensor
+        assert tensors["blk.0.ffn_down.weight"].tensor_type.name == "Q4_K"
     assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
     assert list(tensors["blk.0.ffn_down.weight"].shape) == [256, 128]  # ggml order: [in, out]
     source = AutoModelForCausalLM.from_pretrained(wide_model_dir)
@@ -79,6 +81,7 @@ def test_gguf_methods_write_files_llama_cpp_and_transformers_read(cli, store, ba
     q = meta["quality"]
     assert q["perplexity"]["source"] > 1 and q["perplexity"]["compressed"] > 1 and q["kl_mean"] >= 0
     assert set(q["accuracy"]) == {"reasoning", "automation", "code"}
+    assert cli.json("deploy", art.id)["state"] == "deployed"  # a compressed base is deployable
     parents = cli.json("show", art.id)["parents"]
     assert [(p["id"], p["role"]) for p in parents] == [(store.resolve("tiny").id, "compressed_from")]
 
