@@ -34,6 +34,7 @@ from llora_store.models import (
     Evaluation,
     Event,
     Lineage,
+    RequestLog,
     utcnow,
     with_article,
 )
@@ -377,6 +378,12 @@ class Store:
             frontier = list(child_ids)
         return list(out.values())
 
+    def children_by_role(self, s: Session, artifact_id: str, role: str) -> list[Artifact]:
+        q = select(Artifact).join(Lineage, Lineage.child_id == Artifact.id).where(
+            Lineage.parent_id == artifact_id, Lineage.role == role
+        ).order_by(Artifact.created_at)
+        return list(s.execute(q).scalars())
+
     def parents_by_role(self, s: Session, artifact_id: str, role: str) -> list[Artifact]:
         q = select(Artifact).join(Lineage, Lineage.parent_id == Artifact.id).where(
             Lineage.child_id == artifact_id, Lineage.role == role
@@ -516,6 +523,43 @@ class Store:
         with self.writing() as s:
             art = self.resolve(ref, session=s)
             s.add(Evaluation(artifact_id=art.id, dataset_id=dataset_id, split=split, metrics=metrics))
+
+    def log_request(self, *, base_id: str, modifier_id: str | None, engine: str, client: str, prompt: str,
+                    response: str, tokens_in: int, tokens_out: int, latency_ms: float, ttft_ms: float | None,
+                    params: dict[str, Any]) -> int:
+        """Append one served request to the request log; returns its id."""
+        with self.writing() as s:
+            row = RequestLog(base_id=base_id, modifier_id=modifier_id, engine=engine, client=client[:64],
+                             prompt=prompt, response=response, tokens_in=tokens_in, tokens_out=tokens_out,
+                             latency_ms=latency_ms, ttft_ms=ttft_ms, params=params)
+            s.add(row)
+            s.flush()
+            return int(row.id)
+
+    def request_logs(self, *, modifier: str | None = None, base: str | None = None,
+                     limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` requests, newest first; ``modifier`` may be a ref or "none" (base alone)."""
+        with self.reading() as s:
+            q = select(RequestLog).order_by(RequestLog.id.desc()).limit(limit)
+            if modifier == "none":
+                q = q.where(RequestLog.modifier_id.is_(None))
+            elif modifier is not None:
+                q = q.where(RequestLog.modifier_id == self.resolve(modifier, session=s).id)
+            if base is not None:
+                q = q.where(RequestLog.base_id == self.resolve(base, session=s).id)
+            names = {}
+            out = []
+            for r in s.execute(q).scalars():
+                for i in (r.base_id, r.modifier_id):
+                    if i and i not in names:
+                        names[i] = self.resolve(i, session=s).name
+                out.append({"id": r.id, "at": r.at.isoformat(timespec="seconds") + "Z", "base": {"id": r.base_id,
+                            "name": names[r.base_id]},
+                            "modifier": {"id": r.modifier_id, "name": names[r.modifier_id]} if r.modifier_id else None,
+                            "engine": r.engine, "client": r.client, "prompt": r.prompt, "response": r.response,
+                            "tokens_in": r.tokens_in, "tokens_out": r.tokens_out, "latency_ms": r.latency_ms,
+                            "ttft_ms": r.ttft_ms, "params": r.params})
+            return out
 
     def new_staging(self, artifact_id: str) -> Path:
         """A staging directory for files of a future artifact, marked with this process as owner."""

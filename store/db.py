@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 # The migration chain, oldest first. A test checks it against llora_migrations.
-KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002")
+KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
 SCHEMA_HEAD = KNOWN_REVISIONS[-1]
 BUSY_TIMEOUT_S = 60
 

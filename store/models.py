@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, String
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
 SQLModel.metadata.naming_convention = {
@@ -127,3 +127,27 @@ class Evaluation(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(), nullable=False))
     split: str = Field(sa_column=Column(String(16), nullable=False))
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class RequestLog(SQLModel, table=True):
+    """One request served by `llora run` or `llora serve`: what was asked, what came back, how fast.
+    Like evaluations, an observation: it may reference deployed (immutable, R7) artifacts."""
+
+    __tablename__ = "request_log"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(), nullable=False, index=True))
+    base_id: str = Field(sa_column=Column(String(32), ForeignKey("artifact.id", ondelete="RESTRICT"), nullable=False))
+    modifier_id: Optional[str] = Field(
+        default=None,
+        sa_column=Column(String(32), ForeignKey("artifact.id", ondelete="RESTRICT"), nullable=True, index=True),
+    )
+    engine: str = Field(sa_column=Column(String(32), nullable=False))
+    client: str = Field(sa_column=Column(String(64), nullable=False))
+    prompt: str = Field(sa_column=Column(Text, nullable=False))
+    response: str = Field(sa_column=Column(Text, nullable=False))
+    tokens_in: int = Field(sa_column=Column(Integer, nullable=False))
+    tokens_out: int = Field(sa_column=Column(Integer, nullable=False))
+    latency_ms: float = Field(sa_column=Column(Float, nullable=False))
+    ttft_ms: Optional[float] = Field(default=None, sa_column=Column(Float, nullable=True))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

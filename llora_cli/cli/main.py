@@ -20,6 +20,7 @@ from llora_cli.cli import (
     kinds,
     merge,
     plan,
+    run,
     runs,
     train,
     transfer,
@@ -74,6 +75,8 @@ app.command("eval")(evalcmd.eval_)
 app.command("experiment")(experiment.experiment)
 app.command("merge")(merge.merge)
 app.command("compress")(compress.compress)
+app.command("run")(run.run)
+app.add_typer(run.logs_app, name="logs")
 app.command("plan")(plan.plan)
 app.command("export")(transfer.export)
 app.command("import")(transfer.import_)

@@ -1,0 +1,82 @@
+"""`llora run` (one request on the deployment, streamed) and `llora logs list` (the request log)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from llora_cli.cli.options import JsonOpt, err, open_store, out, print_json
+
+
+def run(
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt; read from stdin when not given.")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base, merged or compressed model to run "
+                                                     "(default: the single deployed base).")] = None,
+    modifier: Annotated[Optional[str], typer.Option(help="Deployed modifier (name, id or domain) or 'none'; "
+                                                         "'auto' needs a deployed router.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System message (chat models).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --temperature > 0).")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Answer one prompt with the deployed base, or with one of its deployed modifiers.
+
+    Tokens are streamed to stdout as they are generated (with --json, the full
+    record is printed at the end). Every request is logged: llora logs list.
+
+    Example: echo "Set a timer for 5 minutes" | llora run --modifier automation
+    """
+    from llora_cli.runtime import run as run_request
+
+    if prompt is None:
+        prompt = "" if sys.stdin.isatty() else sys.stdin.read()
+    stream = None if json_ else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    reply = run_request(open_store(), prompt, base_ref=base, modifier_ref=modifier, system=system,
+                        max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, on_text=stream)
+    if json_:
+        print_json(reply.to_json())
+        return
+    sys.stdout.write("\n")
+    m = f" + {reply.modifier.name}" if reply.modifier else ""
+    err().print(f"[dim]{reply.base.name}{m} ({reply.engine}): {reply.tokens_in} tokens in, {reply.tokens_out} out, "
+                f"first token {reply.ttft_ms or 0:.0f} ms, {reply.latency_ms:.0f} ms; logged as #{reply.log_id}[/]")
+
+
+logs_app = typer.Typer(help="The request log of run and serve: list.", no_args_is_help=True)
+
+
+@logs_app.command("list")
+def logs_list(
+    modifier: Annotated[Optional[str], typer.Option(help="Only requests to this modifier ('none': the base "
+                                                         "alone).")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Only requests to this base.")] = None,
+    limit: Annotated[int, typer.Option(help="Newest N requests.")] = 50,
+    json_: JsonOpt = False,
+) -> None:
+    """List logged requests, newest first: time, base, modifier, tokens, latency, prompt and response.
+
+    Example: llora logs list --modifier automation --json
+    """
+    from llora_store.errors import BadInput
+
+    if limit < 1:
+        raise BadInput("--limit must be at least 1")
+    rows = open_store().request_logs(modifier=modifier, base=base, limit=limit)
+    if json_:
+        print_json(rows)
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"requests ({len(rows)})", title_justify="left")
+    for col in ("#", "at", "base", "modifier", "client", "in", "out", "ms", "prompt", "response"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["id"]), r["at"][:19], r["base"]["name"], r["modifier"]["name"] if r["modifier"] else "-",
+                      r["client"], str(r["tokens_in"]), str(r["tokens_out"]), f"{r['latency_ms']:.0f}",
+                      escape(r["prompt"][:40]), escape(r["response"][:60]))
+    out().print(table)

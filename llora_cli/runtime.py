@@ -1,0 +1,228 @@
+"""The runtime: a deployed base loaded once, its deployed modifiers attached as PEFT adapters, one request at a
+time with the modifier chosen per request (no reload to switch), every request logged in the catalog.
+
+Used by `llora run` (one request) and, later, `llora serve`. Rules: a training adapter is never run (R5); a
+modifier runs only on the base it was trained on (R6, content hash) and only when deployed on it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llora_store import Store, rules
+from llora_store.errors import BadInput, NotFound, RuleViolation
+from llora_store.models import Artifact
+
+RUNTIME_KINDS = ("base", "merged", "compressed")
+MAX_NEW_TOKENS = 4096
+ENGINE = "transformers"
+
+
+@dataclass
+class Deployment:
+    base: Artifact
+    modifiers: list[Artifact] = field(default_factory=list)
+
+    def find_modifier(self, ref: str | None) -> Artifact | None:
+        """``none``/None: the base alone; ``auto``: the router's choice (no router yet); else id, name or domain."""
+        if ref is None or ref == "none":
+            return None
+        if ref == "auto":
+            raise BadInput("--modifier auto needs a deployed router, and no router is deployed "
+                           f"on {self.base.kind} '{self.base.name}'",
+                           hint="name a modifier (--modifier NAME) or run the base alone (--modifier none)")
+        by_id = [m for m in self.modifiers if m.id == ref or (len(ref) >= 4 and m.id.startswith(ref))]
+        by_name = [m for m in self.modifiers if m.name == ref]
+        by_domain = [m for m in self.modifiers if m.domain == ref]
+        for matches in (by_id, by_name, by_domain):
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise BadInput(f"'{ref}' matches {len(matches)} deployed modifiers: "
+                               f"{', '.join(m.name for m in matches)}; name one")
+        deployed = ", ".join(f"{m.name} ({m.domain})" for m in self.modifiers) or "none"
+        raise NotFound(f"no deployed modifier '{ref}' on {self.base.kind} '{self.base.name}'; deployed: {deployed}",
+                       hint="deploy it (llora deploy NAME) if it was trained on this base, or pick another")
+
+
+def resolve_deployment(store: Store, base_ref: str | None = None) -> Deployment:
+    """The base to run (``base_ref`` or the single deployed base) and the modifiers deployed on it."""
+    if base_ref is not None:
+        base = store.resolve(base_ref)
+        rules.check_runnable(base)  # R5
+        if base.kind not in RUNTIME_KINDS:
+            raise BadInput(f"'{base.name}' is {base.kind}; run a base, merged or compressed model "
+                           "(a modifier runs on its base: --modifier)")
+        if base.state not in ("ready", "deployed"):
+            raise BadInput(f"{base.kind} '{base.name}' is '{base.state}'; only ready or deployed models run")
+    else:
+        deployed = [a for a in store.artifacts() if a.kind in RUNTIME_KINDS and a.state == "deployed"]
+        if not deployed:
+            raise NotFound("no base is deployed", hint="deploy one (llora deploy NAME) or name it with --base")
+        if len(deployed) > 1:
+            names = ", ".join(f"{a.name} ({a.kind}, {a.id})" for a in deployed)
+            raise BadInput(f"{len(deployed)} bases are deployed: {names}; choose one with --base")
+        base = deployed[0]
+    with store.reading() as s:
+        children = store.children_by_role(s, base.id, "runs_on")
+    modifiers = []
+    for m in children:
+        if m.kind == "modifier" and m.state == "deployed":
+            rules.check_modifier_base(m, base)  # R6: deploy checked it; the hash is checked again at load
+            modifiers.append(m)
+    return Deployment(base, modifiers)
+
+
+@dataclass
+class Reply:
+    text: str
+    tokens_in: int
+    tokens_out: int
+    latency_ms: float
+    ttft_ms: float | None
+    base: Artifact
+    modifier: Artifact | None
+    params: dict
+    engine: str = ENGINE
+    load: dict = field(default_factory=dict)
+    log_id: int | None = None
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "latency_ms": round(self.latency_ms, 1),
+                "ttft_ms": round(self.ttft_ms, 1) if self.ttft_ms is not None else None,
+                "base": {"id": self.base.id, "name": self.base.name, "kind": self.base.kind},
+                "modifier": {"id": self.modifier.id, "name": self.modifier.name, "domain": self.modifier.domain}
+                if self.modifier else None,
+                "engine": self.engine, "params": self.params, "load": self.load, "log_id": self.log_id}
+
+
+def check_params(max_tokens: int, temperature: float, top_p: float) -> None:
+    if not 1 <= max_tokens <= MAX_NEW_TOKENS:
+        raise BadInput(f"--max-tokens must be between 1 and {MAX_NEW_TOKENS}, got {max_tokens}")
+    if temperature < 0:
+        raise BadInput(f"--temperature must be 0 (greedy) or more, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise BadInput(f"--top-p must be in (0, 1], got {top_p}")
+
+
+class Runtime:
+    """The base loaded once through the loading layer; each deployed modifier loaded once as a PEFT adapter."""
+
+    def __init__(self, store: Store, deployment: Deployment) -> None:
+        from llora_cli.loading import load_model
+
+        self.store = store
+        self.deployment = deployment
+        self.tokenizer, model, self.plan = load_model(store.path_of(deployment.base.id))
+        self.adapters: dict[str, Artifact] = {}
+        self.lock = threading.Lock()  # one generate at a time on this model
+        for m in deployment.modifiers:
+            model = self._attach(model, m)
+        self.model = model.eval()
+
+    def _attach(self, model, modifier: Artifact):
+        rules.check_modifier_base(modifier, self.deployment.base)  # R6
+        path = str(self.store.path_of(modifier.id))
+        if not self.adapters:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, path, adapter_name=modifier.id)
+        else:
+            model.load_adapter(path, adapter_name=modifier.id)
+        self.adapters[modifier.id] = modifier
+        return model
+
+    def encode(self, prompt: str, system: str | None):
+        tok = self.tokenizer
+        if tok.chat_template:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            return tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        return tok(prompt, return_tensors="pt")
+
+    def generate(self, prompt: str, *, modifier: Artifact | None = None, system: str | None = None,
+                 max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Reply:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        check_params(max_tokens, temperature, top_p)
+        if not prompt.strip():
+            raise BadInput("the prompt is empty")
+        if modifier is not None and modifier.id not in self.adapters:
+            raise RuleViolation("R6", f"modifier '{modifier.name}' is not deployed on '{self.deployment.base.name}'")
+        inputs = self.encode(prompt, system)
+        n_in = int(inputs["input_ids"].shape[1])
+        tok = self.tokenizer
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        kwargs = dict(**inputs, max_new_tokens=max_tokens, pad_token_id=pad, streamer=streamer,
+                      do_sample=temperature > 0)
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        result: dict = {}
+
+        def work() -> None:
+            try:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                with torch.inference_mode():
+                    if self.adapters and modifier is None:
+                        with self.model.disable_adapter():
+                            result["out"] = self.model.generate(**kwargs)
+                    else:
+                        if modifier is not None:
+                            self.model.set_adapter(modifier.id)
+                        result["out"] = self.model.generate(**kwargs)
+            except BaseException as e:  # re-raised in the caller's thread
+                result["error"] = e
+                streamer.end()
+
+        with self.lock:
+            start = time.perf_counter()
+            thread = threading.Thread(target=work, daemon=True)
+            thread.start()
+            ttft = None
+            pieces = []
+            for piece in streamer:
+                if piece and ttft is None:
+                    ttft = (time.perf_counter() - start) * 1000
+                pieces.append(piece)
+                if on_text and piece:
+                    on_text(piece)
+            thread.join()
+            latency = (time.perf_counter() - start) * 1000
+        if "error" in result:
+            raise result["error"]
+        n_out = int(result["out"].shape[1] - n_in)
+        params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                  "system": system}
+        return Reply("".join(pieces).strip(), n_in, n_out, latency, ttft, self.deployment.base, modifier, params,
+                     load={"strategy": self.plan.strategy, "dtype": self.plan.dtype, "device": self.plan.device})
+
+    def log(self, reply: Reply, prompt: str, *, client: str) -> int:
+        reply.log_id = self.store.log_request(
+            base_id=reply.base.id, modifier_id=reply.modifier.id if reply.modifier else None, engine=reply.engine,
+            client=client, prompt=prompt, response=reply.text, tokens_in=reply.tokens_in, tokens_out=reply.tokens_out,
+            latency_ms=reply.latency_ms, ttft_ms=reply.ttft_ms, params=reply.params)
+        return reply.log_id
+
+
+def run(store: Store, prompt: str, *, base_ref: str | None = None, modifier_ref: str | None = None,
+        system: str | None = None, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+        seed: int | None = None, on_text: Callable[[str], None] | None = None) -> Reply:
+    """`llora run`: one request on the deployment, streamed through ``on_text``, logged with client "cli"."""
+    check_params(max_tokens, temperature, top_p)
+    if not prompt.strip():
+        raise BadInput("the prompt is empty", hint='pass it as an argument or on stdin: echo "hi" | llora run')
+    deployment = resolve_deployment(store, base_ref)
+    modifier = deployment.find_modifier(modifier_ref)
+    used = Deployment(deployment.base, [modifier] if modifier else [])  # load only what this request needs
+    runtime = Runtime(store, used)
+    reply = runtime.generate(prompt, modifier=modifier, system=system, max_tokens=max_tokens,
+                             temperature=temperature, top_p=top_p, seed=seed, on_text=on_text)
+    runtime.log(reply, prompt, client="cli")
+    return reply
