@@ -124,6 +124,22 @@ class Runtime:
             model = self._attach(model, m)
         self.model = model.eval()
 
+    def attach(self, modifier: Artifact) -> None:
+        """Load one more deployed modifier as an adapter (the base stays loaded)."""
+        with self.lock:
+            self.model = self._attach(self.model, modifier).eval()
+
+    def detach(self, modifier_id: str) -> None:
+        """Drop a retired modifier's adapter; the last one unloads back to the plain base."""
+        with self.lock:
+            if modifier_id not in self.adapters:
+                return
+            del self.adapters[modifier_id]
+            if self.adapters:
+                self.model.delete_adapter(modifier_id)
+            else:
+                self.model = self.model.unload().eval()
+
     def _attach(self, model, modifier: Artifact):
         rules.check_modifier_base(modifier, self.deployment.base)  # R6
         path = str(self.store.path_of(modifier.id))
@@ -136,25 +152,32 @@ class Runtime:
         self.adapters[modifier.id] = modifier
         return model
 
-    def encode(self, prompt: str, system: str | None):
+    def encode(self, prompt: str, system: str | None, messages: list[dict] | None = None, raw: bool = False):
+        """Token ids of a chat (``messages``, or ``system`` + ``prompt``) through the chat template, or of
+        ``prompt`` as plain text when ``raw`` or the model has no template."""
         tok = self.tokenizer
-        if tok.chat_template:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        if tok.chat_template and not raw:
+            if messages is None:
+                messages = ([{"role": "system", "content": system}] if system else []) + [
+                    {"role": "user", "content": prompt}]
             return tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         return tok(prompt, return_tensors="pt")
 
     def generate(self, prompt: str, *, modifier: Artifact | None = None, system: str | None = None,
                  max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 on_text: Callable[[str], None] | None = None) -> Reply:
+                 on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
+                 raw: bool = False, max_prompt_tokens: int | None = None) -> Reply:
         import torch
         from transformers import TextIteratorStreamer
 
         check_params(max_tokens, temperature, top_p)
-        if not prompt.strip():
+        if not prompt.strip() and not messages:
             raise BadInput("the prompt is empty")
         if modifier is not None and modifier.id not in self.adapters:
             raise RuleViolation("R6", f"modifier '{modifier.name}' is not deployed on '{self.deployment.base.name}'")
-        inputs = self.encode(prompt, system)
+        inputs = self.encode(prompt, system, messages, raw)
+        if max_prompt_tokens is not None and inputs["input_ids"].shape[1] > max_prompt_tokens:
+            raise BadInput(f"the prompt is {inputs['input_ids'].shape[1]} tokens; the limit is {max_prompt_tokens}")
         n_in = int(inputs["input_ids"].shape[1])
         tok = self.tokenizer
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)

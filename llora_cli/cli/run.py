@@ -80,3 +80,37 @@ def logs_list(
                       r["client"], str(r["tokens_in"]), str(r["tokens_out"]), f"{r['latency_ms']:.0f}",
                       escape(r["prompt"][:40]), escape(r["response"][:60]))
     out().print(table)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on /v1/*.")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base to serve (default: the single deployed base).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
+    max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted, in tokens.")] = 4096,
+) -> None:
+    """Serve the deployment over an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions).
+
+    The base is loaded once and every deployed modifier is attached once; a request's
+    "model" is BASE or BASE:MODIFIER. Deploying or retiring a modifier takes effect
+    without a restart. Every request is logged (llora logs list).
+
+    Example: llora serve --port 8000 --api-key secret
+    """
+    from llora_cli.server import Limits
+    from llora_cli.server import serve as run_server
+    from llora_store.errors import BadInput
+
+    if not 0 < port < 65536:
+        raise BadInput(f"--port must be 1-65535, got {port}")
+    if max_tokens < 1 or max_prompt_tokens < 1:
+        raise BadInput("--max-tokens and --max-prompt-tokens must be at least 1")
+
+    def ready(served) -> None:
+        dep = served.deployment
+        err().print(f"serving {dep.base.kind} '{dep.base.name}' with {len(dep.modifiers)} modifier(s) on "
+                    f"http://{host}:{port}/v1 (models: {', '.join(m['id'] for m in served.models())})")
+
+    run_server(open_store(), host=host, port=port, api_key=api_key, base_ref=base,
+               limits=Limits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens), on_ready=ready)
