@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,12 +15,23 @@ def export(
     to: Annotated[Path, typer.Option("--to", help="Directory to write the export into.")],
     low_bandwidth: Annotated[bool, typer.Option("--low-bandwidth", help="Merged checkpoint: ship only the kept "
                                                 "adapter and a recipe; the receiver rebuilds it.")] = False,
+    format_: Annotated[str, typer.Option("--format", help="store (for llora import), vllm (base + deployed "
+                                         "modifiers + serve.sh), ollama (Modelfile: GGUF base + one adapter) or "
+                                         "gguf (one file for llama.cpp).")] = "store",
+    modifier: Annotated[Optional[str], typer.Option(help="--format ollama: the one modifier to attach.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Export an artifact (files + manifest with hashes and lineage) to a directory.
+    """Export an artifact for another store, or a deployment for an engine that scales.
 
     Example: llora export my-merged --to /shared/llora --low-bandwidth
+    Example: llora export smollm2 --format vllm --to ./deploy
     """
+    if format_ != "store":
+        from llora_cli.engines import export_engine
+
+        out = export_engine(open_store(), ref, format_, to, modifier_ref=modifier)
+        print_json({"path": str(out), "format": format_}) if json_ else err().print(f"exported ({format_}) to {out}")
+        return
     from llora_cli.transfer import export_artifact
 
     out = export_artifact(open_store(), ref, to, low_bandwidth=low_bandwidth)
