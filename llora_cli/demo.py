@@ -39,6 +39,7 @@ class DemoReport:
     evaluations: list[dict] = field(default_factory=list)
     merge: dict | None = None
     compress: dict | None = None
+    runtime: dict | None = None
     lineage: object | None = None  # LineageNode of the modifier (compressed <- merged <- base + adapter)
     catalog: list[ArtifactSummary] = field(default_factory=list)
 
@@ -50,6 +51,7 @@ class DemoReport:
             "evaluations": self.evaluations,
             "merge": self.merge,
             "compress": self.compress,
+            "runtime": self.runtime,
             "lineage": self.lineage.to_json() if self.lineage is not None else None,
             "catalog": [a.to_json() for a in self.catalog],
         }
@@ -149,3 +151,33 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
     report.steps.append("evaluated base, adapter, merged, compressed and modifier on held-out rows "
                         "(stored on each artifact)")
     report.lineage = store.lineage(modifier.artifact.id)
+    _serve_stage(store, c.compressed, modifier.artifact, datasets["automation"].id, report, say)
+
+
+def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport, say) -> None:
+    """Deploy the compressed base and the modifier, answer one held-out automation request with the modifier and
+    with the base alone (the base loaded once, the modifier switched per request), check both, show the log."""
+    from llora_cli import tasks
+    from llora_cli.data import load_data
+    from llora_cli.runtime import Runtime, resolve_deployment
+
+    say(f"deploying '{base.name}' and '{modifier.name}'")
+    store.deploy(base.id, command="llora demo")
+    store.deploy(modifier.id, command="llora demo")
+    row = load_data(store, data_id).test[0]
+    prompt = row["messages"][0]["content"]
+    runtime = Runtime(store, resolve_deployment(store, base.id))
+    check = tasks.checker("automation")
+    answers = []
+    for chosen in (modifier, None):
+        say(f"answering with {'modifier ' + repr(modifier.name) if chosen else 'the base alone'}")
+        reply = runtime.generate(prompt, modifier=store.get(chosen.id) if chosen else None, max_tokens=64)
+        runtime.log(reply, prompt, client="demo")
+        answers.append({"modifier": chosen.name if chosen else None, "text": reply.text,
+                        "passes_checker": bool(check(row, reply.text)), "tokens_out": reply.tokens_out,
+                        "latency_ms": round(reply.latency_ms, 1), "log_id": reply.log_id})
+    report.runtime = {"prompt": prompt, "answers": answers, "log": store.request_logs(limit=2)}
+    verdict = ", ".join(f"{a['modifier'] or 'base alone'}: {'passes' if a['passes_checker'] else 'fails'}"
+                        for a in answers)
+    report.steps.append(f"deployed '{base.name}' + '{modifier.name}' and answered one held-out automation "
+                        f"request each way on one loaded base ({verdict} the checker); both requests logged")

@@ -25,8 +25,9 @@ def demo(
     Registers the built-in base and generates an answer, makes task data,
     trains a training adapter, merges it into its base (verified), compresses
     the merged checkpoint (quality measured), trains an automation modifier on
-    the compressed base, evaluates every stage on held-out rows, and shows the
-    lineage and the catalog.
+    the compressed base, evaluates every stage on held-out rows, deploys the
+    compressed base and the modifier and answers one request with and without
+    it (checked, logged), and shows the lineage and the catalog.
 
     Example: llora demo --modifier-steps 60
     """
@@ -61,6 +62,19 @@ def demo(
         from llora_cli.cli.artifacts import render_quality
 
         render_quality(open_store().get(report.compress["compressed"]["id"]).meta)
+    if report.runtime is not None:
+        rt = report.runtime
+        out().print(f"[bold]request:[/] {escape(rt['prompt'])}")
+        for a in rt["answers"]:
+            mark = "[green]passes[/]" if a["passes_checker"] else "[red]fails[/]"
+            out().print(f"  [bold]{escape(a['modifier'] or 'base alone')}[/] ({mark} the checker): {escape(a['text'])}")
+        log = Table(title="request log (newest first)", title_justify="left")
+        for col in ("#", "modifier", "client", "tokens out", "ms"):
+            log.add_column(col)
+        for r in rt["log"]:
+            log.add_row(str(r["id"]), r["modifier"]["name"] if r["modifier"] else "-", r["client"],
+                        str(r["tokens_out"]), f"{r['latency_ms']:.0f}")
+        out().print(log)
     if report.lineage is not None:
         from llora_cli.cli.artifacts import render_lineage
 

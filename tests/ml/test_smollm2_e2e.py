@@ -23,8 +23,7 @@ def test_demo_registers_trains_and_evaluates(cli, store):
     assert store.verify("smollm2").ok
 
     kinds = {(a["kind"], a["state"]) for a in report["catalog"]}
-    assert {("adapter", "discarded"), ("merged", "ready"), ("compressed", "ready"), ("modifier", "trained"),
-            ("dataset", "ready")} <= kinds
+    assert {("adapter", "discarded"), ("merged", "ready"), ("dataset", "ready")} <= kinds
     evals = report["evaluations"]
     assert [(e["artifact"]["kind"], e["task"]) for e in evals] == [
         ("base", "instruct"), ("adapter", "instruct"), ("merged", "instruct"),
@@ -47,6 +46,13 @@ def test_demo_registers_trains_and_evaluates(cli, store):
     mod = next(a for a in report["catalog"] if a["kind"] == "modifier")
     assert cli.json("show", mod["id"])["evaluations"]
     assert store.resolve(mod["id"]).base_hash == comp["compressed"]["content_hash"]
+    # deployed and answered through the runtime: with the modifier and with the base alone, both logged
+    rt = report["runtime"]
+    assert [a["modifier"] for a in rt["answers"]] == [mod["name"], None]
+    assert all(a["tokens_out"] >= 1 and isinstance(a["passes_checker"], bool) for a in rt["answers"])
+    assert [r["id"] for r in rt["log"]] == [rt["answers"][1]["log_id"], rt["answers"][0]["log_id"]]
+    assert {r["client"] for r in rt["log"]} == {"demo"}
+    assert store.resolve(mod["id"]).state == "deployed" and store.resolve(comp["compressed"]["id"]).state == "deployed"
 
     # the same GGUF file under another name is refused before any conversion work
     from llora_cli.bases import builtin_gguf
