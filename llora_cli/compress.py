@@ -118,7 +118,7 @@ def zstd_pack(staging: Path) -> dict:
             "note": "kept" if kept else f"not kept: saves less than {ZSTD_MIN_SAVING:.0%} on this quantized data"}
 
 
-def _kl_and_logits(tok, src, cmp) -> float:
+def _mean_kl(tok, src, cmp) -> float:
     import torch
 
     total, count = 0.0, 0
@@ -149,14 +149,14 @@ def measure_quality(source_dir: Path, compressed_dir: Path, *, eval_n: int = 16,
     tok, src, _ = load_model(source_dir)
     _, cmp, plan = load_model(compressed_dir)
     text_rows = tasks.make("instruct", 0, seed=QUALITY_SEED, n_test=PPL_ROWS).test
-    loss_src = cached.get("loss") or mean_loss(tok, src, text_rows)
+    loss_src = cached["loss"] if "loss" in cached else mean_loss(tok, src, text_rows)
     loss_cmp = mean_loss(tok, cmp, text_rows)
     quality = {
         "heldout": {"perplexity_rows": len(text_rows), "kl_prompts": len(KL_PROMPTS), "task_rows": eval_n,
                     "seed": QUALITY_SEED},
         "load": {"strategy": plan.strategy, "dtype": plan.dtype},
         "perplexity": {"source": round(math.exp(loss_src), 4), "compressed": round(math.exp(loss_cmp), 4)},
-        "kl_mean": _kl_and_logits(tok, src, cmp),
+        "kl_mean": _mean_kl(tok, src, cmp),
         "accuracy": {},
     }
     ppl = quality["perplexity"]

@@ -171,7 +171,7 @@ def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport,
     answers = []
     for chosen in (modifier, None):
         say(f"answering with {'modifier ' + repr(modifier.name) if chosen else 'the base alone'}")
-        reply = runtime.generate(prompt, modifier=store.get(chosen.id) if chosen else None, max_tokens=64)
+        reply = runtime.generate(prompt, modifier=chosen, max_tokens=64)
         runtime.log(reply, prompt, client="demo")
         answers.append({"modifier": chosen.name if chosen else None, "text": reply.text,
                         "passes_checker": bool(check(row, reply.text)), "tokens_out": reply.tokens_out,

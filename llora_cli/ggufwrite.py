@@ -23,13 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llora_cli import loading, mergeops, modelfiles
+from llora_cli import mergeops, modelfiles
 from llora_store.errors import BadInput
 
 METHODS = {"gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-q4_0": "Q4_0", "gguf-q4_k": "Q4_K"}
 FALLBACK = {"Q4_K": "Q5_0", "Q5_0": "F16", "Q8_0": "F16", "Q4_0": "F16"}
 FILE_TYPE = {"F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0", "Q4_K": "MOSTLY_Q4_K_S"}
-GGUF_NAME = loading.GGUF_NAME
+GGUF_NAME = modelfiles.GGUF_NAME
 
 
 @dataclass

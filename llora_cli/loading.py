@@ -81,9 +81,9 @@ def plan_for_dir(base_dir: Path, adapter_dir: Path | None = None, artifact: dict
     """The plan for a model directory (plus an optional adapter directory), from headers and /proc/meminfo."""
     stored = stored_format(base_dir)
     sizes = []
-    for shape in _tensor_shapes(base_dir, stored):
+    for t in modelfiles.model_tensors(base_dir).values():
         n = 1
-        for d in shape:
+        for d in t.shape:
             n *= d
         sizes.append(n)
     params = sum(sizes)
@@ -119,7 +119,7 @@ def plan_for_dir(base_dir: Path, adapter_dir: Path | None = None, artifact: dict
     return LoadPlan(artifact, params, device, available, load, merge_peak, compress_peak, strategy, dtype, why)
 
 
-GGUF_NAME = "model.gguf"
+GGUF_NAME = modelfiles.GGUF_NAME
 
 
 def stored_format(model_dir: Path) -> str:
@@ -135,20 +135,6 @@ def stored_format(model_dir: Path) -> str:
         if q.get("quant_method") == "bitsandbytes":
             return "nf4" if q.get("load_in_4bit") else "int8"
     return "safetensors"
-
-
-def _tensor_shapes(model_dir: Path, stored: str) -> list[tuple[int, ...]]:
-    if stored == "gguf":
-        import gguf
-
-        path = model_dir / GGUF_NAME
-        try:
-            reader = gguf.GGUFReader(path)
-            return [tuple(int(d) for d in t.shape) for t in reader.tensors]
-        except (ValueError, OSError, IndexError, KeyError) as e:
-            raise Corrupt(f"{path} is not a readable GGUF file (truncated or damaged?): {e}",
-                          hint="check the artifact's files with: llora verify ID") from e
-    return [t.shape for t in modelfiles.model_tensors(model_dir).values()]
 
 
 def load_tokenizer(model_dir: Path):

@@ -233,9 +233,6 @@ class ShardReader:
     unmapped; reading tensor by tensor keeps only the current tensor resident.
     """
 
-    TORCH = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64", "I64": "int64",
-             "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-
     def __init__(self, path: Path, pool: BufferPool | None = None) -> None:
         self.pool = pool or BufferPool(keep=0)
         self.f = open(path, "rb")

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from llora_store.errors import BadInput
+from llora_store.errors import BadInput, Corrupt
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -64,6 +64,7 @@ def weight_files(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("*.safetensors"))
 
 
+GGUF_NAME = "model.gguf"  # a GGUF model directory holds its weights in this one file
 BNB_AUX = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".SCB", ".weight_format")
 
 
@@ -71,7 +72,7 @@ def model_tensors(model_dir: Path) -> dict[str, TensorInfo]:
     """The model's logical tensors (Hugging Face names, [out, in] shapes) of a checkpoint directory:
     safetensors (sharded or not), pre-quantized bitsandbytes safetensors (packed weights reported with
     their logical shape, quantization state left out) or a GGUF file (names mapped back)."""
-    gguf_path = model_dir / "model.gguf"
+    gguf_path = model_dir / GGUF_NAME
     if gguf_path.is_file() and not weight_files(model_dir):
         return _gguf_tensors(gguf_path)
     out: dict[str, TensorInfo] = {}
@@ -119,7 +120,8 @@ def _gguf_tensors(path: Path) -> dict[str, TensorInfo]:
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError, IndexError, KeyError) as e:
-        raise BadInput(f"{path} is not a readable GGUF file (truncated or damaged?): {e}") from e
+        raise Corrupt(f"{path} is not a readable GGUF file (truncated or damaged?): {e}",
+                      hint="check the artifact's files with: llora verify ID") from e
     out = {}
     for t in reader.tensors:
         if t.name.startswith("blk."):

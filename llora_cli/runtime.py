@@ -59,7 +59,7 @@ def resolve_deployment(store: Store, base_ref: str | None = None) -> Deployment:
         if base.state not in ("ready", "deployed"):
             raise BadInput(f"{base.kind} '{base.name}' is '{base.state}'; only ready or deployed models run")
     else:
-        deployed = [a for a in store.artifacts() if a.kind in RUNTIME_KINDS and a.state == "deployed"]
+        deployed = [store.get(a.id) for a in store.list(state="deployed") if a.kind in RUNTIME_KINDS]
         if not deployed:
             raise NotFound("no base is deployed", hint="deploy one (llora deploy NAME) or name it with --base")
         if len(deployed) > 1:
