@@ -1,14 +1,14 @@
-"""The runtime: a deployed base loaded once, its deployed modifiers attached as PEFT adapters, one request at a
-time with the modifier chosen per request (no reload to switch), every request logged in the catalog.
+"""The runtime: a deployed base loaded once, its deployed modifiers attached as PEFT adapters, the modifier chosen
+per request (no reload to switch; concurrent requests batched, modifiers mixed per row: batching.py), every
+request logged in the catalog.
 
-Used by `llora run` (one request) and, later, `llora serve`. Rules: a training adapter is never run (R5); a
+Used by `llora run` (one request) and `llora serve`. Rules: a training adapter is never run (R5); a
 modifier runs only on the base it was trained on (R6, content hash) and only when deployed on it.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -110,19 +110,25 @@ def check_params(max_tokens: int, temperature: float, top_p: float) -> None:
 
 
 class Runtime:
-    """The base loaded once through the loading layer; each deployed modifier loaded once as a PEFT adapter."""
+    """The base loaded once through the loading layer; each deployed modifier loaded once as a PEFT adapter.
+    Requests go through a ``Batcher``: concurrent requests share forward passes, modifiers mixed per row."""
 
-    def __init__(self, store: Store, deployment: Deployment) -> None:
+    def __init__(self, store: Store, deployment: Deployment, *, max_batch: int = 8) -> None:
+        from llora_cli.batching import Batcher
         from llora_cli.loading import load_model
 
         self.store = store
         self.deployment = deployment
         self.tokenizer, model, self.plan = load_model(store.path_of(deployment.base.id))
         self.adapters: dict[str, Artifact] = {}
-        self.lock = threading.Lock()  # one generate at a time on this model
+        self.lock = threading.RLock()  # the model is changed (attach/detach) only between batches
         for m in deployment.modifiers:
             model = self._attach(model, m)
         self.model = model.eval()
+        self.batcher = Batcher(lambda: self.model, self.tokenizer, self.lock, max_batch=max_batch, dora=self._dora)
+
+    def _dora(self, adapter: str) -> bool:
+        return bool(getattr(self.model.peft_config[adapter], "use_dora", False))
 
     def attach(self, modifier: Artifact) -> None:
         """Load one more deployed modifier as an adapter (the base stays loaded)."""
@@ -152,7 +158,8 @@ class Runtime:
         self.adapters[modifier.id] = modifier
         return model
 
-    def encode(self, prompt: str, system: str | None, messages: list[dict] | None = None, raw: bool = False):
+    def encode(self, prompt: str, system: str | None, messages: list[dict] | None = None, raw: bool = False
+               ) -> list[int]:
         """Token ids of a chat (``messages``, or ``system`` + ``prompt``) through the chat template, or of
         ``prompt`` as plain text when ``raw`` or the model has no template."""
         tok = self.tokenizer
@@ -160,77 +167,56 @@ class Runtime:
             if messages is None:
                 messages = ([{"role": "system", "content": system}] if system else []) + [
                     {"role": "user", "content": prompt}]
-            return tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        return tok(prompt, return_tensors="pt")
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        else:
+            ids = tok(prompt)["input_ids"]
+        return list(ids)
 
-    def generate(self, prompt: str, *, modifier: Artifact | None = None, system: str | None = None,
-                 max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
-                 raw: bool = False, max_prompt_tokens: int | None = None) -> Reply:
-        import torch
-        from transformers import TextIteratorStreamer
+    def submit(self, prompt: str, *, modifier: Artifact | None = None, system: str | None = None,
+               max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+               on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
+               raw: bool = False, max_prompt_tokens: int | None = None):
+        """Queue one request (checked first: a bad request never reaches a batch); returns its ``Job``."""
+        from llora_cli.batching import Job
 
         check_params(max_tokens, temperature, top_p)
         if not prompt.strip() and not messages:
             raise BadInput("the prompt is empty")
         if modifier is not None and modifier.id not in self.adapters:
             raise RuleViolation("R6", f"modifier '{modifier.name}' is not deployed on '{self.deployment.base.name}'")
-        inputs = self.encode(prompt, system, messages, raw)
-        if max_prompt_tokens is not None and inputs["input_ids"].shape[1] > max_prompt_tokens:
-            raise BadInput(f"the prompt is {inputs['input_ids'].shape[1]} tokens; the limit is {max_prompt_tokens}")
-        n_in = int(inputs["input_ids"].shape[1])
-        tok = self.tokenizer
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        kwargs = dict(**inputs, max_new_tokens=max_tokens, pad_token_id=pad, streamer=streamer,
-                      do_sample=temperature > 0)
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=top_p)
-        result: dict = {}
+        ids = self.encode(prompt, system, messages, raw)
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            raise BadInput(f"the prompt is {len(ids)} tokens; the limit is {max_prompt_tokens}")
+        if not ids:
+            raise BadInput("the prompt has no tokens")
+        job = Job(ids, modifier.id if modifier else None, max_tokens, temperature, top_p, seed, on_text)
+        return self.batcher.submit(job)
 
-        def work() -> None:
-            try:
-                if seed is not None:
-                    torch.manual_seed(seed)
-                with torch.inference_mode():
-                    if self.adapters and modifier is None:
-                        with self.model.disable_adapter():
-                            result["out"] = self.model.generate(**kwargs)
-                    else:
-                        if modifier is not None:
-                            self.model.set_adapter(modifier.id)
-                        result["out"] = self.model.generate(**kwargs)
-            except BaseException as e:  # re-raised in the caller's thread
-                result["error"] = e
-                streamer.end()
-
-        with self.lock:
-            start = time.perf_counter()
-            thread = threading.Thread(target=work, daemon=True)
-            thread.start()
-            ttft = None
-            pieces = []
-            for piece in streamer:
-                if piece and ttft is None:
-                    ttft = (time.perf_counter() - start) * 1000
-                pieces.append(piece)
-                if on_text and piece:
-                    on_text(piece)
-            thread.join()
-            latency = (time.perf_counter() - start) * 1000
-        if "error" in result:
-            raise result["error"]
-        n_out = int(result["out"].shape[1] - n_in)
+    def generate(self, prompt: str, *, modifier: Artifact | None = None, system: str | None = None,
+                 max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
+                 raw: bool = False, max_prompt_tokens: int | None = None) -> Reply:
+        """One request, batched with whatever else is waiting; blocks until its own row is finished."""
+        job = self.submit(prompt, modifier=modifier, system=system, max_tokens=max_tokens, temperature=temperature,
+                          top_p=top_p, seed=seed, on_text=on_text, messages=messages, raw=raw,
+                          max_prompt_tokens=max_prompt_tokens)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
         params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                   "system": system}
-        return Reply("".join(pieces).strip(), n_in, n_out, latency, ttft, self.deployment.base, modifier, params,
-                     load={"strategy": self.plan.strategy, "dtype": self.plan.dtype, "device": self.plan.device})
+        ttft = (job.first_token - job.submitted) * 1000 if job.first_token is not None else None
+        return Reply(job.text.strip(), len(job.input_ids), len(job.tokens), (job.finished - job.submitted) * 1000,
+                     ttft, self.deployment.base, modifier, params,
+                     load={"strategy": self.plan.strategy, "dtype": self.plan.dtype, "device": self.plan.device,
+                           "batch": job.batch_size})
 
     def log(self, reply: Reply, prompt: str, *, client: str) -> int:
         reply.log_id = self.store.log_request(
             base_id=reply.base.id, modifier_id=reply.modifier.id if reply.modifier else None, engine=reply.engine,
             client=client, prompt=prompt, response=reply.text, tokens_in=reply.tokens_in, tokens_out=reply.tokens_out,
-            latency_ms=reply.latency_ms, ttft_ms=reply.ttft_ms, params=reply.params)
+            latency_ms=reply.latency_ms, ttft_ms=reply.ttft_ms,
+            params={**reply.params, "batch": reply.load.get("batch")})
         return reply.log_id
 
 

@@ -3,7 +3,8 @@
 The base is loaded once; every deployed modifier is attached once as a PEFT adapter and chosen per request
 by the request's ``model`` ("BASE" or "BASE:MODIFIER"); switching costs no reload. Before each request the
 deployment is re-read from the catalog, so deploying or retiring a modifier takes effect without a restart.
-Requests run one at a time on the model (mixed-adapter batching is future work); every request is logged.
+Concurrent requests are batched into shared forward passes, modifiers mixed per row (batching.py); every
+request is logged.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations at runtime,

@@ -95,3 +95,28 @@ def test_openai_client_models_chat_stream_and_errors(cli, store, server):
     assert sorted(m.id for m in client.models.list()) == ["tiny", "tiny:mod2"]
     assert client.chat.completions.create(model="tiny:mod2", messages=[{"role": "user", "content": "hi"}],
                                           max_tokens=4).choices[0].message.content is not None
+
+
+def test_concurrent_requests_share_batches(cli, store, server):
+    import openai
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="secret", max_retries=0)
+    cli.json("deploy", "mod2")
+    requests = [("tiny" if i % 3 == 0 else "tiny:mod" if i % 3 == 1 else "tiny:mod2", f"Set a timer for {i} minutes")
+                for i in range(8)]
+
+    def ask(req):
+        model, prompt = req
+        return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                              max_tokens=10).choices[0].message.content
+
+    one_by_one = [ask(r) for r in requests]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(ask, requests))
+    assert together == one_by_one  # greedy: batching with other modifiers changes no answer
+    logs = cli.json("logs", "list", "--limit", "16")
+    assert len(logs) == 16 and all(r["params"]["batch"] == 1 for r in logs[8:])  # oldest 8: one by one
+    assert max(r["params"]["batch"] for r in logs[:8]) > 1  # concurrent: shared forward passes
+    mixed = {r["modifier"]["name"] if r["modifier"] else None for r in logs[:8] if r["params"]["batch"] > 1}
+    assert len(mixed) > 1  # rows on different modifiers (or the base) in one batch
