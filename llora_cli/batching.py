@@ -1,18 +1,25 @@
-"""Batching of concurrent requests on one loaded model, modifiers mixed in one forward pass.
+"""Batching of concurrent requests on one loaded model, modifiers mixed per row in one forward pass.
 
-A single worker thread owns the model. Requests (``Job``) queue up while it runs a batch; when the batch ends
-it takes the oldest waiting job and every waiting job that can share a forward pass with it (up to
-``max_batch``), left-pads their prompts and runs one ``generate``:
-- all rows on one modifier: ``set_adapter`` (or ``disable_adapter`` for the base alone), the plain path;
-- rows on different modifiers (and ``__base__`` rows): PEFT's mixed-adapter batch, ``adapter_names=[...]``,
-  which runs each adapter's LoRA product on its own rows inside the shared forward pass.
-Rows stop on their own EOS or their own ``max_tokens`` (a per-row stopping criterion) and stream their own text;
-a finished row's caller returns while the rest of the batch goes on. Static batches, not continuous: a job
-that arrives while a batch runs waits for that batch to end (docs/runtime.md).
+One thread does all the model's work (the *driver*: ``Batcher.drive`` in ``llora serve``, else the thread
+waiting for a job). Measured here: torch's OpenMP pool throttles its spinning once a second thread has run
+parallel regions (more OpenMP threads than cores), and a batch of 8 ran 1.8x slower on a second thread than on
+the thread that loaded the model. Attaching and detaching adapters also run on that thread (``Batcher.call``).
 
-What can share a batch: the same sampling settings (greedy, or the same temperature and top-p), and no
-seed (a seeded request runs alone, so that its seed reproduces it); DoRA modifiers only with rows on the same
-modifier (PEFT refuses ``adapter_names`` with DoRA).
+Requests (``Job``) queue up while a batch runs; then the driver takes the oldest waiting job and every waiting
+job that can share a forward pass with it (up to ``max_batch``), left-pads their prompts and runs one
+``generate``. Each row gets its own modifier through ``RowLora``: PEFT's adapters are switched off and a forward
+hook on every LoRA layer adds ``((x @ A_cat^T) * row_mask) @ B_cat^T``, with the batch's adapters' A and B
+matrices concatenated and a per-row mask holding each adapter's scaling on its own columns (zero for the base
+alone). Two matrix products per layer whatever the mix, where PEFT's ``adapter_names`` path gathers and
+scatters rows once per adapter per layer, and no ``set_adapter`` walk over the model between requests
+(figures in docs/benchmarks.md). Adapters this cannot express (DoRA, LoRA on embeddings, LoRA biases,
+fan-in-fan-out layers) run through PEFT's ``set_adapter``, one modifier per batch.
+
+Rows stop on their own EOS or their own ``max_tokens`` (a per-row stopping criterion) and stream their own
+text; a finished row's caller returns while the rest of the batch goes on. Static batches, not continuous: a
+job that arrives while a batch runs waits for that batch to end (docs/runtime.md). What can share a batch: the
+same sampling settings (greedy, or the same temperature and top-p) and no seed (a seeded request runs alone, so
+that its seed reproduces it).
 """
 
 from __future__ import annotations
@@ -21,8 +28,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-BASE_ROW = "__base__"  # PEFT's name for "no adapter" in adapter_names
 
 
 @dataclass
@@ -34,7 +39,9 @@ class Job:
     top_p: float = 1.0
     seed: int | None = None
     on_text: Callable[[str], None] | None = None
-    # filled in by the worker
+    control: Callable[[], object] | None = None  # a call to run on the model's thread instead of a request
+    # filled in by the model's thread
+    result: object = None
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     submitted: float = 0.0
@@ -133,65 +140,193 @@ class RowLimits:
         return (input_ids.shape[1] - self.prompt_len) >= self.limits
 
 
-class Batcher:
-    """One worker thread running batches of jobs on ``model`` (a PEFT model when adapters are attached)."""
+def row_lora_supported(model, adapter: str) -> bool:
+    """Whether every LoRA layer of ``adapter`` is plain LoRA on a Linear (what ``RowLora`` computes)."""
+    import torch
 
-    def __init__(self, get_model: Callable, tokenizer, model_lock: threading.RLock, *, max_batch: int = 8,
-                 dora: Callable[[str], bool] = lambda name: False) -> None:
+    for module in model.modules():
+        if not hasattr(module, "lora_A"):
+            continue
+        if adapter in getattr(module, "lora_embedding_A", {}) or adapter in getattr(module, "lora_variant", {}):
+            return False
+        if adapter not in module.lora_A:
+            continue
+        if type(module.lora_A[adapter]) is not torch.nn.Linear or getattr(module, "fan_in_fan_out", False) \
+                or getattr(module, "lora_bias", {}).get(adapter, False):
+            return False
+    return True
+
+
+class RowLora:
+    """Forward hooks adding each row's own LoRA term while PEFT's adapters are disabled (see the module doc).
+
+    Hooks are registered once per model (a hook does nothing while no batch is active); the concatenated A and
+    B matrices and the per-adapter scaling tables are built once per set of adapters in a batch, so a batch on
+    other modifiers costs one small index per distinct layer shape. Rebuilt after attach/detach."""
+
+    def __init__(self, model) -> None:
+        self.modules = [m for m in model.modules() if hasattr(m, "lora_A")]
+        self.current: dict[int, tuple] = {}  # id(module) -> (a_cat, b_cat, mask) for the active batch
+        self.cache: dict[tuple, list] = {}  # adapters used -> [(module, a_cat, b_cat, table)]
+        self.handles = [m.register_forward_hook(self._hook) for m in self.modules]
+
+    def _hook(self, module, args, output):
+        slot = self.current.get(id(module))
+        if slot is None:
+            return None
+        import torch.nn.functional as F
+
+        a_cat, b_cat, mask = slot
+        h = F.linear(args[0].to(a_cat.dtype), a_cat)
+        h = h * (mask[:, None, :] if h.dim() == 3 else mask)
+        return output + F.linear(h, b_cat).to(output.dtype)
+
+    def _layers(self, used: tuple) -> list:
+        import torch
+
+        if used not in self.cache:
+            layers, tables = [], {}
+            for module in self.modules:
+                present = [a for a in used if a in module.lora_A]
+                if not present:
+                    continue
+                a_cat = torch.cat([module.lora_A[a].weight for a in present])  # [sum of ranks, in]
+                b_cat = torch.cat([module.lora_B[a].weight for a in present], dim=1)  # [out, sum of ranks]
+                ranks = [module.lora_A[a].weight.shape[0] for a in present]
+                key = (tuple(present), tuple(ranks), tuple(float(module.scaling[a]) for a in present), a_cat.dtype)
+                if key not in tables:  # row u of the table: adapter used[u]'s scaling on its columns
+                    table = torch.zeros(len(used) + 1, sum(ranks), dtype=a_cat.dtype)  # last row: the base
+                    col = 0
+                    for a, r in zip(present, ranks):
+                        table[used.index(a), col:col + r] = module.scaling[a]
+                        col += r
+                    tables[key] = table
+                layers.append((module, a_cat, b_cat, tables[key]))
+            self.cache[used] = layers
+        return self.cache[used]
+
+    def activate(self, rows: list[str | None]) -> None:
+        import torch
+
+        used = tuple(sorted({a for a in rows if a is not None}))
+        idx = torch.tensor([used.index(a) if a is not None else len(used) for a in rows])
+        masks: dict[int, object] = {}
+        current = {}
+        for module, a_cat, b_cat, table in self._layers(used):
+            if id(table) not in masks:
+                masks[id(table)] = table[idx]
+            current[id(module)] = (a_cat, b_cat, masks[id(table)])
+        self.current = current
+
+    def deactivate(self) -> None:
+        self.current = {}
+
+    def remove(self) -> None:
+        self.deactivate()
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+class Batcher:
+    """Runs batches of jobs on ``get_model()`` (a PEFT model when adapters are attached) on one thread."""
+
+    def __init__(self, get_model: Callable, tokenizer, *, max_batch: int = 8,
+                 row_lora: Callable[[str], bool] = lambda name: True, lora_path: str = "rows") -> None:
         self.get_model = get_model
         self.tok = tokenizer
-        self.model_lock = model_lock
         self.max_batch = max_batch
-        self.dora = dora
-        self.pending: list[Job] = []
+        self.row_lora = row_lora  # adapter -> can RowLora run it (else PEFT's set_adapter, one per batch)
+        self.lora_path = lora_path  # "rows" (RowLora) or "peft" (set_adapter / adapter_names), for comparisons
+        self.pending: list[Job] = []  # requests and control calls, in arrival order
         self.cond = threading.Condition()
-        self.worker: threading.Thread | None = None
-        self.batches = 0  # batches run, and the sizes seen: for tests and the benchmarks
-        self.sizes: list[int] = []
+        self.driver: threading.Thread | None = None  # a thread in drive(); without one, waiters run the work
+        self.leading = False
+        self.sizes: list[int] = []  # batch sizes run, for tests and benchmarks
+        self.rows: RowLora | None = None  # built on the first mixed batch, dropped when adapters change
+
+    def adapters_changed(self) -> None:
+        """Called on the model's thread after attach/detach: the hooks and cached matrices are stale."""
+        if self.rows is not None:
+            self.rows.remove()
+            self.rows = None
 
     def submit(self, job: Job) -> Job:
         job.submitted = time.perf_counter()
         with self.cond:
             self.pending.append(job)
-            if self.worker is None or not self.worker.is_alive():
-                self.worker = threading.Thread(target=self._loop, name="llora-batcher", daemon=True)
-                self.worker.start()
             self.cond.notify_all()
         return job
 
+    def wait(self, job: Job) -> Job:
+        """Block until ``job`` is done; with no driver thread, run the waiting work on this thread meanwhile."""
+        while not job.done.is_set():
+            with self.cond:
+                driven = self.driver is not None and self.driver is not threading.current_thread()
+                if driven or self.leading or not self.pending:
+                    self.cond.wait(0.05)
+                    continue
+                self.leading = True
+                work = self._take()
+            try:
+                self._run(work)
+            finally:
+                with self.cond:
+                    self.leading = False
+                    self.cond.notify_all()
+        return job
+
+    def call(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on the model's thread between batches (attach/detach) and return its result."""
+        job = self.wait(self.submit(Job([], None, 0, control=fn)))
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def drive(self, stop: threading.Event) -> None:
+        """Make the calling thread the model's thread until ``stop`` is set (``llora serve``)."""
+        self.driver = threading.current_thread()
+        try:
+            while not stop.is_set():
+                with self.cond:
+                    if not self.pending:
+                        self.cond.wait(0.2)
+                        continue
+                    work = self._take()
+                self._run(work)
+        finally:
+            self.driver = None
+
     def _take(self) -> list[Job]:
-        """The oldest job and the waiting jobs that can share its forward pass (FIFO order)."""
+        """A control call alone, or the oldest job and the waiting jobs that can share its forward pass."""
         head = self.pending[0]
         batch = [head]
-        for job in self.pending[1:]:
-            if len(batch) >= self.max_batch:
-                break
-            if job.key() != head.key() or head.key()[0] == "seeded":
-                continue
-            adapters = {j.adapter for j in batch} | {job.adapter}
-            if len(adapters) > 1 and any(a is not None and self.dora(a) for a in adapters):
-                continue
-            batch.append(job)
+        if head.control is None and head.key()[0] != "seeded":
+            for job in self.pending[1:]:
+                if len(batch) >= self.max_batch:
+                    break
+                if job.control is None and job.key() == head.key() and self._can_mix({j.adapter for j in batch}
+                                                                                     | {job.adapter}):
+                    batch.append(job)
         for job in batch:
             self.pending.remove(job)
         return batch
 
-    def _loop(self) -> None:
-        while True:
-            with self.cond:
-                while not self.pending:
-                    if not self.cond.wait(timeout=30):
-                        if not self.pending:  # idle: let the thread end, the next submit starts another
-                            self.worker = None
-                            return
-                batch = self._take()
-            try:
-                self.run(batch)
-            except BaseException as e:  # every caller in the batch gets the error
-                for job in batch:
-                    if not job.done.is_set():
-                        job.error = e
-                        job.done.set()
+    def _can_mix(self, adapters: set) -> bool:
+        return len(adapters) <= 1 or all(self.row_lora(a) for a in adapters if a is not None)
+
+    def _run(self, work: list[Job]) -> None:
+        try:
+            if work[0].control is not None:
+                work[0].result = work[0].control()
+                work[0].done.set()
+            else:
+                self.run(work)
+        except BaseException as e:  # every caller in the batch gets the error
+            for job in work:
+                if not job.done.is_set():
+                    job.error = e
+                    job.done.set()
 
     def run(self, jobs: list[Job]) -> None:
         import torch
@@ -205,34 +340,40 @@ class Batcher:
         for i, j in enumerate(jobs):  # left padding: every row's last prompt token at the same position
             ids[i, width - len(j.input_ids):] = torch.tensor(j.input_ids)
             mask[i, width - len(j.input_ids):] = 1
-        with self.model_lock:
-            model = self.get_model()
-            eos = model.generation_config.eos_token_id
-            eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-            streamer = RowStreamer(tok, jobs, eos_ids)
-            head = jobs[0]
-            kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=max(j.max_tokens for j in jobs),
-                          pad_token_id=pad, streamer=streamer, do_sample=head.temperature > 0,
-                          stopping_criteria=StoppingCriteriaList([RowLimits(width, [j.max_tokens for j in jobs])]))
-            if head.temperature > 0:
-                kwargs.update(temperature=head.temperature, top_p=head.top_p)
-            for j in jobs:
-                j.batch_size = len(jobs)
-            self.batches += 1
-            self.sizes.append(len(jobs))
-            adapters = {j.adapter for j in jobs}
-            attached = hasattr(model, "peft_config")
-            with torch.inference_mode():
-                if head.seed is not None:
-                    torch.manual_seed(head.seed)
-                if not attached:
+        model = self.get_model()
+        eos = model.generation_config.eos_token_id
+        streamer = RowStreamer(tok, jobs, set(eos if isinstance(eos, list) else [] if eos is None else [eos]))
+        head = jobs[0]
+        kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=max(j.max_tokens for j in jobs),
+                      pad_token_id=pad, streamer=streamer, do_sample=head.temperature > 0,
+                      stopping_criteria=StoppingCriteriaList([RowLimits(width, [j.max_tokens for j in jobs])]))
+        if head.temperature > 0:
+            kwargs.update(temperature=head.temperature, top_p=head.top_p)
+        for j in jobs:
+            j.batch_size = len(jobs)
+        self.sizes.append(len(jobs))
+        rows = [j.adapter for j in jobs]
+        named = {a for a in rows if a is not None}
+        with torch.inference_mode():
+            if head.seed is not None:
+                torch.manual_seed(head.seed)
+            if not hasattr(model, "peft_config"):
+                model.generate(**kwargs)
+            elif not named:
+                with model.disable_adapter():
                     model.generate(**kwargs)
-                elif len(adapters) == 1 and head.adapter is None:
+            elif self.lora_path == "rows" and all(self.row_lora(a) for a in named):
+                if self.rows is None:
+                    self.rows = RowLora(model)
+                self.rows.activate(rows)
+                try:
                     with model.disable_adapter():
                         model.generate(**kwargs)
-                elif len(adapters) == 1:
-                    model.set_adapter(head.adapter)
-                    model.generate(**kwargs)
-                else:
-                    model.generate(**kwargs, adapter_names=[j.adapter or BASE_ROW for j in jobs])
-            streamer.end()
+                finally:
+                    self.rows.deactivate()
+            elif len(set(rows)) == 1:
+                model.set_adapter(head.adapter)
+                model.generate(**kwargs)
+            else:  # PEFT's mixed-batch path (the reference RowLora is compared with)
+                model.generate(**kwargs, adapter_names=[a or "__base__" for a in rows])
+        streamer.end()

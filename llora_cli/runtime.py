@@ -8,7 +8,6 @@ modifier runs only on the base it was trained on (R6, content hash) and only whe
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -111,9 +110,10 @@ def check_params(max_tokens: int, temperature: float, top_p: float) -> None:
 
 class Runtime:
     """The base loaded once through the loading layer; each deployed modifier loaded once as a PEFT adapter.
-    Requests go through a ``Batcher``: concurrent requests share forward passes, modifiers mixed per row."""
+    Requests go through a ``Batcher``: concurrent requests share forward passes, modifiers mixed per row, all
+    model work on one thread (batching.py)."""
 
-    def __init__(self, store: Store, deployment: Deployment, *, max_batch: int = 8) -> None:
+    def __init__(self, store: Store, deployment: Deployment, *, max_batch: int = 8, lora_path: str = "rows") -> None:
         from llora_cli.batching import Batcher
         from llora_cli.loading import load_model
 
@@ -121,32 +121,39 @@ class Runtime:
         self.deployment = deployment
         self.tokenizer, model, self.plan = load_model(store.path_of(deployment.base.id))
         self.adapters: dict[str, Artifact] = {}
-        self.lock = threading.RLock()  # the model is changed (attach/detach) only between batches
+        self.row_lora: dict[str, bool] = {}  # adapter -> runs in mixed batches (plain LoRA on Linear layers)
         for m in deployment.modifiers:
             model = self._attach(model, m)
         self.model = model.eval()
-        self.batcher = Batcher(lambda: self.model, self.tokenizer, self.lock, max_batch=max_batch, dora=self._dora)
-
-    def _dora(self, adapter: str) -> bool:
-        return bool(getattr(self.model.peft_config[adapter], "use_dora", False))
+        self.batcher = Batcher(lambda: self.model, self.tokenizer, max_batch=max_batch,
+                               row_lora=lambda a: self.row_lora.get(a, False), lora_path=lora_path)
 
     def attach(self, modifier: Artifact) -> None:
-        """Load one more deployed modifier as an adapter (the base stays loaded)."""
-        with self.lock:
+        """Load one more deployed modifier as an adapter (the base stays loaded), between batches."""
+        def do() -> None:
+            self.batcher.adapters_changed()
             self.model = self._attach(self.model, modifier).eval()
 
+        self.batcher.call(do)
+
     def detach(self, modifier_id: str) -> None:
-        """Drop a retired modifier's adapter; the last one unloads back to the plain base."""
-        with self.lock:
+        """Drop a retired modifier's adapter, between batches; the last one unloads back to the plain base."""
+        def do() -> None:
             if modifier_id not in self.adapters:
                 return
+            self.batcher.adapters_changed()
             del self.adapters[modifier_id]
+            self.row_lora.pop(modifier_id, None)
             if self.adapters:
                 self.model.delete_adapter(modifier_id)
             else:
                 self.model = self.model.unload().eval()
 
+        self.batcher.call(do)
+
     def _attach(self, model, modifier: Artifact):
+        from llora_cli.batching import row_lora_supported
+
         rules.check_modifier_base(modifier, self.deployment.base)  # R6
         path = str(self.store.path_of(modifier.id))
         if not self.adapters:
@@ -156,6 +163,7 @@ class Runtime:
         else:
             model.load_adapter(path, adapter_name=modifier.id)
         self.adapters[modifier.id] = modifier
+        self.row_lora[modifier.id] = row_lora_supported(model, modifier.id)
         return model
 
     def encode(self, prompt: str, system: str | None, messages: list[dict] | None = None, raw: bool = False
@@ -200,7 +208,7 @@ class Runtime:
         job = self.submit(prompt, modifier=modifier, system=system, max_tokens=max_tokens, temperature=temperature,
                           top_p=top_p, seed=seed, on_text=on_text, messages=messages, raw=raw,
                           max_prompt_tokens=max_prompt_tokens)
-        job.done.wait()
+        self.batcher.wait(job)
         if job.error is not None:
             raise job.error
         params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,

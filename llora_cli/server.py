@@ -31,10 +31,10 @@ class Limits:
 class Served:
     """The runtime plus the catalog's current view of what is deployed on its base."""
 
-    def __init__(self, store: Store, base_ref: str | None = None) -> None:
+    def __init__(self, store: Store, base_ref: str | None = None, *, max_batch: int = 8) -> None:
         self.store = store
         deployment = resolve_deployment(store, base_ref)
-        self.runtime = Runtime(store, Deployment(deployment.base, []))
+        self.runtime = Runtime(store, Deployment(deployment.base, []), max_batch=max_batch)
         self.deployment = deployment
         self.sync_lock = threading.Lock()
         self.sync()
@@ -239,11 +239,36 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
 
 
 def serve(store: Store, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          base_ref: str | None = None, limits: Limits = Limits(), on_ready=None) -> None:
+          base_ref: str | None = None, limits: Limits = Limits(), max_batch: int = 8, on_ready=None) -> None:
+    """Load the deployment, serve HTTP from a background thread and run the model on this (the main) thread:
+    all torch work stays on the thread that loaded the model (batching.py says why)."""
+    import signal
+
     import uvicorn
 
-    served = Served(store, base_ref)
+    served = Served(store, base_ref, max_batch=max_batch)
     app = create_app(served, api_key=api_key, limits=limits)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    stop = threading.Event()
+
+    def http() -> None:
+        try:
+            server.run()
+        finally:
+            stop.set()
+
+    thread = threading.Thread(target=http, name="llora-http", daemon=True)
+    thread.start()
     if on_ready:
         on_ready(served)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        served.runtime.batcher.drive(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.should_exit = True
+        thread.join(timeout=30)
+    if not server.started:
+        raise BadInput(f"could not listen on {host}:{port} (is the port in use?)", hint="pick another --port")

@@ -89,12 +89,14 @@ def serve(
     base: Annotated[Optional[str], typer.Option(help="Base to serve (default: the single deployed base).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
     max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted, in tokens.")] = 4096,
+    max_batch: Annotated[int, typer.Option(help="Most concurrent requests sharing one forward pass (1: one at a time).")] = 8,
 ) -> None:
     """Serve the deployment over an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions).
 
     The base is loaded once and every deployed modifier is attached once; a request's
     "model" is BASE or BASE:MODIFIER. Deploying or retiring a modifier takes effect
-    without a restart. Every request is logged (llora logs list).
+    without a restart. Concurrent requests share forward passes (up to --max-batch),
+    modifiers mixed per row. Every request is logged (llora logs list).
 
     Example: llora serve --port 8000 --api-key secret
     """
@@ -106,6 +108,8 @@ def serve(
         raise BadInput(f"--port must be 1-65535, got {port}")
     if max_tokens < 1 or max_prompt_tokens < 1:
         raise BadInput("--max-tokens and --max-prompt-tokens must be at least 1")
+    if not 1 <= max_batch <= 256:
+        raise BadInput(f"--max-batch must be 1-256, got {max_batch}")
 
     def ready(served) -> None:
         dep = served.deployment
@@ -113,4 +117,5 @@ def serve(
                     f"http://{host}:{port}/v1 (models: {', '.join(m['id'] for m in served.models())})")
 
     run_server(open_store(), host=host, port=port, api_key=api_key, base_ref=base,
-               limits=Limits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens), on_ready=ready)
+               limits=Limits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens), max_batch=max_batch,
+               on_ready=ready)

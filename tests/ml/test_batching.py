@@ -41,7 +41,7 @@ def test_mixed_batch_matches_one_at_a_time(runtime):
         jobs = [runtime.submit(p, modifier=m, max_tokens=n, on_text=streamed[i].append)
                 for i, (p, m, n) in enumerate(requests)]
     for job in jobs:
-        job.done.wait(60)
+        runtime.batcher.wait(job)
     assert runtime.batcher.sizes[-1] == 6  # one forward pass per step for three adapters and the base
     for job, one, (_, _, limit), pieces in zip(jobs, solo, requests, streamed):
         assert job.error is None and job.batch_size == 6
@@ -60,7 +60,7 @@ def test_what_cannot_share_a_batch_runs_apart(runtime):
                 runtime.submit("hi", modifier=None, max_tokens=4, temperature=0.7, seed=1),  # seeded: alone
                 runtime.submit("hi", modifier=None, max_tokens=4, temperature=0.7, top_p=0.9)]  # other sampling
     for job in jobs:
-        job.done.wait(60)
+        runtime.batcher.wait(job)
         assert job.error is None and len(job.tokens) >= 1
     # the two DoRA rows together, then the LoRA row with nothing else greedy, the seeded one alone, the sampled one
     assert runtime.batcher.sizes[before:] == [2, 1, 1, 1]
@@ -72,7 +72,59 @@ def test_seeded_request_reproduces_whatever_else_is_waiting(runtime):
     with runtime.batcher.cond:
         jobs = [runtime.submit("hi", temperature=1.0, max_tokens=8) for _ in range(3)]
         seeded = runtime.submit("hi", temperature=1.0, seed=5, max_tokens=8)
-    seeded.done.wait(60)
-    for job in jobs:
-        job.done.wait(60)
+    for job in [*jobs, seeded]:
+        runtime.batcher.wait(job)
     assert seeded.text.strip() == alone.text and seeded.batch_size == 1
+
+
+def test_row_lora_equals_peft_mixed_batch_and_each_adapter_alone(runtime):
+    import torch
+
+    from llora_cli.batching import RowLora
+
+    model, tok = runtime.model, runtime.tokenizer
+    mods = {m.name: m.id for m in runtime.deployment.modifiers}
+    rows = [mods["auto-mod"], None, mods["code-mod"], mods["auto-mod"]]
+    enc = tok(["Set a timer", "hello", "Write code", "Lights off"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        peft_mixed = model(**enc, adapter_names=[a or "__base__" for a in rows]).logits
+        hooks = RowLora(model)
+        hooks.activate(rows)
+        with model.disable_adapter():
+            ours = model(**enc).logits
+        hooks.deactivate()
+        with model.disable_adapter():
+            inactive = model(**enc).logits  # hooks stay registered but add nothing between batches
+        hooks.remove()
+        alone = []
+        for i, a in enumerate(rows):
+            one = {k: v[i:i + 1] for k, v in enc.items()}
+            if a is None:
+                with model.disable_adapter():
+                    alone.append(model(**one).logits)
+            else:
+                model.set_adapter(a)
+                alone.append(model(**one).logits)
+        with model.disable_adapter():
+            base = model(**enc).logits
+    assert torch.allclose(ours, peft_mixed, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(ours, torch.cat(alone), atol=1e-5, rtol=1e-5)
+    assert (ours[0] - base[0]).abs().max() > 1e-3 and torch.equal(ours[1], base[1])  # the modifier acts; base row: none
+    assert torch.equal(inactive, base)
+    assert hooks.handles == [] and all(not m._forward_hooks for m in model.modules())  # nothing left behind
+
+
+def test_dora_modifier_is_not_row_lora(runtime):
+    mods = {m.name: m.id for m in runtime.deployment.modifiers}
+    assert runtime.row_lora == {mods["auto-mod"]: True, mods["code-mod"]: True, mods["dora-mod"]: False}
+
+
+def test_peft_path_gives_the_same_answers(runtime):
+    requests = _requests(runtime)
+    texts = {}
+    for path in ("rows", "peft"):
+        runtime.batcher.lora_path = path
+        with runtime.batcher.cond:
+            jobs = [runtime.submit(p, modifier=m, max_tokens=n) for p, m, n in requests]
+        texts[path] = [runtime.batcher.wait(j).text for j in jobs]
+    assert texts["rows"] == texts["peft"]

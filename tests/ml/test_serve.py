@@ -98,8 +98,9 @@ def test_openai_client_models_chat_stream_and_errors(cli, store, server):
 
 
 def test_concurrent_requests_share_batches(cli, store, server):
-    import openai
     from concurrent.futures import ThreadPoolExecutor
+
+    import openai
 
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="secret", max_retries=0)
     cli.json("deploy", "mod2")
@@ -120,3 +121,12 @@ def test_concurrent_requests_share_batches(cli, store, server):
     assert max(r["params"]["batch"] for r in logs[:8]) > 1  # concurrent: shared forward passes
     mixed = {r["modifier"]["name"] if r["modifier"] else None for r in logs[:8] if r["params"]["batch"] > 1}
     assert len(mixed) > 1  # rows on different modifiers (or the base) in one batch
+
+
+def test_serve_refuses_bad_options_and_no_deployment(cli):
+    for args, message in ((["--port", "0"], "--port"), (["--max-batch", "0"], "--max-batch"),
+                          (["--max-tokens", "0"], "--max-tokens")):
+        r = cli("serve", *args)
+        assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.stderr
+    r = cli("serve", "--port", "8123")
+    assert r.exit_code == 1 and "no base is deployed" in r.stderr
