@@ -654,6 +654,32 @@ class Store:
             else:
                 p.unlink(missing_ok=True)
 
+    def add_derived(self, ref: str, rel_path: str, source: Path, meta: dict[str, Any] | None = None) -> FileView:
+        """Move ``source`` into the artifact as ``rel_path`` (under ``derived/``): an engine's conversion of the
+        payload, recorded with its sha256 and checked by verify, outside the content hash, allowed in any state
+        but discarded (deployed artifacts included: the payload does not change). Replaces an earlier version."""
+        if not rel_path.startswith(fs.DERIVED) or ".." in Path(rel_path).parts:
+            raise ValueError(f"derived files live under {fs.DERIVED}, got {rel_path!r}")
+        sha, size = fs.sha256_file(source), source.stat().st_size
+        with self.writing() as s:
+            art = self.resolve(ref, session=s)
+            if art.state == "discarded":
+                raise BadInput(f"{art.kind} '{art.name}' is discarded")
+            target = self.layout.artifact_dir(art.id) / rel_path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+            for old in s.execute(select(ArtifactFile).where(ArtifactFile.artifact_id == art.id,
+                                                            ArtifactFile.path == rel_path)).scalars():
+                s.delete(old)
+            s.flush()
+            s.add(ArtifactFile(artifact_id=art.id, path=rel_path, sha256=sha, bytes=size))
+            if meta is not None:
+                art.meta = {**art.meta, **meta}
+                s.add(art)
+            art_id = art.id
+        self._refresh_sidecar(art_id)
+        return FileView(rel_path, sha, size, False)
+
     def update_metadata(self, ref: str, patch: dict[str, Any], *, command: str = "") -> Artifact:
         """Merge ``patch`` into an artifact's metadata; refused on a deployed artifact (R7)."""
         with self.writing() as s:

@@ -24,6 +24,7 @@ from pathlib import Path
 SIDECAR = "llora.json"
 OWNER = ".owner"  # marks a staging dir with the host and pid writing it
 INTERNAL = frozenset({SIDECAR, OWNER})
+DERIVED = "derived/"  # engine conversions of the payload (e.g. a llama.cpp LoRA): recorded, outside the content hash
 _CHUNK = 1 << 20
 
 
@@ -60,9 +61,11 @@ def scan(directory: Path, known: dict[str, FileRecord] | None = None) -> list[Fi
 
 
 def content_hash(records: list[FileRecord]) -> str:
-    """One hash for a set of files: sha256 over sorted ``path\\0sha256\\n`` lines."""
+    """One hash for a set of files: sha256 over sorted ``path\\0sha256\\n`` lines (derived files left out)."""
     h = hashlib.sha256()
     for r in sorted(records, key=lambda r: r.path):
+        if r.path.startswith(DERIVED):
+            continue
         h.update(f"{r.path}\0{r.sha256}\n".encode())
     return h.hexdigest()
 
