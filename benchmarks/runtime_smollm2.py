@@ -170,7 +170,7 @@ def bench_batch(rt, rounds: int, max_tokens: int) -> dict:
              "mixed_with_base": [mods[i % 3] if i % 4 else None for i in range(8)], "base": [None] * 8}
     out: dict = {"max_tokens": max_tokens}
     for path in ("rows", "peft"):
-        rt.batcher.lora_path = path
+        rt.runner.lora_path = path
         res: dict[str, list] = {k: [] for k in picks}
         for r in range(rounds):
             for which in (list(picks) if r % 2 == 0 else list(picks)[::-1]):
@@ -180,7 +180,7 @@ def bench_batch(rt, rounds: int, max_tokens: int) -> dict:
         out[path]["mixed_over_single"] = round(out[path]["mixed"]["tokens_per_s"]
                                                / out[path]["single"]["tokens_per_s"], 3)
         print(path, json.dumps(out[path]), flush=True)
-    rt.batcher.lora_path = "rows"
+    rt.runner.lora_path = "rows"
     start, n = time.perf_counter(), 0  # context: the same eight one at a time on one modifier
     for p in PROMPTS:
         n += rt.generate(p, modifier=mods[0], max_tokens=max_tokens).tokens_out

@@ -229,27 +229,17 @@ class RowLora:
 
 
 class Batcher:
-    """Runs batches of jobs on ``get_model()`` (a PEFT model when adapters are attached) on one thread."""
+    """Runs the queued jobs on one thread through ``runner`` (``run(jobs)``, ``can_mix(adapters)``): batches
+    of up to ``max_batch`` requests, or control calls (attach/detach) between them."""
 
-    def __init__(self, get_model: Callable, tokenizer, *, max_batch: int = 8,
-                 row_lora: Callable[[str], bool] = lambda name: True, lora_path: str = "rows") -> None:
-        self.get_model = get_model
-        self.tok = tokenizer
+    def __init__(self, runner, *, max_batch: int = 8) -> None:
+        self.runner = runner
         self.max_batch = max_batch
-        self.row_lora = row_lora  # adapter -> can RowLora run it (else PEFT's set_adapter, one per batch)
-        self.lora_path = lora_path  # "rows" (RowLora) or "peft" (set_adapter / adapter_names), for comparisons
         self.pending: list[Job] = []  # requests and control calls, in arrival order
         self.cond = threading.Condition()
         self.driver: threading.Thread | None = None  # a thread in drive(); without one, waiters run the work
         self.leading = False
         self.sizes: list[int] = []  # batch sizes run, for tests and benchmarks
-        self.rows: RowLora | None = None  # built on the first mixed batch, dropped when adapters change
-
-    def adapters_changed(self) -> None:
-        """Called on the model's thread after attach/detach: the hooks and cached matrices are stale."""
-        if self.rows is not None:
-            self.rows.remove()
-            self.rows = None
 
     def submit(self, job: Job) -> Job:
         job.submitted = time.perf_counter()
@@ -305,15 +295,12 @@ class Batcher:
             for job in self.pending[1:]:
                 if len(batch) >= self.max_batch:
                     break
-                if job.control is None and job.key() == head.key() and self._can_mix({j.adapter for j in batch}
-                                                                                     | {job.adapter}):
+                if job.control is None and job.key() == head.key() and self.runner.can_mix(
+                        {j.adapter for j in batch} | {job.adapter}):
                     batch.append(job)
         for job in batch:
             self.pending.remove(job)
         return batch
-
-    def _can_mix(self, adapters: set) -> bool:
-        return len(adapters) <= 1 or all(self.row_lora(a) for a in adapters if a is not None)
 
     def _run(self, work: list[Job]) -> None:
         try:
@@ -321,12 +308,36 @@ class Batcher:
                 work[0].result = work[0].control()
                 work[0].done.set()
             else:
-                self.run(work)
+                for job in work:
+                    job.batch_size = len(work)
+                self.sizes.append(len(work))
+                self.runner.run(work)
         except BaseException as e:  # every caller in the batch gets the error
             for job in work:
                 if not job.done.is_set():
                     job.error = e
                     job.done.set()
+
+
+class TransformersBatches:
+    """Batches on a transformers (PEFT) model: left-padded rows, per-row LoRA (``RowLora``) or PEFT's paths."""
+
+    def __init__(self, get_model: Callable, tokenizer, *, row_lora: Callable[[str], bool] = lambda name: True,
+                 lora_path: str = "rows") -> None:
+        self.get_model = get_model
+        self.tok = tokenizer
+        self.row_lora = row_lora  # adapter -> can RowLora run it (else PEFT's set_adapter, one per batch)
+        self.lora_path = lora_path  # "rows" (RowLora) or "peft" (set_adapter / adapter_names), for comparisons
+        self.rows: RowLora | None = None  # built on the first batch with adapters, dropped when they change
+
+    def can_mix(self, adapters: set) -> bool:
+        return len(adapters) <= 1 or all(self.row_lora(a) for a in adapters if a is not None)
+
+    def adapters_changed(self) -> None:
+        """Called on the model's thread after attach/detach: the hooks and cached matrices are stale."""
+        if self.rows is not None:
+            self.rows.remove()
+            self.rows = None
 
     def run(self, jobs: list[Job]) -> None:
         import torch
@@ -349,9 +360,6 @@ class Batcher:
                       stopping_criteria=StoppingCriteriaList([RowLimits(width, [j.max_tokens for j in jobs])]))
         if head.temperature > 0:
             kwargs.update(temperature=head.temperature, top_p=head.top_p)
-        for j in jobs:
-            j.batch_size = len(jobs)
-        self.sizes.append(len(jobs))
         rows = [j.adapter for j in jobs]
         named = {a for a in rows if a is not None}
         with torch.inference_mode():

@@ -18,7 +18,7 @@ from llora_cli.runtime import resolve_deployment
 from llora_store import Store
 from llora_store.errors import BadInput, Conflict
 
-FORMATS = ("vllm", "ollama", "gguf")
+FORMATS = ("vllm", "ollama", "gguf", "gguf-lora")
 # vLLM's accepted --max-lora-rank values (vllm/config: possible_max_ranks)
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -39,10 +39,61 @@ def _publish(tmp: Path, out: Path) -> Path:
     return out
 
 
+def runs_on(store: Store, modifier_id: str):
+    with store.reading() as s:
+        bases = store.parents_by_role(s, modifier_id, "runs_on")
+    if not bases:
+        raise BadInput("the modifier records no base it runs on")
+    return bases[0]
+
+
+def deploy(store: Store, ref: str, *, command: str = "") -> tuple:
+    """`llora deploy`: a modifier on a GGUF base gets its llama.cpp LoRA first (converted and recorded); one that
+    does not fit its base is refused before anything changes; one llama.cpp cannot run (DoRA, ...) is deployed
+    for the transformers engine with a note saying why. Returns (artifact, note or None)."""
+    from llora_cli import gguflora
+    from llora_cli.llamacpp import is_gguf_base
+
+    art = store.resolve(ref)
+    note = None
+    if art.kind == "modifier" and art.state in ("trained", "retired"):
+        base = runs_on(store, art.id)
+        if is_gguf_base(store, base):
+            try:
+                gguflora.ensure(store, art, base)
+            except gguflora.NotForLlamaCpp as e:
+                note = f"{e}; it runs on the transformers engine only"
+    return store.deploy(art.id, command=command), note
+
+
+def export_gguf_lora(store: Store, ref: str, to: Path) -> Path:
+    """`llora export MODIFIER --format gguf-lora`: the modifier's llama.cpp LoRA file, for llama.cpp tools."""
+    from llora_cli import gguflora
+    from llora_cli.llamacpp import is_gguf_base
+
+    art = store.resolve(ref)
+    if art.kind != "modifier":
+        raise BadInput(f"--format gguf-lora exports a modifier; '{art.name}' is {art.kind}")
+    base = runs_on(store, art.id)
+    if not is_gguf_base(store, base):
+        raise BadInput(f"modifier '{art.name}' runs on {base.kind} '{base.name}', which is not a GGUF model",
+                       hint="a llama.cpp LoRA needs the GGUF base it was trained on (llora compress --method gguf-*)")
+    out = Path(to) / f"{art.name}.gguf"
+    if out.exists():
+        raise Conflict(f"{out} already exists", hint="remove it or export to another --to directory")
+    src = gguflora.ensure(store, art, base)
+    Path(to).mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.copyfile(src, tmp)
+    return _publish(tmp, out)
+
+
 def export_engine(store: Store, ref: str, fmt: str, to: Path, *, modifier_ref: str | None = None,
                   gguf_method: str = "gguf-f16") -> Path:
     if fmt not in FORMATS:
         raise BadInput(f"unknown --format {fmt!r}; choose store (default), {', '.join(FORMATS)}")
+    if fmt == "gguf-lora":
+        return export_gguf_lora(store, ref, to)
     dep = resolve_deployment(store, ref)
     base = dep.base
     out = Path(to) / f"{base.name}-{fmt}"

@@ -25,11 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llora_cli import modelfiles
+from llora_store import Store
 from llora_store.errors import BadInput
+from llora_store.models import Artifact
 
 LORA_FILE = "derived/adapter.gguf"  # inside the modifier's artifact directory (recorded, outside its content hash)
 TARGETS = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
            "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+
+
+class NotForLlamaCpp(BadInput):
+    """The adapter is fine for transformers but llama.cpp cannot run it (DoRA, whole modules, biases, ...)."""
 
 
 @dataclass
@@ -91,8 +97,7 @@ def convert(adapter_dir: Path, base_dir: Path, out_path: Path) -> LoraGGUF:
 
     reason = refusal(adapter_dir)
     if reason:
-        raise BadInput(f"llama.cpp cannot run this modifier: {reason}",
-                       hint="serve it with --engine transformers")
+        raise NotForLlamaCpp(f"llama.cpp cannot run this modifier: {reason}", hint="run it with --engine transformers")
     cfg = _config(adapter_dir)
     weights_path = adapter_dir / "adapter_model.safetensors"
     if not weights_path.is_file():
@@ -117,7 +122,7 @@ def convert(adapter_dir: Path, base_dir: Path, out_path: Path) -> LoraGGUF:
         proj = module.rsplit(".", 1)[-1]
         parts = module.split(".")
         if proj not in TARGETS or "layers" not in parts:
-            raise BadInput(f"the modifier adapts {module}; llama.cpp LoRA conversion covers the attention and MLP "
+            raise NotForLlamaCpp(f"the modifier adapts {module}; llama.cpp LoRA conversion covers the attention and MLP "
                            f"projections ({', '.join(TARGETS)})", hint="serve it with --engine transformers")
         weight = f"{module}.weight"
         if weight not in base:
@@ -159,3 +164,31 @@ def convert(adapter_dir: Path, base_dir: Path, out_path: Path) -> LoraGGUF:
     finally:
         writer.close()
     return LoraGGUF(out_path, out_path.stat().st_size, 2 * len(plan), 0.0 if folded else alpha, folded)
+
+
+def ensure(store: Store, modifier: Artifact, base: Artifact) -> Path:
+    """The modifier's llama.cpp LoRA file, converted and recorded (a derived file) on first use. Raises
+    ``NotForLlamaCpp`` for what llama.cpp cannot run and ``BadInput`` for an adapter that does not fit the base."""
+    import os
+    import tempfile
+
+    from llora_store import files as fs
+
+    adapter_dir = store.path_of(modifier.id)
+    target = adapter_dir / LORA_FILE
+    current = store.get(modifier.id)
+    recorded = current.meta.get("gguf_lora") or {}
+    if target.is_file() and recorded.get("base_hash") == base.content_hash:
+        return target
+    fd, tmp = tempfile.mkstemp(prefix=f".{modifier.id}-", suffix=".gguf.partial", dir=adapter_dir.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        out = convert(adapter_dir, store.path_of(base.id), tmp_path)
+        store.add_derived(modifier.id, LORA_FILE, tmp_path, meta={"gguf_lora": {
+            "file": LORA_FILE, "bytes": out.bytes, "sha256": fs.sha256_file(tmp_path),
+            "tensors": out.tensors, "alpha": out.alpha, "scaling_folded": out.folded,
+            "base_hash": base.content_hash}})
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return target

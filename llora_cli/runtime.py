@@ -108,63 +108,40 @@ def check_params(max_tokens: int, temperature: float, top_p: float) -> None:
         raise BadInput(f"--top-p must be in (0, 1], got {top_p}")
 
 
-class Runtime:
-    """The base loaded once through the loading layer; each deployed modifier loaded once as a PEFT adapter.
-    Requests go through a ``Batcher``: concurrent requests share forward passes, modifiers mixed per row, all
-    model work on one thread (batching.py)."""
+class Engine:
+    """What every engine shares: the deployment, the tokenizer (the same chat template and token ids on every
+    engine), a ``Batcher`` running all model work on one thread, request checks, replies and the log.
+    Subclasses load the model and implement ``_attach``/``_detach`` and a batch runner."""
 
-    def __init__(self, store: Store, deployment: Deployment, *, max_batch: int = 8, lora_path: str = "rows") -> None:
-        from llora_cli.batching import Batcher
-        from llora_cli.loading import load_model
+    engine = "?"
 
+    def __init__(self, store: Store, deployment: Deployment) -> None:
         self.store = store
         self.deployment = deployment
-        self.tokenizer, model, self.plan = load_model(store.path_of(deployment.base.id))
         self.adapters: dict[str, Artifact] = {}
-        self.row_lora: dict[str, bool] = {}  # adapter -> runs in mixed batches (plain LoRA on Linear layers)
-        for m in deployment.modifiers:
-            model = self._attach(model, m)
-        self.model = model.eval()
-        self.batcher = Batcher(lambda: self.model, self.tokenizer, max_batch=max_batch,
-                               row_lora=lambda a: self.row_lora.get(a, False), lora_path=lora_path)
+        self.refused: dict[str, str] = {}  # modifier id -> why this engine cannot run it
+        self.load_info: dict = {}
+        self.batcher = None  # set by the subclass
 
     def attach(self, modifier: Artifact) -> None:
-        """Load one more deployed modifier as an adapter (the base stays loaded), between batches."""
-        def do() -> None:
-            self.batcher.adapters_changed()
-            self.model = self._attach(self.model, modifier).eval()
-
-        self.batcher.call(do)
+        """Load one more deployed modifier (the base stays loaded), between batches."""
+        self.batcher.call(lambda: self._attach(modifier))
 
     def detach(self, modifier_id: str) -> None:
-        """Drop a retired modifier's adapter, between batches; the last one unloads back to the plain base."""
+        """Drop a retired modifier, between batches."""
         def do() -> None:
-            if modifier_id not in self.adapters:
-                return
-            self.batcher.adapters_changed()
-            del self.adapters[modifier_id]
-            self.row_lora.pop(modifier_id, None)
-            if self.adapters:
-                self.model.delete_adapter(modifier_id)
-            else:
-                self.model = self.model.unload().eval()
+            if modifier_id in self.adapters:
+                self._detach(modifier_id)
+                del self.adapters[modifier_id]
+            self.refused.pop(modifier_id, None)
 
         self.batcher.call(do)
 
-    def _attach(self, model, modifier: Artifact):
-        from llora_cli.batching import row_lora_supported
+    def _attach(self, modifier: Artifact) -> None:
+        raise NotImplementedError
 
-        rules.check_modifier_base(modifier, self.deployment.base)  # R6
-        path = str(self.store.path_of(modifier.id))
-        if not self.adapters:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, path, adapter_name=modifier.id)
-        else:
-            model.load_adapter(path, adapter_name=modifier.id)
-        self.adapters[modifier.id] = modifier
-        self.row_lora[modifier.id] = row_lora_supported(model, modifier.id)
-        return model
+    def _detach(self, modifier_id: str) -> None:
+        raise NotImplementedError
 
     def encode(self, prompt: str, system: str | None, messages: list[dict] | None = None, raw: bool = False
                ) -> list[int]:
@@ -190,6 +167,9 @@ class Runtime:
         check_params(max_tokens, temperature, top_p)
         if not prompt.strip() and not messages:
             raise BadInput("the prompt is empty")
+        if modifier is not None and modifier.id in self.refused:
+            raise BadInput(f"the {self.engine} engine cannot run modifier '{modifier.name}': "
+                           f"{self.refused[modifier.id]}", hint="run it with --engine transformers")
         if modifier is not None and modifier.id not in self.adapters:
             raise RuleViolation("R6", f"modifier '{modifier.name}' is not deployed on '{self.deployment.base.name}'")
         ids = self.encode(prompt, system, messages, raw)
@@ -215,9 +195,8 @@ class Runtime:
                   "system": system}
         ttft = (job.first_token - job.submitted) * 1000 if job.first_token is not None else None
         return Reply(job.text.strip(), len(job.input_ids), len(job.tokens), (job.finished - job.submitted) * 1000,
-                     ttft, self.deployment.base, modifier, params,
-                     load={"strategy": self.plan.strategy, "dtype": self.plan.dtype, "device": self.plan.device,
-                           "batch": job.batch_size})
+                     ttft, self.deployment.base, modifier, params, engine=self.engine,
+                     load={**self.load_info, "batch": job.batch_size})
 
     def log(self, reply: Reply, prompt: str, *, client: str) -> int:
         reply.log_id = self.store.log_request(
@@ -228,17 +207,65 @@ class Runtime:
         return reply.log_id
 
 
+class Runtime(Engine):
+    """The transformers engine: the base loaded once through the loading layer, each deployed modifier loaded
+    once as a PEFT adapter. Concurrent requests share forward passes, modifiers mixed per row (batching.py)."""
+
+    engine = "transformers"
+
+    def __init__(self, store: Store, deployment: Deployment, *, max_batch: int = 8, lora_path: str = "rows") -> None:
+        from llora_cli.batching import Batcher, TransformersBatches
+        from llora_cli.loading import load_model
+
+        super().__init__(store, deployment)
+        self.tokenizer, self.model, self.plan = load_model(store.path_of(deployment.base.id))
+        self.model.eval()
+        self.load_info = {"strategy": self.plan.strategy, "dtype": self.plan.dtype, "device": self.plan.device}
+        self.row_lora: dict[str, bool] = {}  # adapter -> runs in mixed batches (plain LoRA on Linear layers)
+        self.runner = TransformersBatches(lambda: self.model, self.tokenizer,
+                                          row_lora=lambda a: self.row_lora.get(a, False), lora_path=lora_path)
+        self.batcher = Batcher(self.runner, max_batch=max_batch)
+        for m in deployment.modifiers:
+            self._attach(m)
+
+    def _attach(self, modifier: Artifact) -> None:
+        from llora_cli.batching import row_lora_supported
+
+        rules.check_modifier_base(modifier, self.deployment.base)  # R6
+        self.runner.adapters_changed()
+        path = str(self.store.path_of(modifier.id))
+        if not self.adapters:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=modifier.id).eval()
+        else:
+            self.model.load_adapter(path, adapter_name=modifier.id)
+        self.adapters[modifier.id] = modifier
+        self.row_lora[modifier.id] = row_lora_supported(self.model, modifier.id)
+
+    def _detach(self, modifier_id: str) -> None:
+        self.runner.adapters_changed()
+        self.row_lora.pop(modifier_id, None)
+        if len(self.adapters) > 1:
+            self.model.delete_adapter(modifier_id)
+        else:
+            self.model = self.model.unload().eval()
+
+
 def run(store: Store, prompt: str, *, base_ref: str | None = None, modifier_ref: str | None = None,
         system: str | None = None, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None, on_text: Callable[[str], None] | None = None) -> Reply:
+        seed: int | None = None, on_text: Callable[[str], None] | None = None, engine: str = "auto") -> Reply:
     """`llora run`: one request on the deployment, streamed through ``on_text``, logged with client "cli"."""
+    from llora_cli.llamacpp import choose, open_engine
+
     check_params(max_tokens, temperature, top_p)
     if not prompt.strip():
         raise BadInput("the prompt is empty", hint='pass it as an argument or on stdin: echo "hi" | llora run')
     deployment = resolve_deployment(store, base_ref)
+    choose(store, deployment.base, engine)  # a bad --engine fails before anything loads
     modifier = deployment.find_modifier(modifier_ref)
     used = Deployment(deployment.base, [modifier] if modifier else [])  # load only what this request needs
-    runtime = Runtime(store, used)
+    runtime = open_engine(store, used, engine)
     reply = runtime.generate(prompt, modifier=modifier, system=system, max_tokens=max_tokens,
                              temperature=temperature, top_p=top_p, seed=seed, on_text=on_text)
     runtime.log(reply, prompt, client="cli")

