@@ -159,25 +159,30 @@ def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport,
     with the base alone (the base loaded once, the modifier switched per request), check both, show the log."""
     from llora_cli import tasks
     from llora_cli.data import load_data
-    from llora_cli.runtime import Runtime, resolve_deployment
+    from llora_cli.engines import deploy
+    from llora_cli.llamacpp import open_engine
+    from llora_cli.runtime import resolve_deployment
 
     say(f"deploying '{base.name}' and '{modifier.name}'")
-    store.deploy(base.id, command="llora demo")
-    store.deploy(modifier.id, command="llora demo")
+    deploy(store, base.id, command="llora demo")
+    _, note = deploy(store, modifier.id, command="llora demo")  # a GGUF base: the modifier as a llama.cpp LoRA too
     row = load_data(store, data_id).test[0]
     prompt = row["messages"][0]["content"]
-    runtime = Runtime(store, resolve_deployment(store, base.id))
+    runtime = open_engine(store, resolve_deployment(store, base.id))  # llama.cpp when installed
     check = tasks.checker("automation")
     answers = []
     for chosen in (modifier, None):
-        say(f"answering with {'modifier ' + repr(modifier.name) if chosen else 'the base alone'}")
+        say(f"answering with {'modifier ' + repr(modifier.name) if chosen else 'the base alone'} "
+            f"({runtime.engine} engine)")
         reply = runtime.generate(prompt, modifier=chosen, max_tokens=64)
         runtime.log(reply, prompt, client="demo")
         answers.append({"modifier": chosen.name if chosen else None, "text": reply.text,
                         "passes_checker": bool(check(row, reply.text)), "tokens_out": reply.tokens_out,
-                        "latency_ms": round(reply.latency_ms, 1), "log_id": reply.log_id})
-    report.runtime = {"prompt": prompt, "answers": answers, "log": store.request_logs(limit=2)}
+                        "latency_ms": round(reply.latency_ms, 1), "log_id": reply.log_id, "engine": reply.engine})
+    report.runtime = {"prompt": prompt, "answers": answers, "log": store.request_logs(limit=2),
+                      "engine": runtime.engine, "deploy_note": note}
     verdict = ", ".join(f"{a['modifier'] or 'base alone'}: {'passes' if a['passes_checker'] else 'fails'}"
                         for a in answers)
     report.steps.append(f"deployed '{base.name}' + '{modifier.name}' and answered one held-out automation "
-                        f"request each way on one loaded base ({verdict} the checker); both requests logged")
+                        f"request each way on one loaded base with the {runtime.engine} engine ({verdict} the "
+                        f"checker); both requests logged")

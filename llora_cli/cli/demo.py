@@ -64,15 +64,15 @@ def demo(
         render_quality(open_store().get(report.compress["compressed"]["id"]).meta)
     if report.runtime is not None:
         rt = report.runtime
-        out().print(f"[bold]request:[/] {escape(rt['prompt'])}")
+        out().print(f"[bold]request[/] ({rt['engine']} engine): {escape(rt['prompt'])}")
         for a in rt["answers"]:
             mark = "[green]passes[/]" if a["passes_checker"] else "[red]fails[/]"
             out().print(f"  [bold]{escape(a['modifier'] or 'base alone')}[/] ({mark} the checker): {escape(a['text'])}")
         log = Table(title="request log (newest first)", title_justify="left")
-        for col in ("#", "modifier", "client", "tokens out", "ms"):
+        for col in ("#", "modifier", "engine", "client", "tokens out", "ms"):
             log.add_column(col)
         for r in rt["log"]:
-            log.add_row(str(r["id"]), r["modifier"]["name"] if r["modifier"] else "-", r["client"],
+            log.add_row(str(r["id"]), r["modifier"]["name"] if r["modifier"] else "-", r["engine"], r["client"],
                         str(r["tokens_out"]), f"{r['latency_ms']:.0f}")
         out().print(log)
     if report.lineage is not None:

@@ -188,3 +188,59 @@ def test_export_gguf_lora(cli, store, gguf_deployment, tmp_path):
     assert open(out["path"], "rb").read() == (store.path_of(mod.id) / "derived" / "adapter.gguf").read_bytes()
     r = cli("export", "tq8", "--format", "gguf-lora", "--to", str(tmp_path))
     assert r.exit_code == 2 and "exports a modifier" in r.stderr
+
+
+def test_serve_on_llama_cpp_with_the_openai_client(cli, store, gguf_deployment, llora_home):
+    import os
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import openai
+
+    from tests.ml.test_serve import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", "from llora_cli.cli.entry import main; main()", "serve",
+                             "--port", str(port), "--max-tokens", "32"],
+                            env={**os.environ, "LLORA_HOME": str(llora_home)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        health = httpx.get(f"{url}/health").json()
+        assert health["engine"] == "llamacpp" and sorted(health["modifiers"]) == ["auto-mod", "code-mod"]
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        models = client.models.list().data
+        assert sorted(m.id for m in models) == ["tq8", "tq8:auto-mod", "tq8:code-mod"]  # DoRA: not on llama.cpp
+        assert {m.model_extra["llora"]["engine"] for m in models} == {"llamacpp"}
+        with pytest.raises(openai.BadRequestError, match="DoRA"):
+            client.chat.completions.create(model="tq8:dora-mod", messages=[{"role": "user", "content": "x"}],
+                                           max_tokens=4)
+        reqs = [(m, p) for m in ("tq8", "tq8:auto-mod", "tq8:code-mod") for p in ("Set a timer", "Write code")]
+
+        def ask(req):
+            return client.chat.completions.create(model=req[0], messages=[{"role": "user", "content": req[1]}],
+                                                  max_tokens=8).choices[0].message.content
+
+        one_by_one = [ask(r) for r in reqs]
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(ask, reqs))
+        assert together == one_by_one  # queued on one context, the adapter switched per request
+        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="tq8:auto-mod", messages=[{"role": "user", "content": "Set a timer"}], max_tokens=8, stream=True)]
+        assert "".join(pieces).strip() == one_by_one[2]
+        logs = cli.json("logs", "list", "--limit", "13")
+        assert {r["engine"] for r in logs} == {"llamacpp"} and len(logs) == 13
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -52,6 +52,11 @@ def test_demo_registers_trains_and_evaluates(cli, store):
     assert all(a["tokens_out"] >= 1 and isinstance(a["passes_checker"], bool) for a in rt["answers"])
     assert [r["id"] for r in rt["log"]] == [rt["answers"][1]["log_id"], rt["answers"][0]["log_id"]]
     assert {r["client"] for r in rt["log"]} == {"demo"}
+    import importlib.util
+
+    engine = "llamacpp" if importlib.util.find_spec("llama_cpp") else "transformers"  # a GGUF base: llama.cpp
+    assert rt["engine"] == engine and {a["engine"] for a in rt["answers"]} == {engine}
+    assert {r["engine"] for r in rt["log"]} == {engine}
     assert store.resolve(mod["id"]).state == "deployed" and store.resolve(comp["compressed"]["id"]).state == "deployed"
 
     # the same GGUF file under another name is refused before any conversion work
