@@ -339,6 +339,17 @@ class TransformersBatches:
             self.rows.remove()
             self.rows = None
 
+    def prepare(self, adapters: list[str]) -> None:
+        """Build the hooks and each adapter's matrices now (at load/attach), not in a request's first token."""
+        model = self.get_model()
+        ready = [a for a in adapters if self.row_lora(a)]
+        if not ready or self.lora_path != "rows":
+            return
+        if self.rows is None:
+            self.rows = RowLora(model)
+        for a in ready:
+            self.rows._layers((a,))
+
     def run(self, jobs: list[Job]) -> None:
         import torch
         from transformers import StoppingCriteriaList

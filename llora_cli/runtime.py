@@ -227,6 +227,7 @@ class Runtime(Engine):
         self.batcher = Batcher(self.runner, max_batch=max_batch)
         for m in deployment.modifiers:
             self._attach(m)
+        self.runner.prepare(list(self.adapters))
 
     def _attach(self, modifier: Artifact) -> None:
         from llora_cli.batching import row_lora_supported
@@ -242,6 +243,10 @@ class Runtime(Engine):
             self.model.load_adapter(path, adapter_name=modifier.id)
         self.adapters[modifier.id] = modifier
         self.row_lora[modifier.id] = row_lora_supported(self.model, modifier.id)
+
+    def attach(self, modifier: Artifact) -> None:
+        super().attach(modifier)
+        self.batcher.call(lambda: self.runner.prepare(list(self.adapters)))
 
     def _detach(self, modifier_id: str) -> None:
         self.runner.adapters_changed()

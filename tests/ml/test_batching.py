@@ -86,6 +86,7 @@ def test_row_lora_equals_peft_mixed_batch_and_each_adapter_alone(runtime):
     mods = {m.name: m.id for m in runtime.deployment.modifiers}
     rows = [mods["auto-mod"], None, mods["code-mod"], mods["auto-mod"]]
     enc = tok(["Set a timer", "hello", "Write code", "Lights off"], return_tensors="pt", padding=True)
+    hooks_before = sum(len(m._forward_hooks) for m in model.modules())  # the runtime's own (inactive) ones
     with torch.inference_mode():
         peft_mixed = model(**enc, adapter_names=[a or "__base__" for a in rows]).logits
         hooks = RowLora(model)
@@ -111,7 +112,7 @@ def test_row_lora_equals_peft_mixed_batch_and_each_adapter_alone(runtime):
     assert torch.allclose(ours, torch.cat(alone), atol=1e-5, rtol=1e-5)
     assert (ours[0] - base[0]).abs().max() > 1e-3 and torch.equal(ours[1], base[1])  # the modifier acts; base row: none
     assert torch.equal(inactive, base)
-    assert hooks.handles == [] and all(not m._forward_hooks for m in model.modules())  # nothing left behind
+    assert hooks.handles == [] and sum(len(m._forward_hooks) for m in model.modules()) == hooks_before  # none left
 
 
 def test_dora_modifier_is_not_row_lora(runtime):

@@ -21,19 +21,36 @@ def model64(tmp_path_factory):
     return tiny.build_tiny_llama(tmp_path_factory.mktemp("m64") / "tiny64", hidden=64, seed=1)
 
 
+@pytest.fixture(scope="module")
+def built_home(model64, tmp_path_factory):
+    """The deployment, built once per module: a GGUF Q8_0 base and three modifiers trained on it (LoRA,
+    rsLoRA, DoRA), deployed through `llora deploy` (so converted); each test gets a copy of this home."""
+    from tests.conftest import Cli
+
+    home = tmp_path_factory.mktemp("gguf-home") / "llora-home"
+    cli = Cli()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLORA_HOME", str(home))
+        cli.json("bases", "add", str(model64), "--name", "tiny")
+        cli.json("compress", "tiny", "--method", "gguf-q8_0", "--eval-n", "0", "--name", "tq8")
+        cli.json("data", "make", "automation", "--n", "24", "--name", "auto")
+        cli.json("data", "make", "code", "--n", "24", "--name", "code")
+        for name, data, domain, extra in (("auto-mod", "auto", "automation", []),
+                                          ("code-mod", "code", "code", ["rslora=true"]),
+                                          ("dora-mod", "auto", "reasoning", ["dora=true"])):
+            cli.json("train", "--base", "tq8", "--data", data, "--kind", "modifier", "--domain", domain, "--name",
+                     name, "max_steps=12", "learning_rate=0.02", *extra)
+        cli.json("deploy", "tq8")
+        notes = {name: cli.json("deploy", name)["note"] for name in ("auto-mod", "code-mod", "dora-mod")}
+    return home, notes
+
+
 @pytest.fixture
-def gguf_deployment(cli, store, model64):
-    cli.json("bases", "add", str(model64), "--name", "tiny")
-    cli.json("compress", "tiny", "--method", "gguf-q8_0", "--eval-n", "0", "--name", "tq8")
-    cli.json("data", "make", "automation", "--n", "24", "--name", "auto")
-    cli.json("data", "make", "code", "--n", "24", "--name", "code")
-    for name, data, domain, extra in (("auto-mod", "auto", "automation", []), ("code-mod", "code", "code", ["rslora=true"]),
-                                      ("dora-mod", "auto", "reasoning", ["dora=true"])):
-        cli.json("train", "--base", "tq8", "--data", data, "--kind", "modifier", "--domain", domain, "--name", name,
-                 "max_steps=12", "learning_rate=0.02", *extra)
-    cli.json("deploy", "tq8")
-    notes = {name: cli.json("deploy", name)["note"] for name in ("auto-mod", "code-mod", "dora-mod")}
-    return notes
+def gguf_deployment(built_home, llora_home):
+    import shutil
+
+    shutil.copytree(built_home[0], llora_home)
+    return built_home[1]
 
 
 def _softmax(x):
@@ -42,7 +59,7 @@ def _softmax(x):
     return e / e.sum()
 
 
-def test_deploy_converts_modifiers_to_llama_cpp_lora(cli, store, gguf_deployment):
+def test_deploy_converts_modifiers_to_llama_cpp_lora(gguf_deployment, cli, store):
     import gguf
     from safetensors.numpy import load_file
 
@@ -80,7 +97,7 @@ def test_deploy_converts_modifiers_to_llama_cpp_lora(cli, store, gguf_deployment
     assert dora.state == "deployed" and "gguf_lora" not in dora.meta
 
 
-def test_conversion_refuses_adapters_that_do_not_fit_the_base(tmp_path, store, cli, gguf_deployment, other_tiny_model_dir):
+def test_conversion_refuses_adapters_that_do_not_fit_the_base(gguf_deployment, tmp_path, store, cli, other_tiny_model_dir):
     import shutil
 
     from safetensors.numpy import load_file, save_file
@@ -115,7 +132,7 @@ def _engines(store):
     return dep, Runtime(store, dep), LlamaCppRuntime(store, dep)
 
 
-def test_parity_with_the_transformers_engine(store, gguf_deployment):
+def test_parity_with_the_transformers_engine(gguf_deployment, store):
     import torch
 
     dep, tf, ll = _engines(store)
@@ -153,7 +170,7 @@ def test_parity_with_the_transformers_engine(store, gguf_deployment):
             assert np.linalg.norm(shift_t) > 1e-2 and cos > 0.95, (label, prompt, cos)
 
 
-def test_switching_modifiers_per_request_needs_no_reload(store, gguf_deployment):
+def test_switching_modifiers_per_request_needs_no_reload(gguf_deployment, store):
     dep, _, ll = _engines(store)
     mods = {m.name: m for m in dep.modifiers}
     first = ll.generate("Set a timer", max_tokens=8)
@@ -166,7 +183,7 @@ def test_switching_modifiers_per_request_needs_no_reload(store, gguf_deployment)
         ll.generate("hi", modifier=mods["dora-mod"], max_tokens=2)
 
 
-def test_run_engine_choice_and_refusals(cli, store, gguf_deployment):
+def test_run_engine_choice_and_refusals(gguf_deployment, cli, store):
     auto = cli.json("run", "Set a timer", "--modifier", "auto-mod", "--max-tokens", "6")
     assert auto["engine"] == "llamacpp" and auto["load"]["strategy"] == "llamacpp-gguf"
     tf = cli.json("run", "Set a timer", "--modifier", "auto-mod", "--max-tokens", "6", "--engine", "transformers")
@@ -181,7 +198,7 @@ def test_run_engine_choice_and_refusals(cli, store, gguf_deployment):
     assert r.exit_code == 2 and "llama.cpp runs GGUF models" in r.stderr and "llora compress" in r.stderr
 
 
-def test_export_gguf_lora(cli, store, gguf_deployment, tmp_path):
+def test_export_gguf_lora(gguf_deployment, cli, store, tmp_path):
     out = cli.json("export", "auto-mod", "--format", "gguf-lora", "--to", str(tmp_path))
     assert out["path"].endswith("auto-mod.gguf")
     mod = store.resolve("auto-mod")
@@ -190,7 +207,7 @@ def test_export_gguf_lora(cli, store, gguf_deployment, tmp_path):
     assert r.exit_code == 2 and "exports a modifier" in r.stderr
 
 
-def test_serve_on_llama_cpp_with_the_openai_client(cli, store, gguf_deployment, llora_home):
+def test_serve_on_llama_cpp_with_the_openai_client(gguf_deployment, cli, store, llora_home):
     import os
     import subprocess
     import sys
