@@ -28,15 +28,15 @@ PLAIN = textwrap.dedent('''
     import json, sys, time
     t0 = time.perf_counter()
     from llama_cpp import Llama
-    path, prompt, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    path, ids, n, eos = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     llm = Llama(model_path=path, n_ctx=4096, n_threads=2, n_batch=512, verbose=False)
     start = time.perf_counter(); first = None; k = 0
-    for chunk in llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=n, temperature=0.0,
-                                            stream=True):
-        if chunk["choices"][0]["delta"].get("content"):
-            k += 1
-            if first is None:
-                first = time.perf_counter()
+    for token in llm.generate(ids, temp=0.0, top_k=0, min_p=0.0, top_p=1.0, repeat_penalty=1.0):
+        k += 1
+        if first is None:
+            first = time.perf_counter()
+        if token == eos or k >= n:
+            break
     end = time.perf_counter()
     print(json.dumps({"ttft_ms": (first - start) * 1000, "latency_ms": (end - start) * 1000, "tokens_out": k,
                       "process_s": time.perf_counter() - t0}))
@@ -77,8 +77,13 @@ def bench_run(home: Path, rounds: int, n: int) -> dict:
     env = {**os.environ, "LLORA_HOME": str(home)}
     llora = str(Path(sys.executable).with_name("llora"))
     prompt = PROMPTS[0]
-    cmds = {"plain-llama-cpp": [sys.executable, "-c", PLAIN, str(store.path_of(base.id) / "model.gguf"), prompt,
-                                str(n)]}
+    from llora_cli.loading import load_tokenizer
+
+    tok = load_tokenizer(store.path_of(base.id))  # the same prompt tokens as llora's engines (chat template)
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                  return_dict=True)["input_ids"]
+    cmds = {"plain-llama-cpp": [sys.executable, "-c", PLAIN, str(store.path_of(base.id) / "model.gguf"),
+                                json.dumps(list(ids)), str(n), str(tok.eos_token_id)]}
     for engine in ("llamacpp", "transformers"):
         cmds[f"llora-{engine}"] = [llora, "run", "--json", "--engine", engine, "--modifier", "none",
                                    "--max-tokens", str(n), prompt]
