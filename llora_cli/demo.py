@@ -150,8 +150,8 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
     evaluate_on(modifier.artifact.id, "automation")
     report.steps.append("evaluated base, adapter, merged, compressed and modifier on held-out rows "
                         "(stored on each artifact)")
-    report.lineage = store.lineage(modifier.artifact.id)
     _serve_stage(store, c.compressed, modifier.artifact, datasets["automation"].id, report, say)
+    report.lineage = store.lineage(modifier.artifact.id)  # after deploying: the states shown are current
 
 
 def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport, say) -> None:
