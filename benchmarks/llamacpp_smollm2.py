@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runtime_smollm2 import PROMPTS, load_test, median  # noqa: E402
+from runtime_smollm2 import PROMPTS, load_test, median, ratio, timed_rounds, train_and_deploy  # noqa: E402
 
 PLAIN = textwrap.dedent('''
     import json, sys, time
@@ -52,21 +51,12 @@ def setup(home: Path, steps: int) -> None:
         return
     from llora_cli.bases import add_base
     from llora_cli.compress import compress
-    from llora_cli.data import make_dataset
     from llora_cli.engines import deploy
-    from llora_cli.train import train
-    from llora_cli.trainconfig import load_config
 
     base = add_base(store, "smollm2", name="smollm2")
     c = compress(store, base.id, "gguf-q8_0", eval_n=0, name="smollm2-q8")
     deploy(store, c.compressed.id)
-    for domain in ("automation", "code"):
-        ds = make_dataset(store, domain, 96, seed=0, n_test=16, name=f"bench-{domain}")
-        res = train(store, base_ref=c.compressed.id, data_ref=ds.id, kind="modifier", domain=domain,
-                    name=f"mod-{domain}", config=load_config(None, [f"max_steps={steps}", "learning_rate=1e-3",
-                                                                    "batch_size=4"]))
-        deploy(store, res.artifact.id)
-        print(f"trained mod-{domain}: {res.outcome['steps']} steps, {res.outcome['seconds']:.0f} s", flush=True)
+    train_and_deploy(store, c.compressed.id, ("automation", "code"), steps, 16)
 
 
 def bench_run(home: Path, rounds: int, n: int) -> dict:
@@ -89,23 +79,9 @@ def bench_run(home: Path, rounds: int, n: int) -> dict:
                                    "--max-tokens", str(n), prompt]
     cmds["llora-llamacpp-modifier"] = [llora, "run", "--json", "--engine", "llamacpp", "--modifier", "mod-automation",
                                        "--max-tokens", str(n), prompt]
-    res: dict[str, list] = {k: [] for k in cmds}
-    for r in range(rounds):
-        for name in (list(cmds) if r % 2 == 0 else list(cmds)[::-1]):
-            t = time.perf_counter()
-            out = subprocess.run(cmds[name], env=env, capture_output=True, text=True, check=True).stdout
-            wall = time.perf_counter() - t
-            rec = json.loads(out[out.index("{"):]) if name.startswith("llora") else json.loads(out.strip().splitlines()[-1])
-            decode = (rec["tokens_out"] - 1) / ((rec["latency_ms"] - rec["ttft_ms"]) / 1000)
-            res[name].append({"ttft_ms": rec["ttft_ms"], "decode_tokens_per_s": decode, "tokens_out": rec["tokens_out"],
-                              "process_s": wall})
-            print(name, res[name][-1], flush=True)
-    out = {k: {m: median([x[m] for x in v]) for m in ("ttft_ms", "decode_tokens_per_s", "process_s")}
-           | {"tokens_out": [x["tokens_out"] for x in v]} for k, v in res.items()}
-    plain = out["plain-llama-cpp"]
+    out = timed_rounds(cmds, env, rounds)
     for k in ("llora-llamacpp", "llora-transformers"):
-        out[f"{k}/plain"] = {"decode_tokens_per_s": round(out[k]["decode_tokens_per_s"] / plain["decode_tokens_per_s"], 3),
-                             "ttft": round(out[k]["ttft_ms"] / plain["ttft_ms"], 3)}
+        out[f"{k}/plain"] = ratio(out[k], out["plain-llama-cpp"])
     return out
 
 

@@ -72,6 +72,22 @@ def median(xs):
     return round(statistics.median(xs), 3)
 
 
+def train_and_deploy(store, base_id: str, domains, steps: int, n_test: int) -> None:
+    """One modifier per domain on ``base_id`` (96 generated rows, ``steps`` steps, fp32), deployed through
+    `llora deploy`'s path (a GGUF base: converted to llama.cpp LoRA)."""
+    from llora_cli.data import make_dataset
+    from llora_cli.engines import deploy
+    from llora_cli.train import train
+    from llora_cli.trainconfig import load_config
+
+    for domain in domains:
+        ds = make_dataset(store, domain, 96, seed=0, n_test=n_test, name=f"bench-{domain}")
+        res = train(store, base_ref=base_id, data_ref=ds.id, kind="modifier", domain=domain, name=f"mod-{domain}",
+                    config=load_config(None, [f"max_steps={steps}", "learning_rate=1e-3", "batch_size=4"]))
+        deploy(store, res.artifact.id)
+        print(f"trained mod-{domain}: {res.outcome['steps']} steps, {res.outcome['seconds']:.0f} s", flush=True)
+
+
 def setup(home: Path, steps: int) -> None:
     os.environ["LLORA_HOME"] = str(home)
     from llora_store import open_store
@@ -80,18 +96,33 @@ def setup(home: Path, steps: int) -> None:
     if any(a.kind == "modifier" and a.state == "deployed" for a in store.list()):
         return
     from llora_cli.bases import add_base
-    from llora_cli.data import make_dataset
-    from llora_cli.train import train
-    from llora_cli.trainconfig import load_config
 
     base = add_base(store, "smollm2", name="smollm2")
     store.deploy(base.id)
-    for domain in DOMAINS:
-        ds = make_dataset(store, domain, 96, seed=0, n_test=8, name=f"bench-{domain}")
-        res = train(store, base_ref=base.id, data_ref=ds.id, kind="modifier", domain=domain, name=f"mod-{domain}",
-                    config=load_config(None, [f"max_steps={steps}", "learning_rate=1e-3", "batch_size=4"]))
-        store.deploy(res.artifact.id)
-        print(f"trained mod-{domain}: {res.outcome['steps']} steps, {res.outcome['seconds']:.0f} s", flush=True)
+    train_and_deploy(store, base.id, DOMAINS, steps, 8)
+
+
+def timed_rounds(cmds: dict[str, list[str]], env: dict, rounds: int) -> dict:
+    """Each command in its own process, the order alternating between rounds; each prints one JSON record
+    (``llora run --json`` or a plain script) with ttft_ms, latency_ms, tokens_out. Medians per command."""
+    res: dict[str, list] = {k: [] for k in cmds}
+    for r in range(rounds):
+        for name in (list(cmds) if r % 2 == 0 else list(cmds)[::-1]):
+            t = time.perf_counter()
+            out = subprocess.run(cmds[name], env=env, capture_output=True, text=True, check=True).stdout
+            wall = time.perf_counter() - t
+            rec = json.loads(out[out.index("{"):])
+            decode = (rec["tokens_out"] - 1) / ((rec["latency_ms"] - rec["ttft_ms"]) / 1000)
+            res[name].append({"ttft_ms": rec["ttft_ms"], "decode_tokens_per_s": decode, "tokens_out": rec["tokens_out"],
+                              "process_s": wall})
+            print(name, res[name][-1], flush=True)
+    return {k: {m: median([x[m] for x in v]) for m in ("ttft_ms", "decode_tokens_per_s", "process_s")}
+            | {"tokens_out": [x["tokens_out"] for x in v]} for k, v in res.items()}
+
+
+def ratio(ours: dict, plain: dict) -> dict:
+    return {"ttft": round(ours["ttft_ms"] / plain["ttft_ms"], 3),
+            "decode_tokens_per_s": round(ours["decode_tokens_per_s"] / plain["decode_tokens_per_s"], 3)}
 
 
 def bench_switch(rt, rounds: int) -> dict:
@@ -197,30 +228,15 @@ def bench_run(home: Path, rounds: int, max_tokens: int) -> dict:
     env = {**os.environ, "LLORA_HOME": str(home)}
     llora = str(Path(sys.executable).with_name("llora"))
     prompt = PROMPTS[0]
-    res: dict[str, list] = {}
-    for r in range(rounds):
-        for variant in ("base", "modifier"):
-            runs = [("llora", [llora, "run", "--json", "--modifier", "none" if variant == "base" else mod.name,
-                               "--max-tokens", str(max_tokens), prompt]),
-                    ("plain", [sys.executable, "-c", PLAIN, str(store.path_of(base.id)),
-                               "-" if variant == "base" else str(store.path_of(mod.id)), prompt, str(max_tokens)])]
-            for name, cmd in (runs if r % 2 == 0 else runs[::-1]):
-                t = time.perf_counter()
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-                wall = time.perf_counter() - t
-                rec = json.loads(out[out.index("{"):]) if name == "llora" else json.loads(out.strip().splitlines()[-1])
-                decode = (rec["tokens_out"] - 1) / ((rec["latency_ms"] - rec["ttft_ms"]) / 1000)
-                res.setdefault(f"{name}-{variant}", []).append(
-                    {"ttft_ms": rec["ttft_ms"], "decode_tokens_per_s": decode, "tokens_out": rec["tokens_out"],
-                     "process_s": wall})
-                print(name, variant, res[f"{name}-{variant}"][-1], flush=True)
-    out = {k: {m: median([x[m] for x in v]) for m in ("ttft_ms", "decode_tokens_per_s", "process_s")}
-           | {"tokens_out": [x["tokens_out"] for x in v]} for k, v in res.items()}
+    cmds = {}
+    for variant, m in (("base", None), ("modifier", mod)):
+        cmds[f"llora-{variant}"] = [llora, "run", "--json", "--modifier", m.name if m else "none",
+                                    "--max-tokens", str(max_tokens), prompt]
+        cmds[f"plain-{variant}"] = [sys.executable, "-c", PLAIN, str(store.path_of(base.id)),
+                                    str(store.path_of(m.id)) if m else "-", prompt, str(max_tokens)]
+    out = timed_rounds(cmds, env, rounds)
     for variant in ("base", "modifier"):
-        ours, plain = out[f"llora-{variant}"], out[f"plain-{variant}"]
-        out[f"ratio-{variant}"] = {"ttft": round(ours["ttft_ms"] / plain["ttft_ms"], 3),
-                                   "decode_tokens_per_s": round(ours["decode_tokens_per_s"]
-                                                                / plain["decode_tokens_per_s"], 3)}
+        out[f"ratio-{variant}"] = ratio(out[f"llora-{variant}"], out[f"plain-{variant}"])
     return out
 
 

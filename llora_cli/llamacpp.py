@@ -84,8 +84,7 @@ class LlamaCppRuntime(Engine):
                                    logits_all=False)
         self.handles: dict[str, object] = {}
         self.current: str | None = None  # adapter set on the context
-        self.load_info = {"strategy": "llamacpp-gguf", "threads": self.llm.n_threads if hasattr(self.llm, "n_threads")
-                          else threads or os.cpu_count(), "n_ctx": n_ctx}
+        self.load_info = {"strategy": "llamacpp-gguf", "threads": self.llm.n_threads, "n_ctx": n_ctx}
         eos = self.tokenizer.eos_token_id
         self.eos = {eos, self.llm.token_eos()} - {None}
         self.batcher = Batcher(self, max_batch=1)

@@ -8,6 +8,7 @@ modifier runs only on the base it was trained on (R6, content hash) and only whe
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -108,7 +109,7 @@ def check_params(max_tokens: int, temperature: float, top_p: float) -> None:
         raise BadInput(f"--top-p must be in (0, 1], got {top_p}")
 
 
-class Engine:
+class Engine(ABC):
     """What every engine shares: the deployment, the tokenizer (the same chat template and token ids on every
     engine), a ``Batcher`` running all model work on one thread, request checks, replies and the log.
     Subclasses load the model and implement ``_attach``/``_detach`` and a batch runner."""
@@ -137,11 +138,13 @@ class Engine:
 
         self.batcher.call(do)
 
+    @abstractmethod
     def _attach(self, modifier: Artifact) -> None:
-        raise NotImplementedError
+        """Load ``modifier`` on the model thread (or record in ``refused`` why this engine cannot)."""
 
+    @abstractmethod
     def _detach(self, modifier_id: str) -> None:
-        raise NotImplementedError
+        """Unload an attached modifier on the model thread."""
 
     def encode(self, prompt: str, system: str | None, messages: list[dict] | None = None, raw: bool = False
                ) -> list[int]:
