@@ -51,7 +51,7 @@ def setup(home: Path, steps: int) -> None:
         return
     from llora_cli.bases import add_base
     from llora_cli.compress import compress
-    from llora_cli.engines import deploy
+    from llora_cli.deploy import deploy
 
     base = add_base(store, "smollm2", name="smollm2")
     c = compress(store, base.id, "gguf-q8_0", eval_n=0, name="smollm2-q8")
@@ -110,9 +110,10 @@ def bench_parity(store, rt, n_prompts: int) -> dict:
     import torch
 
     from llora_cli.data import load_data
-    from llora_cli.runtime import Runtime, resolve_deployment
+    from llora_cli.engine import resolve_deployment
+    from llora_cli.engine.transformers import TransformersEngine
 
-    tf = Runtime(store, resolve_deployment(store))
+    tf = TransformersEngine(store, resolve_deployment(store))
     prompts = []
     for domain in ("automation", "code"):
         ds = next(a for a in store.list(kind="dataset") if a.name == f"bench-{domain}")
@@ -162,12 +163,12 @@ def main() -> None:
         result["run"] = bench_run(home, args.rounds, args.tokens)
         print(json.dumps(result["run"]), flush=True)
     if only & {"switch", "parity"}:
-        from llora_cli.llamacpp import LlamaCppRuntime
-        from llora_cli.runtime import resolve_deployment
+        from llora_cli.engine import resolve_deployment
+        from llora_cli.engine.llamacpp import LlamaCppEngine
         from llora_store import open_store
 
         store = open_store()
-        rt = LlamaCppRuntime(store, resolve_deployment(store))
+        rt = LlamaCppEngine(store, resolve_deployment(store))
         if "switch" in only:
             result["switch"] = bench_switch(rt, args.tokens)
             print(json.dumps(result["switch"]), flush=True)

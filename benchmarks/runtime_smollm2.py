@@ -76,7 +76,7 @@ def train_and_deploy(store, base_id: str, domains, steps: int, n_test: int) -> N
     """One modifier per domain on ``base_id`` (96 generated rows, ``steps`` steps, fp32), deployed through
     `llora deploy`'s path (a GGUF base: converted to llama.cpp LoRA)."""
     from llora_cli.data import make_dataset
-    from llora_cli.engines import deploy
+    from llora_cli.deploy import deploy
     from llora_cli.train import train
     from llora_cli.trainconfig import load_config
 
@@ -129,7 +129,7 @@ def bench_switch(rt, rounds: int) -> dict:
     from peft import PeftModel
     from peft.utils.hotswap import hotswap_adapter
 
-    from llora_cli.batching import RowLora
+    from llora_cli.engine.batching import RowLora
     from llora_cli.loading import load_model
 
     ids = list(rt.adapters)
@@ -323,11 +323,12 @@ def main() -> None:
     result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                     "args": {k: str(v) for k, v in vars(args).items()}}
     if only & {"switch", "batch"}:
-        from llora_cli.runtime import Runtime, resolve_deployment
+        from llora_cli.engine import resolve_deployment
+        from llora_cli.engine.transformers import TransformersEngine
         from llora_store import open_store
 
         store = open_store()
-        rt = Runtime(store, resolve_deployment(store))
+        rt = TransformersEngine(store, resolve_deployment(store))
         rt.generate(PROMPTS[0], max_tokens=4)  # warm-up
         if "switch" in only:
             result["switch"] = bench_switch(rt, args.rounds)

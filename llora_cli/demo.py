@@ -159,9 +159,8 @@ def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport,
     with the base alone (the base loaded once, the modifier switched per request), check both, show the log."""
     from llora_cli import tasks
     from llora_cli.data import load_data
-    from llora_cli.engines import deploy
-    from llora_cli.llamacpp import open_engine
-    from llora_cli.runtime import resolve_deployment
+    from llora_cli.deploy import deploy
+    from llora_cli.engine import open_engine, resolve_deployment
 
     say(f"deploying '{base.name}' and '{modifier.name}'")
     deploy(store, base.id, command="llora demo")

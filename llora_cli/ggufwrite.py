@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llora_cli import mergeops, modelfiles
+from llora_cli import modelfiles
+from llora_cli.formats.dtypes import to_f32
 from llora_store.errors import BadInput
 
 METHODS = {"gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-q4_0": "Q4_0", "gguf-q4_k": "Q4_K"}
@@ -143,7 +144,7 @@ def write_gguf(model_dir: Path, out_path: Path, method: str, *, name: str = "llo
     import gguf
     import numpy as np
 
-    from llora_cli.merge import ShardReader
+    from llora_cli.formats.shards import ShardReader
 
     if method not in METHODS:
         raise BadInput(f"unknown GGUF method {method!r}; choose one of {', '.join(METHODS)}")
@@ -216,7 +217,7 @@ def write_gguf(model_dir: Path, out_path: Path, method: str, *, name: str = "llo
         try:
             for i, (gname, path, hf_name, _shape, qtype) in enumerate(plan):
                 reader = readers.get(path) or readers.setdefault(path, ShardReader(path))
-                w = mergeops.to_f32(reader.get_tensor(hf_name), reader.header[hf_name]["dtype"])
+                w = to_f32(reader.get_tensor(hf_name), reader.header[hf_name]["dtype"])
                 if hf_name.endswith("q_proj.weight"):
                     w = _permute(w, n_head)
                 elif hf_name.endswith("k_proj.weight"):

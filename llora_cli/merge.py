@@ -16,14 +16,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import queue
 import shutil
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llora_cli import mergeops, modelfiles
+from llora_cli.formats import dtypes
+from llora_cli.formats.shards import BufferPool, ShardReader, ShardWriter
 from llora_cli.loading import available_memory, quantized_by_bnb
 from llora_store import Store, rules
 from llora_store.catalog import new_id, validate_name
@@ -40,7 +40,6 @@ CAST_TOL = {"fp32": 1e-6, "fp16": 2.0**-11, "bf16": 2.0**-8}
 # Level-2 tolerance: max |logits diff| / max |reference logits|.
 LOGIT_TOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 SHARD_BYTES = 512 << 20
-PIPELINE_MAX_BYTES = 64 << 20  # tensors up to this size are written in the background
 PROBES = ["What is the capital of France?", "def add(a, b):", "Set a timer for 5 minutes."]
 
 
@@ -67,230 +66,14 @@ class MergeReport:
         }
 
 
-class ShardWriter:
-    """Writes one safetensors file tensor by tensor: the header (all offsets) first, then each tensor's bytes.
-
-    Memory: one tensor at a time, never the whole shard. The file is byte-compatible with the
-    safetensors format (8-byte little-endian header length, JSON header padded to 8 bytes, data).
-    """
-
-    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...], int]],
-                 pool: BufferPool | None = None) -> None:
-        self.pool = pool
-        header: dict = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        self.expected = {}
-        for name, dtype, shape, nbytes in entries:
-            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            self.expected[name] = (dtype, nbytes)
-            offset += nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self.f = open(path, "wb")
-        self.size = 8 + len(raw) + offset
-        try:
-            # reserve the whole file first: ext4's delayed allocation made page-cache writes 0.4-1.3 GB/s
-            # here, 3.4-3.6 GB/s into a preallocated file (every byte is overwritten below)
-            os.posix_fallocate(self.f.fileno(), 0, self.size)
-        except (OSError, AttributeError):
-            pass  # file systems without fallocate just allocate as they go
-        self.sha = hashlib.sha256()
-        self.bytes = 0
-        self.order = [e[0] for e in entries]
-        self.next = 0
-        # Writing and hashing run in two background threads (both release the GIL) while the next tensor
-        # is merged; each queue holds at most one tensor, so memory stays a few tensors deep.
-        self.queue: queue.Queue = queue.Queue(maxsize=1)
-        self.hash_queue: queue.Queue = queue.Queue(maxsize=1)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._drain, daemon=True)
-        self.hasher = threading.Thread(target=self._hash, daemon=True)
-        self.thread.start()
-        self.hasher.start()
-        self._emit(len(raw).to_bytes(8, "little"))
-        self._emit(raw)
-
-    def _drain(self) -> None:
-        while True:
-            item = self.queue.get()
-            try:
-                if item is None:
-                    if self.error is None and self.bytes != self.size:
-                        raise RuntimeError(f"{self.f.name}: wrote {self.bytes} of {self.size} planned bytes")
-                    if self.error is None:
-                        self.f.flush()
-                        os.fsync(self.f.fileno())  # in this thread: the next shard is merged meanwhile
-                    return
-                if self.error is None:
-                    self._emit(item)
-            except BaseException as e:  # reported by write()/close() in the caller's thread
-                self.error = e
-            finally:
-                if item is None:
-                    self.f.close()
-                    self.hash_queue.put(None)
-                self.queue.task_done()
-
-    def _hash(self) -> None:
-        while True:
-            item = self.hash_queue.get()
-            if item is None:
-                return
-            data = item[0] if isinstance(item, tuple) else item
-            self.sha.update(memoryview(data) if not isinstance(data, bytes) else data)
-            if self.pool is not None and isinstance(item, tuple):
-                self.pool.give(item[1])  # written and hashed: this was the array's last use
-
-    def write(self, name: str, array) -> None:
-        self.write_parts(name, [array])
-
-    def write_parts(self, name: str, parts) -> None:
-        """Write tensor ``name`` from consecutive pieces (numpy arrays of its dtype, in row-major order)."""
-        import numpy as np
-
-        if self.order[self.next] != name:
-            raise RuntimeError(f"shard writer expected {self.order[self.next]}, got {name}")
-        dtype, nbytes = self.expected[name]
-        written = 0
-        for tensor in parts:
-            if tensor.dtype != np.dtype(mergeops.NUMPY_DTYPES[dtype]):
-                raise RuntimeError(f"{name}: planned {dtype}, got {tensor.dtype}")
-            data = np.ascontiguousarray(tensor).reshape(-1).view(np.uint8)
-            written += len(data)
-            if written > nbytes:
-                raise RuntimeError(f"{name}: planned {nbytes} bytes, got more")
-            if self.error is not None:
-                raise self.error
-            if len(data) > PIPELINE_MAX_BYTES:
-                # a large piece is written in this thread after the queue drains, so two large pieces
-                # are never in memory at once
-                self.queue.join()
-                self._emit((data, tensor))
-            elif len(data):
-                self.queue.put((data, tensor))
-        if written != nbytes:
-            raise RuntimeError(f"{name}: planned {nbytes} bytes, got {written}")
-        self.next += 1
-
-    def _emit(self, item) -> None:
-        data = item[0] if isinstance(item, tuple) else item
-        view = memoryview(data) if not isinstance(data, bytes) else data
-        self.f.write(view)
-        self.bytes += len(view) if isinstance(view, bytes) else view.nbytes
-        self.hash_queue.put(item)
-
-    def close(self) -> None:
-        """Finish in the background: the writer thread drains, fsyncs and closes; ``wait()`` joins it."""
-        self.queue.put(None)
-
-    def wait(self) -> None:
-        self.thread.join()
-        self.hasher.join()
-        if not self.f.closed:
-            self.f.close()
-        if self.error is not None:
-            raise self.error
-
-
-class BufferPool:
-    """Byte buffers reused by size across tensors (a model repeats the same few shapes layer after layer).
-
-    Fresh buffers cost page faults on first touch, and freed ones left to glibc fragment its heap (streaming
-    ~1B parameters peaked at ~550 MB RSS that way); reusing at most ``keep`` idle buffers per size avoids
-    both. A buffer is given back only by the code that holds its last use.
-    """
-
-    def __init__(self, keep: int = 2) -> None:
-        self.keep = keep
-        self.free: dict[int, list] = {}
-        self.lock = threading.Lock()
-
-    def take(self, nbytes: int):
-        import numpy as np
-
-        with self.lock:
-            idle = self.free.get(nbytes)
-            if idle:
-                return idle.pop()
-        return np.empty(nbytes, dtype=np.uint8)
-
-    def give(self, array) -> None:
-        import numpy as np
-
-        if array is None or not array.flags.c_contiguous or array.size == 0:
-            return
-        flat = array.reshape(-1).view(np.uint8)
-        with self.lock:
-            idle = self.free.setdefault(flat.size, [])
-            if len(idle) < self.keep:
-                idle.append(flat)
-
-
-class ShardReader:
-    """Reads single tensors from a safetensors file with plain reads (no mmap).
-
-    A mapped shard counts every touched page in the process's RSS until it is
-    unmapped; reading tensor by tensor keeps only the current tensor resident.
-    """
-
-    def __init__(self, path: Path, pool: BufferPool | None = None) -> None:
-        self.pool = pool or BufferPool(keep=0)
-        self.f = open(path, "rb")
-        n = int.from_bytes(self.f.read(8), "little")
-        self.header = json.loads(self.f.read(n))
-        self.start = 8 + n
-
-    def get_tensor(self, name: str):
-        """Tensor ``name`` as a numpy array of its dtype (BF16: uint16 bits)."""
-        import numpy as np
-
-        info = self.header[name]
-        begin, end = info["data_offsets"]
-        self.f.seek(self.start + begin)
-        dtype = np.dtype(mergeops.NUMPY_DTYPES[info["dtype"]])
-        if end == begin:
-            return np.empty(info["shape"], dtype=dtype)
-        buf = self.pool.take(end - begin)  # not zero-filled, unlike bytearray
-        if self.f.readinto(buf) != end - begin:
-            raise BadInput(f"{self.f.name} is truncated: tensor {name} ends past the end of the file")
-        return buf.view(dtype).reshape(info["shape"])
-
-    def iter_chunks(self, name: str, dtype: str | None = None, chunk_bytes: int = 16 << 20):
-        """Tensor ``name`` as flat numpy pieces of about ``chunk_bytes``, cast to safetensors ``dtype`` if given:
-        a pass-through tensor (embeddings, head) never needs to be in memory whole."""
-        import numpy as np
-
-        info = self.header[name]
-        begin, end = info["data_offsets"]
-        src = info["dtype"]
-        item = np.dtype(mergeops.NUMPY_DTYPES[src]).itemsize
-        step = max(item, chunk_bytes // item * item)
-        pos = begin
-        while pos < end:
-            n = min(step, end - pos)
-            self.f.seek(self.start + pos)
-            buf = self.pool.take(n)
-            if self.f.readinto(buf) != n:
-                raise BadInput(f"{self.f.name} is truncated: tensor {name} ends past the end of the file")
-            piece = buf.view(mergeops.NUMPY_DTYPES[src])
-            if dtype is not None and dtype != src:
-                piece = mergeops.from_f32(mergeops.to_f32(piece, src), dtype)
-                self.pool.give(buf)
-            yield piece
-            pos += n
-
-    def close(self) -> None:
-        self.f.close()
-
-
 def read_adapter(adapter_dir: Path):
     """(PEFT config, {module: {"A","B","m"}}) with module names as in the base (``model.layers.0...q_proj``);
     the tensors are fp32 numpy arrays."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     reader = ShardReader(adapter_dir / "adapter_model.safetensors")
     try:
-        tensors = {k: mergeops.to_f32(reader.get_tensor(k), reader.header[k]["dtype"])
-                   for k in reader.header if k != "__metadata__" and reader.header[k]["dtype"] in mergeops.FLOAT_TYPES}
+        tensors = {k: dtypes.to_f32(reader.get_tensor(k), reader.header[k]["dtype"])
+                   for k in reader.header if k != "__metadata__" and reader.header[k]["dtype"] in dtypes.FLOAT_TYPES}
     finally:
         reader.close()
     modules: dict[str, dict] = {}
@@ -313,7 +96,7 @@ def _round_trip(fn, array, st_dtype: str):
     """A bitsandbytes quantize-dequantize round trip (torch) applied to a numpy weight; fp32 result."""
     import torch
 
-    return fn(torch.from_numpy(mergeops.to_f32(array, st_dtype))).numpy()
+    return fn(torch.from_numpy(dtypes.to_f32(array, st_dtype))).numpy()
 
 
 def _probe(name: str, fan_in: int, k: int = 4):
@@ -354,8 +137,8 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
     if missing:
         raise BadInput(f"the adapter targets modules the base does not have: {', '.join(missing[:5])}")
     # Plan output shards from the headers so names, offsets and bytes are deterministic.
-    itemsize = np.dtype(mergeops.NUMPY_DTYPES[out_dtype]).itemsize
-    float_types = set(mergeops.FLOAT_TYPES)
+    itemsize = np.dtype(dtypes.NUMPY_DTYPES[out_dtype]).itemsize
+    float_types = set(dtypes.FLOAT_TYPES)
     plan: list[list[tuple[Path, str, str, tuple[int, ...], int]]] = [[]]
     size = 0
     for path, header in headers:
@@ -409,7 +192,7 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
                         if adapted:
                             parts = modules[module]
                             scale = mergeops.lora_scale(config, module)
-                            out = pool.take(t.size * itemsize).view(mergeops.NUMPY_DTYPES[out_dtype]).reshape(t.shape)
+                            out = pool.take(t.size * itemsize).view(dtypes.NUMPY_DTYPES[out_dtype]).reshape(t.shape)
                             out, fig = mergeops.merge_checked(t, t_dtype, parts["A"], parts["B"], scale,
                                                               _probe(name, t.shape[1]), out_dtype, parts.get("m"),
                                                               out=out)
@@ -422,7 +205,7 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
                             writer.write(name, out)
                             del out
                         else:
-                            cast = mergeops.from_f32(t, out_dtype) if t_dtype != out_dtype else t
+                            cast = dtypes.from_f32(t, out_dtype) if t_dtype != out_dtype else t
                             if cast is not t:
                                 pool.give(t)
                             writer.write(name, cast)

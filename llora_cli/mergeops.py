@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import re
 
+from llora_cli.formats.dtypes import NUMPY_DTYPES, from_f32, to_f32
+
 
 def lora_scale(config: dict, module: str) -> float:
     """PEFT's scaling for ``module``: alpha / r, or alpha / sqrt(r) with rslora; rank/alpha patterns honoured."""
@@ -22,52 +24,6 @@ def lora_scale(config: dict, module: str) -> float:
         if re.fullmatch(rf"(.*\.)?{key}", module):
             alpha = value
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-
-
-# Tensors of the stream are numpy arrays tagged with their safetensors dtype: numpy has no bfloat16, so a
-# BF16 tensor is its raw uint16 bits. numpy + OpenBLAS keeps torch (~1.5 s to import here) out of the merge.
-NUMPY_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "uint16", "I64": "int64",
-                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-FLOAT_TYPES = ("F64", "F32", "F16", "BF16")
-
-
-def to_f32(src, st_dtype: str, out=None):
-    """fp32 values of ``src`` (an array of ``st_dtype``), into ``out`` when given."""
-    import numpy as np
-
-    if out is None:
-        out = np.empty(src.shape, dtype=np.float32)
-    if st_dtype == "BF16":
-        bits = out.view(np.uint32)
-        bits[...] = src
-        bits <<= 16  # bfloat16 is the upper half of a float32
-    else:
-        out[...] = src
-    return out
-
-
-def from_f32(x, st_dtype: str, out=None, scratch=None):
-    """``x`` (fp32) rounded to ``st_dtype`` (round to nearest even, like torch), into ``out`` when given;
-    ``scratch`` (uint32, x's shape) spares the bfloat16 path its temporary."""
-    import numpy as np
-
-    if st_dtype != "BF16":
-        if out is None:
-            return x.astype(NUMPY_DTYPES[st_dtype])
-        out[...] = x
-        return out
-    if out is None:
-        out = np.empty(x.shape, dtype=np.uint16)
-    bits = x.view(np.uint32)
-    rounded = np.right_shift(bits, 16, out=scratch)
-    rounded &= 1
-    rounded += 0x7FFF
-    rounded += bits
-    rounded >>= 16
-    np.copyto(out, rounded, casting="unsafe")
-    if x.size and np.isnan(x.max()):  # max propagates NaN: the full check runs only when there is one
-        out[np.isnan(x)] = 0x7FC0  # torch's canonical bfloat16 NaN; rounding would turn some NaNs into infinities
-    return out
 
 
 BLOCK_ELEMENTS = 1 << 18  # one fp32 row block (1 MiB) stays in cache through every step of merge_checked

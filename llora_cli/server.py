@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from llora_cli.runtime import Deployment, resolve_deployment
+from llora_cli.engine import Deployment, resolve_deployment
 from llora_store import Store
 from llora_store.errors import BadInput, LloraError, NotFound, RuleViolation
 
@@ -32,7 +32,7 @@ class Served:
     """The runtime plus the catalog's current view of what is deployed on its base."""
 
     def __init__(self, store: Store, base_ref: str | None = None, *, max_batch: int = 8, engine: str = "auto") -> None:
-        from llora_cli.llamacpp import open_engine
+        from llora_cli.engine import open_engine
 
         self.store = store
         deployment = resolve_deployment(store, base_ref)

@@ -180,7 +180,7 @@ def deploy(ref: ArtifactRef, json_: JsonOpt = False) -> None:
 
     Example: llora deploy smollm2
     """
-    from llora_cli.engines import deploy as deploy_artifact
+    from llora_cli.deploy import deploy as deploy_artifact
 
     art, note = deploy_artifact(open_store(), ref, command=command_line())
     if json_:

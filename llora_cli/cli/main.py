@@ -44,6 +44,18 @@ class LloraGroup(TyperGroup):
                 raise
             report_error(LloraError("interrupted; nothing half-written was published"))
             raise typer.Exit(130) from None
+        except OSError as exc:  # disk full, permissions, a vanished file: the system's words, no traceback
+            if debug():
+                raise
+            raise typer.Exit(report_error(LloraError(
+                f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}; nothing half-written was published",
+                hint="free space or fix the permissions, then run the command again"))) from None
+        except Exception as exc:  # a bug: one line, the traceback on request
+            if debug() or type(exc).__module__.split(".")[0] in ("click", "typer"):
+                raise  # usage errors and exits of the CLI framework keep their own handling
+            raise typer.Exit(report_error(LloraError(
+                f"unexpected error: {type(exc).__name__}: {exc}; nothing half-written was published",
+                hint="this is a bug in llora: rerun with LLORA_DEBUG=1 to see the traceback and report it"))) from None
 
 
 app = typer.Typer(

@@ -32,7 +32,7 @@ def run(
 
     Example: echo "Set a timer for 5 minutes" | llora run --modifier automation
     """
-    from llora_cli.runtime import run as run_request
+    from llora_cli.engine import run as run_request
 
     if prompt is None:
         prompt = "" if sys.stdin.isatty() else sys.stdin.read()

@@ -27,7 +27,7 @@ def export(
     Example: llora export smollm2 --format vllm --to ./deploy
     """
     if format_ != "store":
-        from llora_cli.engines import export_engine
+        from llora_cli.exports import export_engine
 
         out = export_engine(open_store(), ref, format_, to, modifier_ref=modifier)
         print_json({"path": str(out), "format": format_}) if json_ else err().print(f"exported ({format_}) to {out}")

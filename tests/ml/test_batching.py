@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from llora_cli.runtime import Runtime, resolve_deployment
+from llora_cli.engine import resolve_deployment
+from llora_cli.engine.transformers import TransformersEngine
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def runtime(cli, store, tiny_model_dir):
                  "max_steps=10", "learning_rate=0.01", *extra)
     for name in ("tiny", "auto-mod", "code-mod", "dora-mod"):
         cli.json("deploy", name)
-    return Runtime(store, resolve_deployment(store))
+    return TransformersEngine(store, resolve_deployment(store))
 
 
 def _requests(rt):
@@ -80,7 +81,7 @@ def test_seeded_request_reproduces_whatever_else_is_waiting(runtime):
 def test_row_lora_equals_peft_mixed_batch_and_each_adapter_alone(runtime):
     import torch
 
-    from llora_cli.batching import RowLora
+    from llora_cli.engine.batching import RowLora
 
     model, tok = runtime.model, runtime.tokenizer
     mods = {m.name: m.id for m in runtime.deployment.modifiers}

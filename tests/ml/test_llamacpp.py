@@ -125,11 +125,12 @@ def test_conversion_refuses_adapters_that_do_not_fit_the_base(gguf_deployment, t
 
 
 def _engines(store):
-    from llora_cli.llamacpp import LlamaCppRuntime
-    from llora_cli.runtime import Runtime, resolve_deployment
+    from llora_cli.engine import resolve_deployment
+    from llora_cli.engine.llamacpp import LlamaCppEngine
+    from llora_cli.engine.transformers import TransformersEngine
 
     dep = resolve_deployment(store)
-    return dep, Runtime(store, dep), LlamaCppRuntime(store, dep)
+    return dep, TransformersEngine(store, dep), LlamaCppEngine(store, dep)
 
 
 def test_parity_with_the_transformers_engine(gguf_deployment, store):

@@ -1,6 +1,6 @@
-"""The runtime: a deployed base loaded once, its deployed modifiers attached as PEFT adapters, the modifier chosen
-per request (no reload to switch; concurrent requests batched, modifiers mixed per row: batching.py), every
-request logged in the catalog.
+"""The engine interface: what every engine shares (deployment resolution, request checks, replies, the request
+log), below the choice of engine (``llora_cli.engine``) and above both engines (``transformers.py``,
+``llamacpp.py``).
 
 Used by `llora run` (one request) and `llora serve`. Rules: a training adapter is never run (R5); a
 modifier runs only on the base it was trained on (R6, content hash) and only when deployed on it.
@@ -165,7 +165,7 @@ class Engine(ABC):
                on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
                raw: bool = False, max_prompt_tokens: int | None = None):
         """Queue one request (checked first: a bad request never reaches a batch); returns its ``Job``."""
-        from llora_cli.batching import Job
+        from llora_cli.engine.batching import Job
 
         check_params(max_tokens, temperature, top_p)
         if not prompt.strip() and not messages:
@@ -208,73 +208,3 @@ class Engine(ABC):
             latency_ms=reply.latency_ms, ttft_ms=reply.ttft_ms,
             params={**reply.params, "batch": reply.load.get("batch")})
         return reply.log_id
-
-
-class Runtime(Engine):
-    """The transformers engine: the base loaded once through the loading layer, each deployed modifier loaded
-    once as a PEFT adapter. Concurrent requests share forward passes, modifiers mixed per row (batching.py)."""
-
-    engine = "transformers"
-
-    def __init__(self, store: Store, deployment: Deployment, *, max_batch: int = 8, lora_path: str = "rows") -> None:
-        from llora_cli.batching import Batcher, TransformersBatches
-        from llora_cli.loading import load_model
-
-        super().__init__(store, deployment)
-        self.tokenizer, self.model, self.plan = load_model(store.path_of(deployment.base.id))
-        self.model.eval()
-        self.load_info = {"strategy": self.plan.strategy, "dtype": self.plan.dtype, "device": self.plan.device}
-        self.row_lora: dict[str, bool] = {}  # adapter -> runs in mixed batches (plain LoRA on Linear layers)
-        self.runner = TransformersBatches(lambda: self.model, self.tokenizer,
-                                          row_lora=lambda a: self.row_lora.get(a, False), lora_path=lora_path)
-        self.batcher = Batcher(self.runner, max_batch=max_batch)
-        for m in deployment.modifiers:
-            self._attach(m)
-        self.runner.prepare(list(self.adapters))
-
-    def _attach(self, modifier: Artifact) -> None:
-        from llora_cli.batching import row_lora_supported
-
-        rules.check_modifier_base(modifier, self.deployment.base)  # R6
-        self.runner.adapters_changed()
-        path = str(self.store.path_of(modifier.id))
-        if not self.adapters:
-            from peft import PeftModel
-
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=modifier.id).eval()
-        else:
-            self.model.load_adapter(path, adapter_name=modifier.id)
-        self.adapters[modifier.id] = modifier
-        self.row_lora[modifier.id] = row_lora_supported(self.model, modifier.id)
-
-    def attach(self, modifier: Artifact) -> None:
-        super().attach(modifier)
-        self.batcher.call(lambda: self.runner.prepare(list(self.adapters)))
-
-    def _detach(self, modifier_id: str) -> None:
-        self.runner.adapters_changed()
-        self.row_lora.pop(modifier_id, None)
-        if len(self.adapters) > 1:
-            self.model.delete_adapter(modifier_id)
-        else:
-            self.model = self.model.unload().eval()
-
-
-def run(store: Store, prompt: str, *, base_ref: str | None = None, modifier_ref: str | None = None,
-        system: str | None = None, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None, on_text: Callable[[str], None] | None = None, engine: str = "auto") -> Reply:
-    """`llora run`: one request on the deployment, streamed through ``on_text``, logged with client "cli"."""
-    from llora_cli.llamacpp import choose, open_engine
-
-    check_params(max_tokens, temperature, top_p)
-    if not prompt.strip():
-        raise BadInput("the prompt is empty", hint='pass it as an argument or on stdin: echo "hi" | llora run')
-    deployment = resolve_deployment(store, base_ref)
-    choose(store, deployment.base, engine)  # a bad --engine fails before anything loads
-    modifier = deployment.find_modifier(modifier_ref)
-    used = Deployment(deployment.base, [modifier] if modifier else [])  # load only what this request needs
-    runtime = open_engine(store, used, engine)
-    reply = runtime.generate(prompt, modifier=modifier, system=system, max_tokens=max_tokens,
-                             temperature=temperature, top_p=top_p, seed=seed, on_text=on_text)
-    runtime.log(reply, prompt, client="cli")
-    return reply

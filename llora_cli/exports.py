@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 
 from llora_cli import modelfiles
+from llora_cli.deploy import runs_on
+from llora_cli.engine import is_gguf_base, resolve_deployment
 from llora_cli.loading import GGUF_NAME, stored_format
-from llora_cli.runtime import resolve_deployment
 from llora_store import Store
 from llora_store.errors import BadInput, Conflict
 
@@ -39,37 +40,9 @@ def _publish(tmp: Path, out: Path) -> Path:
     return out
 
 
-def runs_on(store: Store, modifier_id: str):
-    with store.reading() as s:
-        bases = store.parents_by_role(s, modifier_id, "runs_on")
-    if not bases:
-        raise BadInput("the modifier records no base it runs on")
-    return bases[0]
-
-
-def deploy(store: Store, ref: str, *, command: str = "") -> tuple:
-    """`llora deploy`: a modifier on a GGUF base gets its llama.cpp LoRA first (converted and recorded); one that
-    does not fit its base is refused before anything changes; one llama.cpp cannot run (DoRA, ...) is deployed
-    for the transformers engine with a note saying why. Returns (artifact, note or None)."""
-    from llora_cli import gguflora
-    from llora_cli.llamacpp import is_gguf_base
-
-    art = store.resolve(ref)
-    note = None
-    if art.kind == "modifier" and art.state in ("trained", "retired"):
-        base = runs_on(store, art.id)
-        if is_gguf_base(store, base):
-            try:
-                gguflora.ensure(store, art, base)
-            except gguflora.NotForLlamaCpp as e:
-                note = f"{e}; it runs on the transformers engine only"
-    return store.deploy(art.id, command=command), note
-
-
 def export_gguf_lora(store: Store, ref: str, to: Path) -> Path:
     """`llora export MODIFIER --format gguf-lora`: the modifier's llama.cpp LoRA file, for llama.cpp tools."""
     from llora_cli import gguflora
-    from llora_cli.llamacpp import is_gguf_base
 
     art = store.resolve(ref)
     if art.kind != "modifier":

@@ -16,55 +16,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
-from llora_cli.runtime import Deployment, Engine
+from llora_cli.engine.base import Deployment, Engine
 from llora_store import Store, rules
 from llora_store.errors import BadInput
 from llora_store.models import Artifact
 
-ENGINES = ("auto", "llamacpp", "transformers")
-INSTALL_HINT = "install it with: pip install 'llora[llamacpp]' (builds llama.cpp from source, ~5 minutes)"
 
-
-def available() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
-def is_gguf_base(store: Store, base: Artifact) -> bool:
-    from llora_cli import modelfiles
-
-    return (store.path_of(base.id) / modelfiles.GGUF_NAME).is_file()
-
-
-def choose(store: Store, base: Artifact, requested: str = "auto") -> str:
-    """The engine for ``base``: ``auto`` takes llama.cpp for a GGUF base when llama-cpp-python is installed."""
-    if requested not in ENGINES:
-        raise BadInput(f"--engine must be one of {', '.join(ENGINES)}, got {requested!r}")
-    if requested == "transformers":
-        return requested
-    gguf = is_gguf_base(store, base)
-    if requested == "llamacpp":
-        if not available():
-            raise BadInput("the llama.cpp engine is not installed", hint=INSTALL_HINT)
-        if not gguf:
-            raise BadInput(f"llama.cpp runs GGUF models; {base.kind} '{base.name}' is not one",
-                           hint=f"compress it (llora compress {base.name} --method gguf-q8_0), deploy that, "
-                                "or use --engine transformers")
-        return requested
-    return "llamacpp" if gguf and available() else "transformers"
-
-
-def open_engine(store: Store, deployment: Deployment, engine: str = "auto", *, max_batch: int = 8) -> Engine:
-    from llora_cli.runtime import Runtime
-
-    if choose(store, deployment.base, engine) == "llamacpp":
-        return LlamaCppRuntime(store, deployment)
-    return Runtime(store, deployment, max_batch=max_batch)
-
-
-class LlamaCppRuntime(Engine):
+class LlamaCppEngine(Engine):
     engine = "llamacpp"
 
     def __init__(self, store: Store, deployment: Deployment, *, n_ctx: int = 4096,
@@ -72,7 +32,7 @@ class LlamaCppRuntime(Engine):
         import llama_cpp
 
         from llora_cli import modelfiles
-        from llora_cli.batching import Batcher
+        from llora_cli.engine.batching import Batcher
         from llora_cli.loading import load_tokenizer
 
         super().__init__(store, deployment)
@@ -147,7 +107,7 @@ class LlamaCppRuntime(Engine):
         import llama_cpp
         import numpy as np
 
-        from llora_cli.batching import RowStreamer
+        from llora_cli.engine.batching import RowStreamer
 
         (job,) = jobs
         if len(job.input_ids) + job.max_tokens > self.n_ctx:

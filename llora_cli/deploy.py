@@ -1,0 +1,37 @@
+"""`llora deploy`: the catalog transition, preceded by what an engine needs converted before it can serve.
+
+A modifier deployed on a GGUF base gets its llama.cpp LoRA (gguflora.py) converted and recorded as a derived file
+first, so a modifier that cannot be served is refused (or noted) before its state changes.
+"""
+
+from __future__ import annotations
+
+from llora_cli.engine import is_gguf_base
+from llora_store import Store
+from llora_store.errors import BadInput
+
+
+def runs_on(store: Store, modifier_id: str):
+    with store.reading() as s:
+        bases = store.parents_by_role(s, modifier_id, "runs_on")
+    if not bases:
+        raise BadInput("the modifier records no base it runs on")
+    return bases[0]
+
+
+def deploy(store: Store, ref: str, *, command: str = "") -> tuple:
+    """`llora deploy`: a modifier on a GGUF base gets its llama.cpp LoRA first (converted and recorded); one that
+    does not fit its base is refused before anything changes; one llama.cpp cannot run (DoRA, ...) is deployed
+    for the transformers engine with a note saying why. Returns (artifact, note or None)."""
+    from llora_cli import gguflora
+
+    art = store.resolve(ref)
+    note = None
+    if art.kind == "modifier" and art.state in ("trained", "retired"):
+        base = runs_on(store, art.id)
+        if is_gguf_base(store, base):
+            try:
+                gguflora.ensure(store, art, base)
+            except gguflora.NotForLlamaCpp as e:
+                note = f"{e}; it runs on the transformers engine only"
+    return store.deploy(art.id, command=command), note
