@@ -5,6 +5,11 @@ by the request's ``model`` ("BASE" or "BASE:MODIFIER"); switching costs no reloa
 deployment is re-read from the catalog, so deploying or retiring a modifier takes effect without a restart.
 Concurrent requests are batched into shared forward passes, modifiers mixed per row (batching.py); every
 request is logged.
+
+Request fields follow one policy (docs/runtime.md, "Request fields"): a field this server implements is honoured
+(``stop``, ``n``, ``logprobs``/``top_logprobs``, ``stream_options.include_usage``, text content parts, ...); an
+OpenAI field that does nothing here is accepted only at its no-op value (``presence_penalty: 0``, ``tools: []``,
+``user``, ...); anything else is a 400 naming the field. Nothing is silently ignored.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations at runtime,
@@ -86,10 +91,108 @@ class Served:
         raise NotFound(f"modifier '{mod_name}' is not deployed on '{dep.base.name}'")
 
 
-def _error(status: int, message: str, kind: str, code: str | None = None):
+MAX_CHOICES = 8
+
+
+class Unsupported(BadInput):
+    """A request field this server does not implement (a 400 naming it)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _any(value) -> bool:
+    return True
+
+
+# OpenAI fields that change nothing here: accepted only at the values that are no-ops (else a 400 with the reason)
+NO_TOOLS = "this server has no tool calling"
+NOOP_FIELDS: dict[str, tuple] = {
+    "user": (_any, ""),  # identifiers and bookkeeping: any value is a no-op
+    "metadata": (_any, ""),
+    "store": (_any, ""),  # every request is in the request log anyway (llora logs list)
+    "prompt_cache_key": (_any, ""),
+    "safety_identifier": (_any, ""),
+    "service_tier": (lambda v: v in (None, "auto", "default"), "there is one tier; use 'auto', 'default' or null"),
+    "frequency_penalty": (lambda v: v in (None, 0), "penalties are not implemented; only 0 or null"),
+    "presence_penalty": (lambda v: v in (None, 0), "penalties are not implemented; only 0 or null"),
+    "logit_bias": (lambda v: v in (None, {}), "logit bias is not implemented; only {} or null"),
+    "tools": (lambda v: not v, f"{NO_TOOLS}; only [] or null"),
+    "functions": (lambda v: not v, f"{NO_TOOLS}; only [] or null"),
+    "tool_choice": (lambda v: v in (None, "none", "auto"), f"{NO_TOOLS}; only 'none', 'auto' or null"),
+    "function_call": (lambda v: v in (None, "none", "auto"), f"{NO_TOOLS}; only 'none', 'auto' or null"),
+    "parallel_tool_calls": (_any, ""),  # no tools, so no parallel calls either way
+    "response_format": (lambda v: v in (None, {"type": "text"}),
+                        "structured output (JSON mode, JSON schema) is not implemented; only {'type': 'text'}"),
+    "modalities": (lambda v: v in (None, ["text"]), "text only; only ['text'] or null"),
+    "audio": (lambda v: v is None, "text only"),
+    "prediction": (lambda v: v is None, "predicted outputs are not implemented"),
+    "web_search_options": (lambda v: v is None, "there is no web search"),
+    "reasoning_effort": (lambda v: v is None, "not a reasoning model setting this server has"),
+    "verbosity": (lambda v: v is None, "not implemented"),
+}
+NOOP_COMPLETION_FIELDS: dict[str, tuple] = {
+    "echo": (lambda v: v in (None, False), "echoing the prompt is not implemented; only false"),
+    "best_of": (lambda v: v in (None, 1), "best_of is not implemented; only 1 (use n for several choices)"),
+    "suffix": (lambda v: v in (None, ""), "insertion (suffix) is not implemented"),
+    "user": (_any, ""),
+    "frequency_penalty": NOOP_FIELDS["frequency_penalty"],
+    "presence_penalty": NOOP_FIELDS["presence_penalty"],
+    "logit_bias": NOOP_FIELDS["logit_bias"],
+}
+NOOP_MESSAGE_FIELDS: dict[str, tuple] = {
+    "tool_calls": (lambda v: not v, f"{NO_TOOLS}; only [] or null"),
+    "function_call": (lambda v: v is None, NO_TOOLS),
+    "refusal": (lambda v: v is None, "only null"),
+    "audio": (lambda v: v is None, "text only"),
+}
+
+
+def check_fields(extra: dict, table: dict[str, tuple], where: str = "") -> None:
+    """Refuse (400, naming it) every extra field that is not a known no-op at a no-op value."""
+    for name, value in extra.items():
+        if name not in table:
+            raise Unsupported(f"{where}{name}", f"unsupported field '{where}{name}': this server does not implement it")
+        ok, why = table[name]
+        if not ok(value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise Unsupported(f"{where}{name}", f"unsupported field '{where}{name}' = {shown}: {why}")
+
+
+def message_text(message, i: int) -> str:
+    """A message's content as one string: a string, text parts joined with no separator (as OpenAI does), or
+    null for an assistant message; any other part type is a 400 naming it."""
+    check_fields(message.model_extra or {}, NOOP_MESSAGE_FIELDS, f"messages[{i}].")
+    content = message.content
+    if content is None:
+        if message.role != "assistant":
+            raise BadInput(f"messages[{i}].content is null; only an assistant message may have no content")
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type")
+        if kind != "text":
+            raise Unsupported(f"messages[{i}].content[{j}].type",
+                              f"unsupported content part type {json.dumps(kind)} in messages[{i}].content[{j}]: "
+                              "this server takes text parts only")
+        if not isinstance(part.get("text"), str):
+            raise BadInput(f"messages[{i}].content[{j}] is a text part without a 'text' string")
+        others = sorted(set(part) - {"type", "text"})
+        if others:
+            raise Unsupported(f"messages[{i}].content[{j}].{others[0]}",
+                              f"unsupported field 'messages[{i}].content[{j}].{others[0]}' in a text part")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None):
     from fastapi.responses import JSONResponse
 
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": None,
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param,
                                                                "code": code}})
 
 
@@ -102,24 +205,35 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
     app = FastAPI(title="llora", docs_url=None, redoc_url=None, openapi_url=None)
 
     class ChatMessage(BaseModel):
+        model_config = ConfigDict(extra="allow")  # extras: checked against NOOP_MESSAGE_FIELDS
         role: str
-        content: str
+        content: str | list[dict] | None = None
+
+    class StreamOptions(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        include_usage: bool | None = None
 
     class Common(BaseModel):
-        model_config = ConfigDict(extra="ignore")
+        model_config = ConfigDict(extra="allow")  # extras: checked against the no-op tables, else a 400
         model: str
         max_tokens: int | None = Field(default=None, ge=1)
-        max_completion_tokens: int | None = Field(default=None, ge=1)
-        temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-        top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+        temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+        top_p: float | None = Field(default=None, gt=0.0, le=1.0)
         seed: int | None = None
-        stream: bool = False
+        stream: bool | None = False
+        stream_options: StreamOptions | None = None
+        stop: str | list[str] | None = None
+        n: int | None = Field(default=None, ge=1)
 
     class ChatBody(Common):
         messages: list[ChatMessage] = Field(min_length=1)
+        max_completion_tokens: int | None = Field(default=None, ge=1)
+        logprobs: bool | None = None
+        top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     class CompletionBody(Common):
         prompt: str
+        logprobs: int | None = None
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -143,7 +257,13 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
     async def llora_error(request: Request, exc: LloraError):
         status = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, (BadInput, RuleViolation)) else 500
         kind = "not_found_error" if status == 404 else "invalid_request_error" if status == 400 else "server_error"
-        return _error(status, str(exc), kind, "model_not_found" if status == 404 else None)
+        code = "model_not_found" if status == 404 else "unsupported_parameter" if isinstance(exc, Unsupported) \
+            else None
+        return _error(status, str(exc), kind, code, getattr(exc, "param", None))
+
+    @app.exception_handler(Exception)
+    async def engine_error(request: Request, exc: Exception):  # an OpenAI-shaped 500, not a plain-text one
+        return _error(500, f"{type(exc).__name__}: {exc}", "server_error")
 
     @app.get("/health")
     def health():
@@ -156,46 +276,88 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
     def models():
         return {"object": "list", "data": served.models()}
 
-    def handle(request: Request, body: Common, *, messages: list[dict] | None, prompt: str, kind: str):
-        modifier = served.pick(body.model)
-        max_tokens = body.max_completion_tokens or body.max_tokens or 256
+    def options(body: Common, kind: str) -> dict:
+        """The request's generation settings, every field checked (module doc: nothing silently ignored)."""
+        check_fields(body.model_extra or {}, NOOP_FIELDS if kind == "chat" else NOOP_COMPLETION_FIELDS)
+        n = body.n or 1
+        if n > MAX_CHOICES:
+            raise Unsupported("n", f"n = {n} is over this server's limit of {MAX_CHOICES} choices")
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stop) > 4 or not all(stop):
+            raise BadInput(f"stop takes up to 4 non-empty strings, got {json.dumps(body.stop)}")
+        usage = False
+        if body.stream_options is not None:
+            if not body.stream:
+                raise BadInput("stream_options is only allowed with stream: true")
+            check_fields(body.stream_options.model_extra or {},
+                         {"include_obfuscation": (lambda v: v in (None, False), "not implemented; only false")},
+                         "stream_options.")
+            usage = bool(body.stream_options.include_usage)
+        logprobs = None
+        if kind == "chat":
+            if body.top_logprobs is not None and not body.logprobs:
+                raise BadInput("top_logprobs needs logprobs: true")
+            if body.logprobs:
+                logprobs = body.top_logprobs or 0
+        elif body.logprobs is not None:
+            raise Unsupported("logprobs", "unsupported field 'logprobs' on /v1/completions (the legacy format): "
+                                          "use /v1/chat/completions with logprobs: true and top_logprobs")
+        max_tokens = (body.max_completion_tokens if kind == "chat" else None) or body.max_tokens \
+            or min(256, limits.max_tokens)
         if max_tokens > limits.max_tokens:
             raise BadInput(f"max_tokens {max_tokens} is over this server's limit of {limits.max_tokens}")
+        return dict(n=n, stop=stop, usage=usage, logprobs=logprobs, max_tokens=max_tokens,
+                    temperature=body.temperature if body.temperature is not None else 0.0,
+                    top_p=body.top_p if body.top_p is not None else 1.0)
+
+    def handle(request: Request, body: Common, *, messages: list[dict] | None, prompt: str, kind: str):
+        opts = options(body, kind)
+        modifier = served.pick(body.model)
+        n, logprobs = opts["n"], opts["logprobs"]
         client = request.client.host if request.client else "unknown"
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         log_prompt = json.dumps(messages) if messages is not None else prompt
-        kwargs = dict(modifier=modifier, max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                      seed=body.seed, messages=messages, raw=kind == "text",
-                      max_prompt_tokens=limits.max_prompt_tokens)
+        kwargs = dict(modifier=modifier, max_tokens=opts["max_tokens"], temperature=opts["temperature"],
+                      top_p=opts["top_p"], seed=body.seed, messages=messages, raw=kind == "text",
+                      max_prompt_tokens=limits.max_prompt_tokens, stop=opts["stop"], logprobs=logprobs)
         runtime = served.runtime
 
-        def finish(reply) -> str:
-            return "length" if reply.tokens_out >= max_tokens else "stop"
+        def usage(replies) -> dict:
+            out = sum(r.tokens_out for r in replies)  # the prompt is counted once, as OpenAI does
+            return {"prompt_tokens": replies[0].tokens_in, "completion_tokens": out,
+                    "total_tokens": replies[0].tokens_in + out}
 
-        def usage(reply) -> dict:
-            return {"prompt_tokens": reply.tokens_in, "completion_tokens": reply.tokens_out,
-                    "total_tokens": reply.tokens_in + reply.tokens_out}
+        def lp(entries):
+            return {"content": entries, "refusal": None} if logprobs is not None else None
 
         if not body.stream:
-            reply = runtime.generate(prompt, **kwargs)
-            runtime.log(reply, log_prompt, client=client)
+            jobs = runtime.submit_choices(prompt, n=n, **kwargs)  # a bad request is a 400 before anything runs
+            replies = [runtime.reply(job) for job in jobs]
+            for reply in replies:
+                runtime.log(reply, log_prompt, client=client)
             if kind == "chat":
-                choice = {"index": 0, "message": {"role": "assistant", "content": reply.text},
-                          "finish_reason": finish(reply)}
+                choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
+                            "logprobs": lp(r.logprobs), "finish_reason": r.finish_reason}
+                           for i, r in enumerate(replies)]
                 return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
-                        "choices": [choice], "usage": usage(reply)}
+                        "choices": choices, "usage": usage(replies)}
+            choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+                       for i, r in enumerate(replies)]
             return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
-                    "choices": [{"index": 0, "text": reply.text, "finish_reason": finish(reply)}], "usage": usage(reply)}
+                    "choices": choices, "usage": usage(replies)}
 
         pieces: queue.Queue = queue.Queue()
         outcome: dict = {}
+        jobs = runtime.submit_choices(prompt, n=n, on_piece=lambda i, text, entries: pieces.put((i, text, entries)),
+                                      **kwargs)
 
         def work() -> None:
             try:
-                reply = runtime.generate(prompt, on_text=pieces.put, **kwargs)
-                runtime.log(reply, log_prompt, client=client)
-                outcome["reply"] = reply
+                replies = [runtime.reply(job) for job in jobs]
+                for reply in replies:
+                    runtime.log(reply, log_prompt, client=client)
+                outcome["replies"] = replies
             except BaseException as e:  # reported in the stream
                 outcome["error"] = e
             finally:
@@ -203,35 +365,47 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
 
         threading.Thread(target=work, daemon=True).start()
 
-        def chunk(delta: dict | None, text: str | None, finish_reason: str | None) -> str:
+        def chunk(i: int, text: str | None, finish_reason: str | None, entries=None, role: bool = False) -> str:
             if kind == "chat":
-                c = {"index": 0, "delta": delta or {}, "finish_reason": finish_reason}
+                delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
+                c = {"index": i, "delta": delta, "logprobs": lp(entries) if entries else None,
+                     "finish_reason": finish_reason}
                 obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model,
                        "choices": [c]}
             else:
                 obj = {"id": rid, "object": "text_completion", "created": created, "model": body.model,
-                       "choices": [{"index": 0, "text": text or "", "finish_reason": finish_reason}]}
+                       "choices": [{"index": i, "text": text or "", "logprobs": None, "finish_reason": finish_reason}]}
+            if opts["usage"]:
+                obj["usage"] = None  # as OpenAI: null on every chunk but the last
             return f"data: {json.dumps(obj)}\n\n"
 
         def events():
             if kind == "chat":
-                yield chunk({"role": "assistant", "content": ""}, None, None)
+                for i in range(n):
+                    yield chunk(i, None, None, role=True)
             while True:
-                piece = pieces.get()
-                if piece is None:
+                item = pieces.get()
+                if item is None:
                     break
-                yield chunk({"content": piece}, piece, None)
+                i, text, entries = item
+                yield chunk(i, text, None, entries)
             if "error" in outcome:
                 yield f"data: {json.dumps({'error': {'message': str(outcome['error']), 'type': 'server_error'}})}\n\n"
             else:
-                yield chunk({}, "", finish(outcome["reply"]))
+                replies = outcome["replies"]
+                for i, reply in enumerate(replies):
+                    yield chunk(i, None if kind == "chat" else "", reply.finish_reason)
+                if opts["usage"]:
+                    last = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                            "created": created, "model": body.model, "choices": [], "usage": usage(replies)}
+                    yield f"data: {json.dumps(last)}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions")
     def chat(request: Request, body: ChatBody):
-        messages = [m.model_dump() for m in body.messages]
+        messages = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(body.messages)]
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         return handle(request, body, messages=messages, prompt=last_user, kind="chat")
 

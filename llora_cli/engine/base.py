@@ -89,9 +89,12 @@ class Reply:
     engine: str = ENGINE
     load: dict = field(default_factory=dict)
     log_id: int | None = None
+    finish_reason: str = "stop"  # "stop": EOS or a stop string; "length": max_tokens (or the model's length)
+    logprobs: list[dict] | None = None  # per token of the text, in OpenAI's chat format (when asked for)
 
     def to_json(self) -> dict:
-        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+        return {"text": self.text, "finish_reason": self.finish_reason, "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out,
                 "latency_ms": round(self.latency_ms, 1),
                 "ttft_ms": round(self.ttft_ms, 1) if self.ttft_ms is not None else None,
                 "base": {"id": self.base.id, "name": self.base.name, "kind": self.base.kind},
@@ -100,13 +103,44 @@ class Reply:
                 "engine": self.engine, "params": self.params, "load": self.load, "log_id": self.log_id}
 
 
-def check_params(max_tokens: int, temperature: float, top_p: float) -> None:
+MAX_STOPS = 4
+MAX_TOP_LOGPROBS = 20
+
+
+def check_params(max_tokens: int, temperature: float, top_p: float, stop: tuple[str, ...] = (),
+                 logprobs: int | None = None) -> None:
     if not 1 <= max_tokens <= MAX_NEW_TOKENS:
         raise BadInput(f"--max-tokens must be between 1 and {MAX_NEW_TOKENS}, got {max_tokens}")
     if temperature < 0:
         raise BadInput(f"--temperature must be 0 (greedy) or more, got {temperature}")
     if not 0 < top_p <= 1:
         raise BadInput(f"--top-p must be in (0, 1], got {top_p}")
+    if len(stop) > MAX_STOPS:
+        raise BadInput(f"at most {MAX_STOPS} stop strings, got {len(stop)}")
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise BadInput("a stop string must be a non-empty string")
+    if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+        raise BadInput(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {logprobs}")
+
+
+def _is_byte_level(backend) -> bool:
+    """Whether a ``tokenizers.Tokenizer`` decodes with byte-level BPE (GPT-2's byte alphabet)."""
+    import json
+
+    return '"ByteLevel"' in json.dumps(json.loads(backend.to_str()).get("decoder"))
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: the printable character standing for each byte, inverted."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
 
 
 class Engine(ABC):
@@ -163,11 +197,18 @@ class Engine(ABC):
     def submit(self, prompt: str, *, modifier: Artifact | None = None, system: str | None = None,
                max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
-               raw: bool = False, max_prompt_tokens: int | None = None):
-        """Queue one request (checked first: a bad request never reaches a batch); returns its ``Job``."""
+               raw: bool = False, max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
+               logprobs: int | None = None, on_piece: Callable[[str, list[dict]], None] | None = None):
+        """Queue one request (checked first: a bad request never reaches a batch); returns its ``Job``.
+
+        ``stop``: up to 4 strings; the text ends before the first one generated (finish reason "stop").
+        ``logprobs``: None, or k (0-20): each token's log-probability and the k most likely tokens, in the reply.
+        ``on_piece(text, logprobs)``: streamed text with the log-probabilities of the tokens it completes
+        (instead of ``on_text``)."""
         from llora_cli.engine.batching import Job
 
-        check_params(max_tokens, temperature, top_p)
+        stop = tuple(stop or ())
+        check_params(max_tokens, temperature, top_p, stop, logprobs)
         if not prompt.strip() and not messages:
             raise BadInput("the prompt is empty")
         if modifier is not None and modifier.id in self.refused:
@@ -180,26 +221,83 @@ class Engine(ABC):
             raise BadInput(f"the prompt is {len(ids)} tokens; the limit is {max_prompt_tokens}")
         if not ids:
             raise BadInput("the prompt has no tokens")
-        job = Job(ids, modifier.id if modifier else None, max_tokens, temperature, top_p, seed, on_text)
+        params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                  "system": system, **({"stop": list(stop)} if stop else {})}
+        piece = None
+        if on_piece is not None:
+            def piece(text: str, raw_logprobs: list[tuple]) -> None:
+                on_piece(text, self.token_logprobs(raw_logprobs))
+        job = Job(ids, modifier.id if modifier else None, max_tokens, temperature, top_p, seed, on_text,
+                  stop=stop, logprobs=logprobs, on_piece=piece, modifier=modifier, params=params)
         return self.batcher.submit(job)
+
+    def submit_choices(self, prompt: str, *, n: int = 1, seed: int | None = None,
+                       on_piece: Callable[[int, str, list[dict]], None] | None = None, **kwargs) -> list:
+        """``n`` independent answers to one request: n jobs (each its own row; seeded ``seed``, ``seed + 1``, ...),
+        ``on_piece(index, text, logprobs)`` streaming each. The n differ only in the seed, so a request the first
+        ``submit`` accepts is accepted n times (a bad one fails before anything is queued)."""
+        first = self.submit(prompt, seed=seed, on_piece=(lambda t, lp: on_piece(0, t, lp)) if on_piece else None,
+                            **kwargs)
+        jobs = [first]
+        for i in range(1, n):
+            jobs.append(self.submit(prompt, seed=None if seed is None else seed + i,
+                                    on_piece=(lambda t, lp, i=i: on_piece(i, t, lp)) if on_piece else None, **kwargs))
+        return jobs
+
+    def reply(self, job) -> Reply:
+        """Wait for ``job`` (running queued work on this thread when no driver runs) and return its reply."""
+        self.batcher.wait(job)
+        if job.error is not None:
+            raise job.error
+        ttft = (job.first_token - job.submitted) * 1000 if job.first_token is not None else None
+        logprobs = None
+        if job.logprobs is not None:
+            logprobs = self.token_logprobs(job.token_logprobs[:job.text_tokens])
+        return Reply(job.text, len(job.input_ids), len(job.tokens), (job.finished - job.submitted) * 1000,
+                     ttft, self.deployment.base, job.modifier, job.params, engine=self.engine,
+                     load={**self.load_info, "batch": job.batch_size}, finish_reason=job.finish_reason or "stop",
+                     logprobs=logprobs)
 
     def generate(self, prompt: str, *, modifier: Artifact | None = None, system: str | None = None,
                  max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
-                 raw: bool = False, max_prompt_tokens: int | None = None) -> Reply:
+                 raw: bool = False, max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
+                 logprobs: int | None = None) -> Reply:
         """One request, batched with whatever else is waiting; blocks until its own row is finished."""
-        job = self.submit(prompt, modifier=modifier, system=system, max_tokens=max_tokens, temperature=temperature,
-                          top_p=top_p, seed=seed, on_text=on_text, messages=messages, raw=raw,
-                          max_prompt_tokens=max_prompt_tokens)
-        self.batcher.wait(job)
-        if job.error is not None:
-            raise job.error
-        params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
-                  "system": system}
-        ttft = (job.first_token - job.submitted) * 1000 if job.first_token is not None else None
-        return Reply(job.text.strip(), len(job.input_ids), len(job.tokens), (job.finished - job.submitted) * 1000,
-                     ttft, self.deployment.base, modifier, params, engine=self.engine,
-                     load={**self.load_info, "batch": job.batch_size})
+        return self.reply(self.submit(prompt, modifier=modifier, system=system, max_tokens=max_tokens,
+                                      temperature=temperature, top_p=top_p, seed=seed, on_text=on_text,
+                                      messages=messages, raw=raw, max_prompt_tokens=max_prompt_tokens, stop=stop,
+                                      logprobs=logprobs))
+
+    def token_logprobs(self, raw: list[tuple]) -> list[dict]:
+        """``(id, logprob, [(id, logprob)])`` per token -> OpenAI's ``{token, logprob, bytes, top_logprobs}``."""
+        def one(token: int, logprob: float) -> dict:
+            text, data = self._token_text(token)
+            return {"token": text, "logprob": logprob, "bytes": data}
+
+        return [{**one(t, lp), "top_logprobs": [one(u, ulp) for u, ulp in top]} for t, lp, top in raw]
+
+    def _token_text(self, token: int) -> tuple[str, list[int]]:
+        """A token's text and its bytes; with a byte-level BPE tokenizer the bytes come from the token's symbols,
+        so a token holding part of a UTF-8 character still has its true bytes."""
+        if not hasattr(self, "_token_cache"):
+            # the ``tokenizers`` backend: transformers' fast tokenizer or the llama.cpp engine's ChatTokenizer
+            backend = getattr(self.tokenizer, "backend_tokenizer", None) or getattr(self.tokenizer, "backend", None)
+            self._token_backend = backend
+            self._token_cache: dict[int, tuple[str, list[int]]] = {}
+            self._bytes_of = _byte_decoder() if backend is not None and _is_byte_level(backend) else None
+            self._special = {i for i, t in backend.get_added_tokens_decoder().items() if t.special} \
+                if backend is not None else set()
+        if token not in self._token_cache:
+            text = self.tokenizer.decode([token])
+            symbols = self._token_backend.id_to_token(token) if self._token_backend is not None else None
+            if self._bytes_of is not None and token not in self._special and symbols and all(
+                    c in self._bytes_of for c in symbols):
+                data = [self._bytes_of[c] for c in symbols]
+            else:
+                data = list(text.encode("utf-8"))
+            self._token_cache[token] = (text, data)
+        return self._token_cache[token]
 
     def log(self, reply: Reply, prompt: str, *, client: str) -> int:
         reply.log_id = self.store.log_request(

@@ -15,9 +15,11 @@ scatters rows once per adapter per layer, and no ``set_adapter`` walk over the m
 (figures in docs/benchmarks.md). Adapters this cannot express (DoRA, LoRA on embeddings, LoRA biases,
 fan-in-fan-out layers) run through PEFT's ``set_adapter``, one modifier per batch.
 
-Rows stop on their own EOS or their own ``max_tokens`` (a per-row stopping criterion) and stream their own
-text; a finished row's caller returns while the rest of the batch goes on. Static batches, not continuous: a
-job that arrives while a batch runs waits for that batch to end (docs/runtime.md). What can share a batch: the
+Rows stop on their own EOS, their own stop strings or their own ``max_tokens`` (a per-row stopping criterion)
+and stream their own text (``RowStreamer``, shared with the llama.cpp engine: stop strings, held-back text and
+log-probabilities mean the same on both); a finished row's caller returns while the rest of the batch goes on.
+Static batches, not continuous: a job that arrives while a batch runs waits for that batch to end
+(docs/runtime.md). What can share a batch: the
 same sampling settings (greedy, or the same temperature and top-p) and no seed (a seeded request runs alone, so
 that its seed reproduces it).
 """
@@ -40,10 +42,20 @@ class Job:
     seed: int | None = None
     on_text: Callable[[str], None] | None = None
     control: Callable[[], object] | None = None  # a call to run on the model's thread instead of a request
+    stop: tuple[str, ...] = ()  # the row ends before the first of these in its text
+    logprobs: int | None = None  # None: none; k: each token's log-probability and the k most likely tokens
+    # streamed text with the log-probabilities of the tokens it completes (instead of on_text when set)
+    on_piece: Callable[[str, list[tuple]], None] | None = None
+    modifier: object = None  # the caller's view of the request (the engine's Reply is built from it)
+    params: dict = field(default_factory=dict)
     # filled in by the model's thread
     result: object = None
     tokens: list[int] = field(default_factory=list)
     text: str = ""
+    finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length" (max_tokens or the model's end)
+    token_logprobs: list[tuple] = field(default_factory=list)  # per token: (id, logprob, [(id, logprob), ...])
+    ends: list[int] = field(default_factory=list)  # decoded text length after each (non-EOS) token
+    text_tokens: int = 0  # how many generated tokens the text comes from (those with logprobs in the reply)
     submitted: float = 0.0
     first_token: float | None = None
     finished: float | None = None
@@ -60,9 +72,14 @@ class Job:
 
 
 class RowStreamer:
-    """A transformers streamer for a batch: every generated step gives one token per row; each row's text is
-    decoded incrementally and handed to its job's ``on_text`` (held back at an unfinished word or an incomplete
-    UTF-8 sequence, like transformers' TextStreamer)."""
+    """A streamer for a batch: every generated step gives one token per row; each row's text is decoded
+    incrementally and handed to its job's ``on_text`` / ``on_piece``. Text is held back at an unfinished word or
+    UTF-8 sequence (like transformers' TextStreamer) and while it ends with a proper prefix of one of the row's
+    stop strings; a row ends at EOS, at ``max_tokens`` or as soon as its text contains a stop string (the text is
+    cut before it). So the streamed pieces of a row always join to its final ``Job.text``.
+
+    Log-probabilities: the engine sets ``step_logprobs`` (a [rows, vocab] array of log-softmaxed logits) before
+    each ``put``; rows that asked for them record the chosen token's and the top k."""
 
     def __init__(self, tokenizer, jobs: list[Job], eos: set[int]) -> None:
         self.tok = tokenizer
@@ -70,13 +87,17 @@ class RowStreamer:
         self.eos = eos
         self.prompt_seen = False
         self.printed = [0] * len(jobs)
+        self.sent = [0] * len(jobs)  # tokens whose log-probabilities were streamed
         self.open = [True] * len(jobs)
+        self.step_logprobs = None
+        self.wants_logprobs = any(j.logprobs is not None for j in jobs)
 
     def put(self, value) -> None:
         if not self.prompt_seen:  # generate hands over the prompt first
             self.prompt_seen = True
             return
         now = time.perf_counter()
+        step, self.step_logprobs = self.step_logprobs, None
         for i, token in enumerate(value.reshape(-1).tolist()):
             if not self.open[i]:
                 continue
@@ -84,67 +105,148 @@ class RowStreamer:
             if job.first_token is None:
                 job.first_token = now
             job.tokens.append(token)
+            if job.logprobs is not None:
+                if step is None:
+                    raise RuntimeError("log-probabilities were asked for but the engine gave none")
+                job.token_logprobs.append(top_logprobs(step[i], token, job.logprobs))
             if token in self.eos:
-                self._close(i, now)
+                self._close(i, now, "stop", self._text(job))
                 continue
-            self._emit(i, final=False)
+            text = self._text(job)
+            job.ends.append(len(text))
+            cut = stop_at(text, job.stop)
+            if cut is not None:
+                self._close(i, now, "stop", text[:cut], cut=True)
+                continue
+            self._emit(i, text, final=False)
             if len(job.tokens) >= job.max_tokens:
-                self._close(i, now)
+                self._close(i, now, "length", text)
 
     def end(self) -> None:
+        """Generation is over: rows still open ran out of room (their ``max_tokens`` or the model's)."""
         now = time.perf_counter()
         for i in range(len(self.jobs)):
             if self.open[i]:
-                self._close(i, now)
+                self._close(i, now, "length", self._text(self.jobs[i]))
 
     def _text(self, job: Job) -> str:
         ids = job.tokens[:-1] if job.tokens and job.tokens[-1] in self.eos else job.tokens
         return self.tok.decode(ids, skip_special_tokens=True)
 
-    def _emit(self, i: int, final: bool) -> None:
+    def _emit(self, i: int, text: str, final: bool) -> None:
         job = self.jobs[i]
-        text = self._text(job)
         if final:
-            upto = len(text)
-        elif text.endswith("\ufffd"):
-            return
-        elif text.endswith("\n"):
-            upto = len(text)
+            upto, covered = len(text), job.text_tokens
         else:
-            upto = text.rfind(" ") + 1
-        if upto > self.printed[i]:
-            piece = text[self.printed[i]:upto]
-            self.printed[i] = upto
-            if job.on_text:
-                job.on_text(piece)
+            if text.endswith("\ufffd"):
+                return
+            upto = len(text) if text.endswith("\n") else text.rfind(" ") + 1
+            upto = max(self.printed[i], min(upto, len(text) - held_back(text, job.stop)))
+            covered = self.sent[i]  # tokens wholly inside the text sent so far (and starting before its end)
+            while covered < len(job.ends) and job.ends[covered] <= upto and (
+                    job.ends[covered - 1] if covered else 0) < upto:
+                covered += 1
+        piece = text[self.printed[i]:upto]
+        entries = job.token_logprobs[self.sent[i]:covered] if job.logprobs is not None else []
+        self.printed[i] = max(self.printed[i], upto)
+        self.sent[i] = max(self.sent[i], covered)
+        if job.on_piece is not None:
+            if piece or entries:
+                job.on_piece(piece, entries)
+        elif piece and job.on_text is not None:
+            job.on_text(piece)
 
-    def _close(self, i: int, now: float) -> None:
+    def _close(self, i: int, now: float, reason: str, text: str, cut: bool = False) -> None:
         self.open[i] = False
         job = self.jobs[i]
-        self._emit(i, final=True)
-        job.text = self._text(job)
+        job.text = text
+        job.finish_reason = reason
+        if cut:  # cut before a stop string: the tokens that start before the cut (a token starts where the
+            n = 0  # text of the tokens before it ended)
+            while n < len(job.ends) and (job.ends[n - 1] if n else 0) < len(text):
+                n += 1
+            job.text_tokens = n
+        else:
+            job.text_tokens = len(job.ends)  # every token but EOS
+        self._emit(i, text, final=True)
         job.finished = now
         job.done.set()
 
 
-class RowLimits:
-    """Stopping criterion: row i is done once it has generated ``limits[i]`` tokens."""
+def stop_at(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where ``text`` first contains one of ``stops`` (the earliest start), or None."""
+    found = [k for k in (text.find(s) for s in stops) if k >= 0]
+    return min(found) if found else None
 
-    def __init__(self, prompt_len: int, limits: list[int]) -> None:
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that is a proper prefix of a stop string (not streamed yet)."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def top_logprobs(row, token: int, k: int) -> tuple:
+    """(token, its log-probability, [(id, log-probability)] of the k most likely) from one row of log-probs."""
+    import numpy as np
+
+    row = np.asarray(row)
+    if k <= 0:
+        return token, float(row[token]), []
+    k = min(k, row.shape[0])
+    top = np.argpartition(-row, k - 1)[:k] if k < row.shape[0] else np.arange(row.shape[0])
+    top = top[np.argsort(-row[top], kind="stable")]
+    return token, float(row[token]), [(int(t), float(row[t])) for t in top]
+
+
+class RowLimits:
+    """Stopping criterion: row i is done once it has generated ``limits[i]`` tokens or the streamer has ended its
+    row (a stop string; EOS transformers sees itself). transformers asks the criteria before it streams the step,
+    so a row ended by a stop string is seen one step late: at most one extra step, never streamed."""
+
+    def __init__(self, prompt_len: int, limits: list[int], streamer: RowStreamer | None = None) -> None:
         import torch
 
         self.prompt_len = prompt_len
         self.limits = torch.tensor(limits)
+        self.streamer = streamer
 
     def __call__(self, input_ids, scores, **kwargs):
-        return (input_ids.shape[1] - self.prompt_len) >= self.limits
+        import torch
+
+        done = (input_ids.shape[1] - self.prompt_len) >= self.limits
+        if self.streamer is not None:
+            done = done | ~torch.tensor(self.streamer.open)
+        return done
+
+
+class RowLogprobs:
+    """A logits processor that hands each step's log-softmax of the model's logits to the streamer (the rows
+    asking for log-probabilities read theirs). Custom processors run before temperature and top-p, so these are
+    the model's own distribution, as OpenAI reports them."""
+
+    def __init__(self, streamer: RowStreamer) -> None:
+        self.streamer = streamer
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        self.streamer.step_logprobs = torch.log_softmax(scores.float(), dim=-1).numpy()
+        return scores
 
 
 def row_lora_supported(model, adapter: str) -> bool:
-    """Whether every LoRA layer of ``adapter`` is plain LoRA on a Linear (what ``RowLora`` computes)."""
+    """Whether every LoRA layer of ``adapter`` is plain LoRA on a Linear (what ``RowLora`` computes); a trained
+    full copy of a module (``modules_to_save``) is not: PEFT's own path swaps it in."""
     import torch
 
     for module in model.modules():
+        if adapter in (getattr(module, "modules_to_save", None) or {}):
+            return False
         if not hasattr(module, "lora_A"):
             continue
         if adapter in getattr(module, "lora_embedding_A", {}) or adapter in getattr(module, "lora_variant", {}):
@@ -352,7 +454,7 @@ class TransformersBatches:
 
     def run(self, jobs: list[Job]) -> None:
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         tok = self.tok
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -368,7 +470,10 @@ class TransformersBatches:
         head = jobs[0]
         kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=max(j.max_tokens for j in jobs),
                       pad_token_id=pad, streamer=streamer, do_sample=head.temperature > 0,
-                      stopping_criteria=StoppingCriteriaList([RowLimits(width, [j.max_tokens for j in jobs])]))
+                      stopping_criteria=StoppingCriteriaList([RowLimits(width, [j.max_tokens for j in jobs],
+                                                                        streamer)]))
+        if streamer.wants_logprobs:
+            kwargs["logits_processor"] = LogitsProcessorList([RowLogprobs(streamer)])
         if head.temperature > 0:
             kwargs.update(temperature=head.temperature, top_p=head.top_p)
         rows = [j.adapter for j in jobs]

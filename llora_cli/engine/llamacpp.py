@@ -119,10 +119,22 @@ class LlamaCppEngine(Engine):
         streamer.put(np.asarray(job.input_ids))
         for token in self.llm.generate(job.input_ids, temp=job.temperature, top_p=job.top_p, top_k=0, min_p=0.0,
                                        repeat_penalty=1.0):
+            if streamer.wants_logprobs:  # the context still holds the logits this token was sampled from
+                streamer.step_logprobs = self._logprobs()[None, :]
             streamer.put(np.asarray([token]))
             if job.done.is_set():
                 break
         streamer.end()
+
+    def _logprobs(self):
+        """Log-softmax of the context's last logits (the model's distribution, before temperature and top-p)."""
+        import llama_cpp
+        import numpy as np
+
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float64)
+        top = logits.max()
+        return logits - top - np.log(np.exp(logits - top).sum())
 
     def next_token_logits(self, ids: list[int], adapter: str | None):
         """Logits for the token after ``ids`` with ``adapter`` (parity tests and benchmarks); model thread only."""

@@ -256,9 +256,63 @@ def test_serve_on_llama_cpp_with_the_openai_client(gguf_deployment, cli, store, 
         assert together == one_by_one  # queued on one context, the adapter switched per request
         pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
             model="tq8:auto-mod", messages=[{"role": "user", "content": "Set a timer"}], max_tokens=8, stream=True)]
-        assert "".join(pieces).strip() == one_by_one[2]
+        assert "".join(pieces) == one_by_one[2]  # neither is stripped
         logs = cli.json("logs", "list", "--limit", "13")
         assert {r["engine"] for r in logs} == {"llamacpp"} and len(logs) == 13
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_request_fields_on_llama_cpp(gguf_deployment, store, llora_home):
+    """Issue 11 on the llama.cpp engine: stop strings, n choices, stream usage, log-probabilities from llama.cpp's
+    logits, the streamed text equal to the whole reply."""
+    import openai
+    import torch
+
+    from llora_cli.engine.base import _byte_decoder
+    from tests.ml.test_serve_fields import events, running_server
+
+    user = [{"role": "user", "content": "Set a timer"}]
+    with running_server(llora_home, "--max-tokens", "32") as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+
+        def chat(**kw):
+            return client.chat.completions.create(model="tq8", messages=user, **kw)
+
+        full = chat(max_tokens=24).choices[0].message.content
+        assert len(full) >= 16, full
+        expected = full[:min(full.find(full[8:10]), full.find(full[12:15]))]
+        stopped = chat(max_tokens=24, stop=[full[12:15], full[8:10]])
+        assert (stopped.choices[0].message.content, stopped.choices[0].finish_reason) == (expected, "stop")
+        streamed = "".join(c.choices[0].delta.content or "" for c in chat(max_tokens=24, stop=[full[12:15], full[8:10]],
+                                                                          stream=True))
+        assert streamed == expected
+        whole = chat(max_tokens=24)
+        assert "".join(c.choices[0].delta.content or "" for c in chat(max_tokens=24, stream=True)) == \
+            whole.choices[0].message.content and whole.choices[0].finish_reason == "length"
+
+        two = chat(n=2, temperature=1.0, seed=7, max_tokens=12)
+        texts = [c.message.content for c in two.choices]
+        assert texts == [chat(temperature=1.0, seed=s, max_tokens=12).choices[0].message.content for s in (7, 8)]
+        assert texts[0] != texts[1]  # one after another on the one context, each with its own seed
+
+        usage = events(f"{url}/v1/chat/completions", {"model": "tq8", "messages": user, "max_tokens": 12,
+                                                      "stream_options": {"include_usage": True}})
+        assert usage[-2]["choices"] == [] and usage[-2]["usage"] == chat(max_tokens=12).usage.model_dump(
+            exclude_none=True)
+
+        reply = chat(max_tokens=6, logprobs=True, top_logprobs=3)
+        content = reply.choices[0].logprobs.content
+        assert len(content) == 6 and all(e.top_logprobs[0].logprob == e.logprob for e in content)  # greedy
+    # the values are llama.cpp's own: the same logits read in this process, token by token
+    _, tf, ll = _engines(store)
+    to_char = {b: c for c, b in _byte_decoder().items()}
+    ids = ll.encode("Set a timer", None)
+    for entry in content:  # the token's id from its bytes (byte-level BPE symbols)
+        token = tf.tokenizer.convert_tokens_to_ids("".join(to_char[b] for b in entry.bytes))
+        lp = torch.log_softmax(torch.tensor(ll.next_token_logits(ids, None), dtype=torch.float64), -1)
+        assert entry.logprob == pytest.approx(float(lp[token]), abs=1e-3)
+        top = lp.topk(3)
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx(top.values.tolist(), abs=1e-3)
+        ids.append(token)

@@ -66,7 +66,7 @@ def test_openai_client_models_chat_stream_and_errors(cli, store, server):
     assert plain.choices[0].message.content != chat.choices[0].message.content  # switched without a reload
     pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model="tiny:mod", messages=[{"role": "user", "content": "Set a timer"}], max_tokens=12, stream=True)]
-    assert "".join(pieces).strip() == chat.choices[0].message.content  # greedy: streamed == whole
+    assert "".join(pieces) == chat.choices[0].message.content  # greedy: streamed == whole, neither stripped
     text = client.completions.create(model="tiny", prompt="Hello", max_tokens=5)
     assert text.object == "text_completion" and text.usage.completion_tokens >= 1
     with pytest.raises(openai.NotFoundError) as e:
