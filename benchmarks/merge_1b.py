@@ -92,7 +92,7 @@ def compare(base: Path, adapter: Path, out_a: Path, out_b: Path) -> dict:
     from llora_cli import mergeops
     from llora_cli.merge import read_adapter
 
-    config, modules = read_adapter(adapter)
+    config, modules, _ = read_adapter(adapter)
 
     def find(d: Path, name: str):
         for f in sorted(d.glob("*.safetensors")):

@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 
 from llora_cli import modelfiles
+from llora_cli.formats import peft
+from llora_cli.formats.shards import copy_renamed
 from llora_store import Store
 from llora_store.catalog import new_id, validate_name
 from llora_store.errors import BadInput
@@ -19,11 +21,6 @@ from llora_store.models import Artifact
 
 QUANTIZATIONS = ("none", "nf4", "int8")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
-_LORA_KEY = re.compile(
-    r"^(?:base_model\.model\.)?(?P<module>.+?)"
-    r"\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
-    r"(?:\.[^.]+)?(?:\.weight)?$"
-)
 
 
 def read_adapter(peft_dir: Path) -> tuple[dict, dict[str, modelfiles.TensorInfo]]:
@@ -45,78 +42,153 @@ def read_adapter(peft_dir: Path) -> tuple[dict, dict[str, modelfiles.TensorInfo]
     return config, modelfiles.read_safetensors_header(weights)
 
 
-def check_fits(config: dict, tensors: dict[str, modelfiles.TensorInfo], base_tensors: dict[str, modelfiles.TensorInfo]) -> dict:
-    """Every LoRA module must exist in the base with matching shapes; returns a summary."""
-    modules: dict[str, dict[str, tuple[int, ...]]] = {}
-    for key, info in tensors.items():
-        m = _LORA_KEY.match(key)
-        if not m:
-            continue
-        modules.setdefault(m["module"], {})[m["part"]] = info.shape
-    if not modules:
+def check_fits(config: dict, tensors: dict[str, modelfiles.TensorInfo], base_tensors: dict[str, modelfiles.TensorInfo],
+               *, base_config: dict | None = None) -> dict:
+    """Every LoRA module and every full copy (``modules_to_save``) must exist in the base with matching shapes.
+
+    Names are read by ``formats.peft.parse_keys`` (saved or live-PeftModel forms). Returns a summary; raises
+    ``BadInput`` listing what does not fit. A tied output head (no ``lm_head.weight`` in the base's files) is
+    checked against the input embedding it is tied to.
+    """
+    keys = peft.parse_keys(tensors, modules_to_save=config.get("modules_to_save") or ())
+    if not keys.lora and not keys.whole:
         raise BadInput("the adapter has no LoRA tensors (lora_A / lora_B)")
+    shapes = {name: tuple(info.shape) for name, info in base_tensors.items()}
+    if "lm_head.weight" not in shapes and (base_config or {}).get("tie_word_embeddings"):
+        embed = next((n for n in shapes if n.endswith("embed_tokens.weight")), None)
+        if embed:
+            shapes["lm_head.weight"] = shapes[embed]
     problems = []
     ranks = set()
-    for module, parts in sorted(modules.items()):
-        base = base_tensors.get(f"{module}.weight")
+    for module, parts in sorted(keys.lora.items()):
+        base = shapes.get(f"{module}.weight")
         if base is None:
             problems.append(f"{module}: no such module in the base")
             continue
-        if "lora_A" in parts and "lora_B" in parts:
-            (r, fan_in), (fan_out, r2) = parts["lora_A"][:2], parts["lora_B"][:2]
+        if "A" in parts:
+            (r, fan_in), (fan_out, r2) = tensors[parts["A"]].shape[:2], tensors[parts["B"]].shape[:2]
             if r != r2:
                 problems.append(f"{module}: lora_A rank {r} != lora_B rank {r2}")
-            if (fan_out, fan_in) != tuple(base.shape[:2]):
-                problems.append(f"{module}: adapter expects weight {fan_out}x{fan_in}, base has {'x'.join(map(str, base.shape))}")
-            ranks.add(r)
-        elif "lora_embedding_A" in parts and "lora_embedding_B" in parts:
-            (r, n_emb), (dim, _) = parts["lora_embedding_A"], parts["lora_embedding_B"]
-            if (n_emb, dim) != tuple(base.shape):
-                problems.append(f"{module}: adapter expects embedding {n_emb}x{dim}, base has {'x'.join(map(str, base.shape))}")
-            ranks.add(r)
+            if (fan_out, fan_in) != base[:2]:
+                problems.append(f"{module}: adapter expects weight {fan_out}x{fan_in}, base has {'x'.join(map(str, base))}")
         else:
-            problems.append(f"{module}: incomplete LoRA pair ({', '.join(sorted(parts))})")
+            (r, n_emb), (dim, _) = tensors[parts["emb_A"]].shape, tensors[parts["emb_B"]].shape
+            if (n_emb, dim) != base:
+                problems.append(f"{module}: adapter expects embedding {n_emb}x{dim}, base has {'x'.join(map(str, base))}")
+        if "m" in parts and tuple(tensors[parts["m"]].shape)[:1] != base[:1]:
+            problems.append(f"{module}: DoRA magnitude {list(tensors[parts['m']].shape)} does not fit {base[0]} rows")
+        ranks.add(r)
+    for target, key in sorted(keys.whole.items()):
+        base = shapes.get(target)
+        if base is None:
+            problems.append(f"{target}: the adapter carries a full copy of it; no such tensor in the base")
+        elif tuple(tensors[key].shape) != base:
+            problems.append(f"{target}: full copy {'x'.join(map(str, tensors[key].shape))}, base has {'x'.join(map(str, base))}")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise BadInput(f"the adapter does not fit the base: {shown}")
-    short = sorted({m.rsplit(".", 1)[-1] for m in modules})
+    short = sorted({m.rsplit(".", 1)[-1] for m in keys.lora})
     return {
         "r": config.get("r"),
         "lora_alpha": config.get("lora_alpha"),
         "use_dora": bool(config.get("use_dora")),
         "use_rslora": bool(config.get("use_rslora")),
         "target_modules": short,
-        "modules": len(modules),
+        "modules": len(keys.lora),
+        "modules_to_save": keys.whole_modules,
+        "embedding_lora": sorted(m for m, parts in keys.lora.items() if "emb_A" in parts),
         "ranks": sorted(ranks),
         "base_model_name_or_path": config.get("base_model_name_or_path"),
     }
 
 
+def support(config: dict, summary: dict) -> dict[str, str | None]:
+    """What each later step will do with an adapter of this shape: None (handled) or the reason it is refused.
+
+    merge and the transformers engine handle every LoRA form import accepts (Linear, embedding, DoRA, rsLoRA,
+    patterns, modules_to_save); the llama.cpp LoRA conversion (gguflora.py) and vLLM/Ollama exports do not.
+    """
+    from llora_cli import gguflora
+
+    llamacpp = gguflora.refusal_for(config)
+    if llamacpp is None and summary["embedding_lora"]:
+        llamacpp = f"it puts LoRA on embeddings ({', '.join(summary['embedding_lora'])}), which llama.cpp LoRA cannot carry"
+    if llamacpp is None:
+        bad = [t for t in summary["target_modules"] if t not in gguflora.TARGETS]
+        if bad:
+            llamacpp = f"it adapts {', '.join(bad)}; llama.cpp LoRA covers {', '.join(gguflora.TARGETS)}"
+    export = None
+    if config.get("use_dora"):
+        export = "DoRA: vLLM and Ollama serve plain LoRA only"
+    elif summary["modules_to_save"] or summary["embedding_lora"]:
+        export = "vLLM/Ollama exports take plain LoRA on projections only"
+    return {"merge": None, "transformers": None, "llamacpp": llamacpp, "export_vllm_ollama": export}
+
+
 def import_adapter(store: Store, peft_dir: Path, base_ref: str, *, name: str | None = None,
-                   quantization: str = "none", command: str = "") -> Artifact:
-    """Register a PEFT LoRA directory as a ``trained`` training adapter on ``base_ref``."""
+                   quantization: str = "none", kind: str = "adapter", domain: str | None = None,
+                   command: str = "") -> Artifact:
+    """Register a PEFT LoRA directory as a ``trained`` training adapter (``trained_on`` the base) or, with
+    ``kind="modifier"``, as a ``trained`` runtime modifier (``runs_on`` the base, R6 on its content hash).
+
+    Tensor names are normalized to PEFT's saved form (a live PeftModel's ``lora_A.default.weight`` becomes
+    ``lora_A.weight``; frozen ``original_module`` copies are dropped) and the file is rewritten when they change,
+    so merge, deploy and export read one form. ``metadata.support`` says which later steps will refuse it and why.
+    Raises ``BadInput`` (not a PEFT LoRA dir, does not fit the base, bad name/domain), ``NotFound`` (base).
+    """
     if quantization not in QUANTIZATIONS:
         raise BadInput(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
+    if kind not in ("adapter", "modifier"):
+        raise BadInput(f"import makes an adapter or a modifier, not {kind!r}")
+    if kind == "modifier" and not domain:
+        raise BadInput("a modifier needs --domain (e.g. code, reasoning, automation): the router picks by it")
+    if kind == "adapter" and domain:
+        raise BadInput("--domain is for modifiers; a training adapter is merged, not routed")
+    if domain is not None and not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", domain):
+        raise BadInput(f"--domain {domain!r}: use a short lowercase word (letters, digits, - or _)")
     peft_dir = peft_dir.expanduser()
     config, tensors = read_adapter(peft_dir)
     base = store.resolve(base_ref, kinds=("base", "merged", "compressed"))
     base_dir = store.path_of(base.id)
-    summary = check_fits(config, tensors, modelfiles.model_tensors(base_dir))
+    summary = check_fits(config, tensors, modelfiles.model_tensors(base_dir), base_config=_base_config(base_dir))
+    keys = peft.parse_keys(tensors, modules_to_save=config.get("modules_to_save") or ())
+    if keys.whole_modules and not config.get("modules_to_save"):
+        config = {**config, "modules_to_save": [m.rsplit(".", 1)[-1] for m in keys.whole_modules]}
     if name is None:
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", peft_dir.resolve().name).strip("-._")[:64] or "adapter"
     validate_name(name)
+    source = {"kind": "import", "ref": str(peft_dir.resolve())}
+    if keys.renamed:
+        source["normalized"] = {"renamed": sum(k != v for k, v in keys.canonical.items()), "dropped": len(keys.dropped),
+                                "adapter_name": next(iter(keys.adapter_names), None)}
     aid = new_id()
     staging = store.new_staging(aid)
     try:
         for n in ADAPTER_FILES:
             if (peft_dir / n).is_file():
                 shutil.copy2(peft_dir / n, staging / n)
+        if keys.renamed:
+            copy_renamed(peft_dir / "adapter_model.safetensors", staging / "adapter_model.safetensors", keys.canonical)
+        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if kind == "modifier":
+            quant = base.quantization
+            parents = [(base.id, "runs_on")]
+        else:
+            quant = None if quantization == "none" else quantization
+            parents = [(base.id, "trained_on")]
         return store.create(
-            "adapter", name, state="trained", staging=staging, parents=[(base.id, "trained_on")],
-            metadata={"peft": summary, "source": {"kind": "import", "ref": str(peft_dir.resolve())}},
-            base_hash=base.content_hash, quantization=None if quantization == "none" else quantization,
+            kind, name, state="trained", staging=staging, parents=parents,
+            metadata={"peft": summary, "support": support(config, summary), "source": source},
+            base_hash=base.content_hash, quantization=quant, domain=domain,
             command=command, reason=f"imported from {peft_dir}",
         )
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _base_config(base_dir: Path) -> dict:
+    try:
+        return modelfiles.read_config(base_dir)
+    except BadInput:  # a GGUF-only base has no config.json; its tensors are still checked by name and shape
+        return {}

@@ -64,12 +64,38 @@ def check_source(art: Artifact) -> None:
         raise BadInput(f"{art.kind} '{art.name}' is discarded; its weights are gone")
 
 
-def write_bnb(source_dir: Path, out_dir: Path, method: str) -> None:
-    """Quantize with bitsandbytes while loading (tensor by tensor) and save pre-quantized."""
+BNB_MIN_ROW = 64  # bitsandbytes' CPU 4-bit kernels fail on weight rows shorter than one 64-value block
+
+
+def bnb_skipped(source_dir: Path, method: str) -> tuple[list[str], int]:
+    """(decoder linear modules bitsandbytes cannot quantize with ``method`` on this machine, count of all of them).
+
+    nf4: a weight whose rows (in_features) are shorter than ``BNB_MIN_ROW`` values; such layers stay in 16 bits,
+    as bitsandbytes' own skip-modules option keeps a layer (``llm_int8_skip_modules``). From safetensors headers.
+    """
+    from llora_cli.loading import quantized_by_bnb
+
+    linear = {n.removesuffix(".weight"): t.shape for n, t in modelfiles.model_tensors(source_dir).items()
+              if quantized_by_bnb(n, t.shape)}
+    if method != "nf4":
+        return [], len(linear)
+    return sorted(m for m, shape in linear.items() if shape[1] < BNB_MIN_ROW), len(linear)
+
+
+def write_bnb(source_dir: Path, out_dir: Path, method: str) -> list[str]:
+    """Quantize with bitsandbytes while loading (tensor by tensor) and save pre-quantized; returns the decoder
+    linear modules left unquantized (``bnb_skipped``). Raises ``BadInput`` when no layer can be quantized."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    quant = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    skipped, total = bnb_skipped(source_dir, method)
+    if total and len(skipped) == total:
+        raise BadInput(f"no linear layer of this model can be quantized to {method} here: every weight row is "
+                       f"shorter than {BNB_MIN_ROW} values (bitsandbytes' CPU 4-bit kernels need a full block)",
+                       hint="use --method int8 or a GGUF method (gguf-q8_0)")
+    skip = ["lm_head", *skipped]  # lm_head: what transformers leaves in full precision by default
+    quant = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                                llm_int8_skip_modules=skip)
              if method == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
     # what bitsandbytes leaves unquantized (embeddings, norms, head) is stored in 16 bits (fp16 if the source
     # is fp16, else bf16), like a GGUF file quantizes its embedding: in fp32, SmolLM2's 28M-parameter
@@ -86,6 +112,7 @@ def write_bnb(source_dir: Path, out_dir: Path, method: str) -> None:
     for n in ("generation_config.json", *modelfiles.TOKENIZER_FILES):
         if (source_dir / n).is_file() and not (out_dir / n).exists():
             shutil.copyfile(source_dir / n, out_dir / n)
+    return skipped
 
 
 ZSTD_LEVEL = 10
@@ -203,8 +230,11 @@ def compress(store: Store, ref: str, method: str, *, name: str | None = None, ev
             detail = {"ggml_types": report.types, "fallbacks": report.fallbacks[:50],
                       "fallback_count": len(report.fallbacks)}
         else:
-            write_bnb(source_dir, staging, method)
-            detail = {"bnb": json.loads((staging / "config.json").read_text()).get("quantization_config")}
+            skipped = write_bnb(source_dir, staging, method)
+            detail = {"bnb": json.loads((staging / "config.json").read_text()).get("quantization_config"),
+                      "unquantized_modules": skipped,
+                      **({"unquantized_reason": f"rows shorter than {BNB_MIN_ROW} values (bitsandbytes' CPU "
+                                                "4-bit kernels)"} if skipped else {})}
         size = sum(p.stat().st_size for p in staging.iterdir() if p.is_file() and p.name != ".owner")
         if zstd:
             detail["zstd"] = zstd_pack(staging)

@@ -49,7 +49,11 @@ class LoraGGUF:
 
 def refusal(adapter_dir: Path) -> str | None:
     """Why llama.cpp cannot run this adapter, or None."""
-    cfg = _config(adapter_dir)
+    return refusal_for(_config(adapter_dir))
+
+
+def refusal_for(cfg: dict) -> str | None:
+    """Why llama.cpp cannot run an adapter with PEFT config ``cfg``, or None (the tensors are checked later)."""
     if cfg.get("peft_type", "LORA") != "LORA":
         return f"it is a {cfg.get('peft_type')} adapter; llama.cpp runs LoRA"
     if cfg.get("use_dora"):
@@ -109,7 +113,8 @@ def convert(adapter_dir: Path, base_dir: Path, out_path: Path) -> LoraGGUF:
     for name, t in raw.items():
         module, sep, part = name.partition(".lora_")
         if not sep or part not in ("A.weight", "B.weight"):
-            raise BadInput(f"adapter tensor {name} is not a LoRA A/B weight; llama.cpp cannot carry it")
+            raise NotForLlamaCpp(f"adapter tensor {name} is not a LoRA A/B weight of a linear layer; llama.cpp "
+                                 "cannot carry it", hint="serve it with --engine transformers")
         module = module.removeprefix("base_model.model.")
         pairs.setdefault(module, {})[part[0]] = t.astype(np.float32)
     r_default, alpha = cfg.get("r", 8), float(cfg.get("lora_alpha", 8))

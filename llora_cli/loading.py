@@ -169,6 +169,36 @@ def load_gguf_dequantized(model_dir: Path, dtype):
     return plain
 
 
+def save_dequantized(model_dir: Path, out_dir: Path) -> dict:
+    """Write the weights a model directory stores quantized (GGUF, bitsandbytes nf4/int8) as a plain fp32
+    safetensors checkpoint (config without ``quantization_config``, tokenizer files) in ``out_dir``.
+
+    These are the weights a LoRA trained on that compressed base computed with: the loading layer trains on
+    GGUF as ``load_gguf_dequantized`` gives it, and bitsandbytes' CPU kernels compute ``x @ dequantize(W)^T``.
+    Dequantized by the libraries themselves (transformers' GGUF loader; bitsandbytes through transformers'
+    ``PreTrainedModel.dequantize``). Memory: the model in fp32. Returns provenance (storage, how).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    storage = stored_format(model_dir)
+    if storage == "gguf":
+        model, how = load_gguf_dequantized(model_dir, torch.float32), "transformers GGUF loader (gguf dequantize)"
+    elif storage in ("nf4", "int8"):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = model.dequantize()
+        how = "bitsandbytes dequantize through transformers' PreTrainedModel.dequantize"
+    else:
+        raise ValueError(f"{model_dir} stores plain weights; nothing to dequantize")
+    model = model.float()  # bitsandbytes dirs keep embeddings/norms in 16 bits: widened exactly
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model.save_pretrained(out_dir, safe_serialization=True)
+    load_tokenizer(model_dir).save_pretrained(out_dir)
+    return {"storage": storage, "dequantized_by": how, "dtype": "fp32"}
+
+
 def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None = None):
     """Load a causal LM following ``plan``."""
     import torch

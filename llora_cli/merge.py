@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llora_cli import mergeops, modelfiles
-from llora_cli.formats import dtypes
+from llora_cli.formats import dtypes, peft
 from llora_cli.formats.shards import BufferPool, ShardReader, ShardWriter
-from llora_cli.loading import available_memory, quantized_by_bnb
+from llora_cli.loading import available_memory, quantized_by_bnb, save_dequantized, stored_format
 from llora_store import Store, rules
 from llora_store.catalog import new_id, validate_name
 from llora_store.errors import BadInput, RuleViolation
@@ -67,29 +67,34 @@ class MergeReport:
 
 
 def read_adapter(adapter_dir: Path):
-    """(PEFT config, {module: {"A","B","m"}}) with module names as in the base (``model.layers.0...q_proj``);
-    the tensors are fp32 numpy arrays."""
+    """(PEFT config, {module: {"A", "B", "m"}}, {base tensor: full copy}) of a PEFT adapter directory.
+
+    Module names are as in the base (``model.layers.0.self_attn.q_proj``); tensors are fp32 numpy arrays.
+    Linear LoRA: A [r, in], B [out, r]; DoRA adds m [out]. Embedding LoRA (PEFT's ``lora_embedding_A`` [r, num],
+    ``lora_embedding_B`` [dim, r], delta ``(B A)^T``) is returned in the same form with A = B_emb^T [r, dim] and
+    B = A_emb^T [num, r], so every delta is ``B @ A`` on a weight laid out as the base stores it. Full copies come
+    from ``modules_to_save`` (e.g. ``lm_head.weight``) and replace the base tensor. Names are read by
+    ``formats.peft.parse_keys`` (saved and live-PeftModel forms). Raises ``BadInput`` for tensors it cannot place.
+    """
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     reader = ShardReader(adapter_dir / "adapter_model.safetensors")
     try:
-        tensors = {k: dtypes.to_f32(reader.get_tensor(k), reader.header[k]["dtype"])
-                   for k in reader.header if k != "__metadata__" and reader.header[k]["dtype"] in dtypes.FLOAT_TYPES}
+        keys = peft.parse_keys(reader.header, modules_to_save=config.get("modules_to_save") or ())
+        tensors = {}
+        for k in [*(key for parts in keys.lora.values() for key in parts.values()), *keys.whole.values()]:
+            if reader.header[k]["dtype"] not in dtypes.FLOAT_TYPES:
+                raise BadInput(f"adapter tensor {k} is {reader.header[k]['dtype']}, not a floating-point tensor")
+            tensors[k] = dtypes.to_f32(reader.get_tensor(k), reader.header[k]["dtype"])
     finally:
         reader.close()
     modules: dict[str, dict] = {}
-    for key, t in tensors.items():
-        name = key.removeprefix("base_model.model.")
-        for part, short in ((".lora_A.weight", "A"), (".lora_B.weight", "B"), (".lora_magnitude_vector.weight", "m"),
-                            (".lora_magnitude_vector", "m")):
-            if name.endswith(part):
-                modules.setdefault(name[: -len(part)], {})[short] = t
-                break
+    for module, parts in keys.lora.items():
+        if "emb_A" in parts:
+            modules[module] = {"A": tensors[parts["emb_B"]].T.copy(), "B": tensors[parts["emb_A"]].T.copy()}
         else:
-            raise BadInput(f"adapter tensor {key} is not a LoRA tensor llora can merge (embedding LoRA is not supported)")
-    for module, parts in modules.items():
-        if "A" not in parts or "B" not in parts:
-            raise BadInput(f"adapter module {module} lacks lora_A or lora_B")
-    return config, modules
+            modules[module] = {short: tensors[key] for short, key in parts.items()}
+    whole = {target: tensors[key] for target, key in keys.whole.items()}
+    return config, modules, whole
 
 
 def _round_trip(fn, array, st_dtype: str):
@@ -105,6 +110,28 @@ def _probe(name: str, fan_in: int, k: int = 4):
 
     seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
     return np.random.default_rng(seed).standard_normal((k, fan_in), dtype=np.float32)
+
+
+def tied_embeddings_to_untie(config: dict, base_tensors, modules: dict, whole: dict) -> tuple[str, str] | None:
+    """(input embedding, output head) names when the base ties them and the adapter changes either one.
+
+    PEFT's unmerged model then computes with two different matrices: a LoRA or a full copy on the head leaves the
+    input embedding as it was, and one on ``embed_tokens`` leaves the head on the original weight (the wrapper
+    replaces the module, not the tied parameter). The merged checkpoint reproduces that: the head is written as
+    its own tensor and ``tie_word_embeddings`` is set to false. Raises ``BadInput`` when the tied pair cannot be
+    identified.
+    """
+    if not config.get("tie_word_embeddings", False):
+        return None
+    embed = next((n for n in base_tensors if n.endswith("embed_tokens.weight")), None)
+    head = "lm_head.weight"
+    touched = {f"{m}.weight" for m in modules} | set(whole)
+    if not touched & {head, embed}:
+        return None
+    if embed is None:
+        raise BadInput("the base ties its input and output embeddings, the adapter changes one of them, and llora "
+                       "cannot find the input embedding (a tensor named *embed_tokens.weight) to untie them")
+    return embed, head
 
 
 def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: str = "bf16", qlora: str | None = None,
@@ -129,37 +156,50 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
     import numpy as np
 
     pool = BufferPool()
-    config, modules = read_adapter(adapter_dir)
+    config, modules, whole = read_adapter(adapter_dir)
     out_dtype = ST_OUT[dtype]
     shards = modelfiles.weight_files(base_dir)
     headers = [(p, modelfiles.read_safetensors_header(p)) for p in shards]
-    missing = [m for m in modules if not any(f"{m}.weight" in h for _, h in headers)]
+    have = {name: (path, info) for path, header in headers for name, info in header.items()}
+    untie = tied_embeddings_to_untie(modelfiles.read_config(base_dir), have, modules, whole)
+    if untie:  # the output head becomes its own tensor, a copy of the input embedding before any change
+        embed, head = untie
+        have[head] = (have[embed][0], have[embed][1])
+    missing = [m for m in modules if f"{m}.weight" not in have] + [t for t in whole if t not in have]
     if missing:
         raise BadInput(f"the adapter targets modules the base does not have: {', '.join(missing[:5])}")
+    for target, t in whole.items():
+        if tuple(t.shape) != tuple(have[target][1].shape):
+            raise BadInput(f"the adapter's full copy of {target} is {list(t.shape)}; the base's is "
+                           f"{list(have[target][1].shape)}")
     # Plan output shards from the headers so names, offsets and bytes are deterministic.
     itemsize = np.dtype(dtypes.NUMPY_DTYPES[out_dtype]).itemsize
     float_types = set(dtypes.FLOAT_TYPES)
-    plan: list[list[tuple[Path, str, str, tuple[int, ...], int]]] = [[]]
+    # (source file, output name, source name, dtype, shape, bytes)
+    plan: list[list[tuple[Path, str, str, str, tuple[int, ...], int]]] = [[]]
     size = 0
-    for path, header in headers:
-        for name in sorted(header):
-            info = header[name]
-            n = 1
-            for d in info.shape:
-                n *= d
-            if info.dtype in float_types:
-                dt, nbytes = out_dtype, n * itemsize
-            else:
-                dt = info.dtype
-                nbytes = n * {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}[info.dtype]
-            if plan[-1] and size + nbytes > SHARD_BYTES:
-                plan.append([])
-                size = 0
-            plan[-1].append((path, name, dt, info.shape, nbytes))
-            size += nbytes
+    entries = [(path, name, name) for path, header in headers for name in sorted(header)
+               if not (untie and name == untie[1])]  # a stored copy of a tied head is what loading ignores
+    if untie:
+        entries.append((have[untie[0]][0], untie[1], untie[0]))
+    for path, name, src_name in entries:
+        info = have[src_name][1]
+        n = 1
+        for d in info.shape:
+            n *= d
+        if info.dtype in float_types:
+            dt, nbytes = out_dtype, n * itemsize
+        else:
+            dt = info.dtype
+            nbytes = n * {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}[info.dtype]
+        if plan[-1] and size + nbytes > SHARD_BYTES:
+            plan.append([])
+            size = 0
+        plan[-1].append((path, name, src_name, dt, info.shape, nbytes))
+        size += nbytes
     total = sum(len(sh) for sh in plan)
     weight_map: dict[str, str] = {}
-    worst_rel, worst_cast, sum_abs, n_checked, merged = 0.0, 0.0, 0.0, 0, 0
+    worst_rel, worst_cast, sum_abs, n_checked, merged, replaced = 0.0, 0.0, 0.0, 0, 0, 0
     round_trip = mergeops.ROUND_TRIPS.get(qlora) if qlora and not naive else None
     done = 0
     writers: list[tuple[str, ShardWriter]] = []
@@ -167,24 +207,31 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
     try:
         for i, shard in enumerate(plan):
             fname = "model.safetensors" if len(plan) == 1 else f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors"
-            writer = ShardWriter(out_dir / fname, [(name, dt, shape, nbytes) for _, name, dt, shape, nbytes in shard],
+            writer = ShardWriter(out_dir / fname, [(name, dt, shape, nbytes) for _, name, _, dt, shape, nbytes in shard],
                                  pool)
             writers.append((fname, writer))
             try:
-                for path, name, _dt, _shape, _nbytes in shard:
+                for path, name, src_name, _dt, _shape, _nbytes in shard:
                     if handle_path != path:
                         if handle is not None:
                             handle.close()
                         handle, handle_path = ShardReader(path, pool), path
                     module = name.removesuffix(".weight")
                     adapted = name.endswith(".weight") and module in modules
-                    src = handle.header[name]
+                    src = handle.header[src_name]
                     round_trip_this = round_trip is not None and quantized_by_bnb(name, src["shape"])
-                    if not adapted and not round_trip_this:
+                    if name in whole and not adapted:  # a full copy (modules_to_save) replaces the base tensor
+                        writer.write(name, dtypes.from_f32(whole[name], out_dtype))
+                        replaced += 1
+                    elif not adapted and not round_trip_this:
                         cast = out_dtype if src["dtype"] in float_types else None
-                        writer.write_parts(name, handle.iter_chunks(name, cast))
+                        writer.write_parts(name, handle.iter_chunks(src_name, cast))
                     else:
-                        t, t_dtype = handle.get_tensor(name), src["dtype"]
+                        if name in whole:  # PEFT loads the saved base layer first, then adds the LoRA delta
+                            t, t_dtype, round_trip_this = whole[name].copy(), "F32", False
+                            replaced += 1
+                        else:
+                            t, t_dtype = handle.get_tensor(src_name), src["dtype"]
                         if round_trip_this:
                             # every linear weight of the decoder was quantized during QLoRA training
                             t_src, t, t_dtype = t, _round_trip(round_trip, t, t_dtype), "F32"
@@ -231,22 +278,27 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
     from llora_store.files import FileRecord
 
     records = [FileRecord(fname, w.sha.hexdigest(), w.bytes) for fname, w in writers]
-    if merged != len(modules):
-        raise BadInput(f"merged {merged} of {len(modules)} adapter modules; the adapter does not fit this base")
+    if merged != len(modules) or replaced != len(whole):
+        raise BadInput(f"merged {merged} of {len(modules)} adapter modules and replaced {replaced} of {len(whole)} "
+                       "modules_to_save copies; the adapter does not fit this base")
     if len(plan) > 1:
         index = {"metadata": {"total_size": sum(os.path.getsize(out_dir / f) for f in set(weight_map.values()))},
                  "weight_map": dict(sorted(weight_map.items()))}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     passed = worst_rel <= TENSOR_TOL and worst_cast <= CAST_TOL[dtype]
-    return {"tensors_merged": merged, "tensors_total": total, "records": records,
+    return {"tensors_merged": merged, "tensors_replaced": replaced, "tensors_total": total, "records": records,
+            "untied": list(untie) if untie else None,
             "tensor_check": {"probe_vectors": 4, "max_rel_error": worst_rel, "mean_abs_error": sum_abs / max(n_checked, 1),
                              "tolerance": TENSOR_TOL, "cast_max_rel_error": worst_cast, "cast_tolerance": CAST_TOL[dtype],
                              "passed": passed}}
 
 
-def copy_model_files(base_dir: Path, out_dir: Path, dtype: str) -> None:
-    """Config (with the output dtype), generation config and tokenizer, copied from the base."""
+def copy_model_files(base_dir: Path, out_dir: Path, dtype: str, *, untied: bool = False) -> None:
+    """Config (with the output dtype, no quantization, ``tie_word_embeddings`` false when the merge wrote the head
+    as its own tensor), generation config and tokenizer, copied from the base."""
     config = json.loads((base_dir / "config.json").read_text())
+    if untied:
+        config["tie_word_embeddings"] = False
     for key in ("torch_dtype", "dtype"):
         if key in config or key == "dtype":
             config[key] = DTYPES[dtype]
@@ -301,12 +353,23 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
     if naive_qlora and not qlora:
         raise BadInput("--naive-qlora is for adapters trained on a quantized base; this one was not")
     base_dir, adapter_dir = store.path_of(base.id), store.path_of(adapter.id)
+    storage = stored_format(base_dir)
+    if storage != "safetensors" and naive_qlora:
+        raise BadInput(f"{base.kind} '{base.name}' stores {storage} weights: the merge always dequantizes them "
+                       "(the weights the adapter trained on); --naive-qlora does not apply")
     name = validate_name(name if name is not None else store.unique_name(f"{adapter.name[:50]}-merged"))
     aid = new_id()
     staging = store.new_staging(aid)
+    dequantized, provenance = None, None
     try:
+        if storage != "safetensors":
+            # R4: an adapter trained on a compressed base saw that base's dequantized weights; the merge adds its
+            # delta to exactly those, in full precision, and never re-quantizes (qlora round trip off)
+            dequantized = store.new_staging(new_id())
+            provenance = save_dequantized(base_dir, dequantized)
+            base_dir, qlora = dequantized, None
         result = stream_merge(base_dir, adapter_dir, staging, dtype=dtype, qlora=qlora, naive=naive_qlora, progress=progress)
-        copy_model_files(base_dir, staging, dtype)
+        copy_model_files(base_dir, staging, dtype, untied=bool(result["untied"]))
         tensor_check = result["tensor_check"]
         if not tensor_check["passed"]:
             raise RuleViolation("R2", f"merged tensors differ from base + adapter by {tensor_check['max_rel_error']:.2e} "
@@ -326,8 +389,11 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
             raise RuleViolation("R2", f"merged model logits differ from base + adapter by {fc['max_rel_error']:.2e} "
                                       f"(relative), above the tolerance {fc['tolerance']:.0e}; nothing changed",
                                 hint="merge to a wider --dtype (fp32)")
-        meta = {"merge": {"dtype": dtype, "qlora": qlora, "qlora_merge": ("naive" if naive_qlora else "round-trip") if qlora else None,
-                          "tensors_merged": result["tensors_merged"], "tensors_total": result["tensors_total"]},
+        meta = {"merge": {"dtype": dtype, "qlora": qlora, "qlora_merge": ("naive" if naive_qlora else "round-trip") if qlora
+                          else "dequantized-base" if provenance else None,
+                          "base_storage": provenance, "untied_embeddings": result["untied"],
+                          "tensors_merged": result["tensors_merged"], "tensors_replaced": result["tensors_replaced"],
+                          "tensors_total": result["tensors_total"]},
                 "verification": {"tensors": tensor_check, "full": fc, **({"naive_qlora_error": naive_error} if naive_qlora else {})},
                 "architecture": modelfiles.summarize_model(staging),
                 "adapter": {"id": adapter.id, "name": adapter.name, "content_hash": adapter.content_hash}}
@@ -337,6 +403,8 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
                               reason=f"merged {adapter.name} into {base.name}", transitions=[(adapter.id, "merge")])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if dequantized is not None:
+            shutil.rmtree(dequantized, ignore_errors=True)
     if not keep_adapter:
         store.discard(adapter.id, command=command, reason=f"merged into {merged.name} ({merged.id})")
     return MergeReport(merged, store.get(adapter.id).state, dtype, qlora, result["tensors_merged"],

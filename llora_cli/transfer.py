@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from llora_store import Store
-from llora_store.catalog import validate_name
+from llora_store.catalog import new_id, validate_name
 from llora_store.errors import BadInput, Conflict, Corrupt, NotFound
 from llora_store.files import content_hash, scan, sha256_file
 from llora_store.models import Artifact
@@ -106,6 +106,7 @@ def import_artifact(store: Store, src: Path, *, name: str | None = None, command
 
 
 def _rebuild(store: Store, src: Path, manifest: dict, staging: Path) -> None:
+    from llora_cli.loading import save_dequantized, stored_format
     from llora_cli.merge import copy_model_files, stream_merge
 
     recipe = manifest["recipe"]
@@ -116,6 +117,15 @@ def _rebuild(store: Store, src: Path, manifest: dict, staging: Path) -> None:
                        hint="import the full checkpoint instead (export without --low-bandwidth)")
     base_dir = store.path_of(bases[0].id)
     merge = recipe["merge"]
-    stream_merge(base_dir, src, staging, dtype=merge.get("dtype", "bf16"), qlora=merge.get("qlora"),
-                 naive=merge.get("qlora_merge") == "naive")
-    copy_model_files(base_dir, staging, merge.get("dtype", "bf16"))
+    dequantized = None
+    if stored_format(base_dir) != "safetensors":  # rebuilt like the original merge: on the dequantized base
+        dequantized = store.new_staging(new_id())
+        save_dequantized(base_dir, dequantized)
+        base_dir = dequantized
+    try:
+        result = stream_merge(base_dir, src, staging, dtype=merge.get("dtype", "bf16"), qlora=merge.get("qlora"),
+                              naive=merge.get("qlora_merge") == "naive")
+        copy_model_files(base_dir, staging, merge.get("dtype", "bf16"), untied=bool(result["untied"]))
+    finally:
+        if dequantized is not None:
+            shutil.rmtree(dequantized, ignore_errors=True)

@@ -33,3 +33,6 @@ def import_(
         print_json(store.describe(art.id).to_json())
     else:
         err().print(f"imported adapter '{art.name}' ({art.id}) on base {base}")
+        for step, why in (art.meta.get("support") or {}).items():
+            if why:
+                err().print(f"  note: {step.replace('_', ' ')} will refuse it: {why}")

@@ -58,7 +58,7 @@ def list_compressed(store, rows, *, json_: bool, title: str) -> None:
 HELP = {
     "base": "Base models: list, show, add.",
     "adapter": "Training adapters (temporary; merged, never served): list, show, import.",
-    "modifier": "Runtime modifiers (permanent; served on their base, never merged): list, show.",
+    "modifier": "Runtime modifiers (permanent; served on their base, never merged): list, show, import.",
     "merged": "Merged checkpoints (adapter merged into its base): list, show.",
     "compressed": "Compressed bases (quantized): list, show.",
     "router": "Routers (pick a modifier per query): list, show.",

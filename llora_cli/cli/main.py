@@ -19,6 +19,7 @@ from llora_cli.cli import (
     experiment,
     kinds,
     merge,
+    modifiers,
     plan,
     run,
     runs,
@@ -77,7 +78,8 @@ def _root(home: HomeOpt = None) -> None:
 
 app.add_typer(bases.app, name="bases")
 app.add_typer(adapters.app, name="adapters")
-for _kind in ("modifier", "merged", "compressed", "router", "dataset"):
+app.add_typer(modifiers.app, name="modifiers")
+for _kind in ("merged", "compressed", "router", "dataset"):
     app.add_typer(kinds.kind_app(_kind), name=kinds.GROUPS[_kind])
 app.add_typer(data.app, name="data")
 app.add_typer(runs.app, name="runs")

@@ -47,7 +47,7 @@ def test_merge_matches_peft_and_is_closer_to_fp64(cli, store, base, tmp_path, ti
 
     peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_dir)
     theirs = {k: v for k, v in peft.merge_and_unload().state_dict().items()}
-    config, modules = read_adapter(adapter_dir)
+    config, modules, _ = read_adapter(adapter_dir)
     base_sd = state_dict(tiny_model_dir)
     for module, parts in modules.items():
         key = f"{module}.weight"
