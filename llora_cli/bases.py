@@ -174,6 +174,9 @@ def _convert_gguf(path: Path, dest: Path) -> str:
     its state dict is moved into a model built from the config without the
     GGUF quantization_config, and that model is saved.
     """
+    from llora_cli.quiet import quiet_libraries
+
+    quiet_libraries()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
