@@ -102,7 +102,7 @@ def check_fits(config: dict, tensors: dict[str, modelfiles.TensorInfo], base_ten
     }
 
 
-def support(config: dict, summary: dict) -> dict[str, str | None]:
+def support(config: dict, summary: dict, keys: peft.AdapterKeys) -> dict[str, str | None]:
     """What each later step will do with an adapter of this shape: None (handled) or the reason it is refused.
 
     merge and the transformers engine handle every LoRA form import accepts (Linear, embedding, DoRA, rsLoRA,
@@ -117,11 +117,7 @@ def support(config: dict, summary: dict) -> dict[str, str | None]:
         bad = [t for t in summary["target_modules"] if t not in gguflora.TARGETS]
         if bad:
             llamacpp = f"it adapts {', '.join(bad)}; llama.cpp LoRA covers {', '.join(gguflora.TARGETS)}"
-    export = None
-    if config.get("use_dora"):
-        export = "DoRA: vLLM and Ollama serve plain LoRA only"
-    elif summary["modules_to_save"] or summary["embedding_lora"]:
-        export = "vLLM/Ollama exports take plain LoRA on projections only"
+    export = peft.plain_lora_refusal(config, keys)
     return {"merge": None, "transformers": None, "llamacpp": llamacpp, "export_vllm_ollama": export}
 
 
@@ -178,7 +174,7 @@ def import_adapter(store: Store, peft_dir: Path, base_ref: str, *, name: str | N
             parents = [(base.id, "trained_on")]
         return store.create(
             kind, name, state="trained", staging=staging, parents=parents,
-            metadata={"peft": summary, "support": support(config, summary), "source": source},
+            metadata={"peft": summary, "support": support(config, summary, keys), "source": source},
             base_hash=base.content_hash, quantization=quant, domain=domain,
             command=command, reason=f"imported from {peft_dir}",
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 from llora_cli import modelfiles
 from llora_cli.deploy import runs_on
 from llora_cli.engine import is_gguf_base, resolve_deployment
+from llora_cli.formats import peft
 from llora_cli.loading import GGUF_NAME, stored_format
 from llora_store import Store
 from llora_store.errors import BadInput, Conflict
@@ -22,10 +23,6 @@ from llora_store.errors import BadInput, Conflict
 FORMATS = ("vllm", "ollama", "gguf", "gguf-lora")
 # vLLM's accepted --max-lora-rank values (vllm/config: possible_max_ranks)
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def _adapter_config(path: Path) -> dict:
-    return json.loads((path / "adapter_config.json").read_text())
 
 
 def _copy_model(src: Path, dst: Path) -> None:
@@ -87,9 +84,10 @@ def export_engine(store: Store, ref: str, fmt: str, to: Path, *, modifier_ref: s
             if dep.modifiers:
                 mods = []
                 for m in dep.modifiers:
-                    cfg = _adapter_config(store.path_of(m.id))
-                    if cfg.get("use_dora"):
-                        raise BadInput(f"modifier '{m.name}' is DoRA; vLLM serves plain LoRA only",
+                    cfg, keys = peft.read_keys(store.path_of(m.id))
+                    why = peft.plain_lora_refusal(cfg, keys)
+                    if why:
+                        raise BadInput(f"modifier '{m.name}' cannot be exported to vLLM: {why}",
                                        hint="retire it before exporting, or serve it with llora serve")
                     ranks.append(max([cfg["r"], *(cfg.get("rank_pattern") or {}).values()]))
                     _copy_model(store.path_of(m.id), tmp / "modifiers" / m.name)
@@ -116,8 +114,10 @@ def export_engine(store: Store, ref: str, fmt: str, to: Path, *, modifier_ref: s
                                f"{', '.join(m.name for m in dep.modifiers)}", hint="choose one with --modifier NAME")
             modifier = dep.find_modifier(modifier_ref) if modifier_ref else (dep.modifiers[0] if dep.modifiers else None)
             if modifier is not None:
-                if _adapter_config(store.path_of(modifier.id)).get("use_dora"):
-                    raise BadInput(f"modifier '{modifier.name}' is DoRA; Ollama adapters are plain LoRA")
+                why = peft.plain_lora_refusal(*peft.read_keys(store.path_of(modifier.id)))
+                if why:
+                    raise BadInput(f"modifier '{modifier.name}' cannot be exported to Ollama: {why}",
+                                   hint="export without --modifier, or serve it with llora serve")
                 _copy_model(store.path_of(modifier.id), tmp / "adapter")
                 lines.append("ADAPTER ./adapter")
             (tmp / "Modelfile").write_text("\n".join(lines) + "\n")

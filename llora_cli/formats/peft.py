@@ -123,3 +123,28 @@ def parse_keys(keys, *, modules_to_save=()) -> AdapterKeys:
         if not ({"A", "B"} <= have or {"emb_A", "emb_B"} <= have):
             raise BadInput(f"adapter module {module} has an incomplete LoRA pair ({', '.join(sorted(have))})")
     return out
+
+
+def plain_lora_refusal(config: dict, keys: AdapterKeys) -> str | None:
+    """Why an adapter is not plain LoRA on linear projections (what vLLM and Ollama adapters carry), or None."""
+    if config.get("use_dora"):
+        return "it is DoRA; vLLM and Ollama serve plain LoRA only"
+    if keys.whole_modules:
+        return f"it trains whole modules ({', '.join(m.rsplit('.', 1)[-1] for m in keys.whole_modules)}); vLLM and " \
+               "Ollama adapters carry plain LoRA on projections only"
+    embedding = sorted(m for m, parts in keys.lora.items() if "emb_A" in parts)
+    if embedding:
+        return f"it puts LoRA on embeddings ({', '.join(embedding)}); vLLM and Ollama adapters carry plain LoRA on " \
+               "projections only"
+    return None
+
+
+def read_keys(adapter_dir) -> tuple[dict, AdapterKeys]:
+    """(adapter_config.json, parsed tensor names) of a PEFT adapter directory, from the safetensors header only."""
+    import json
+
+    from llora_cli import modelfiles
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    header = modelfiles.read_safetensors_header(adapter_dir / "adapter_model.safetensors")
+    return config, parse_keys(header, modules_to_save=config.get("modules_to_save") or ())

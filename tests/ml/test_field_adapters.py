@@ -256,6 +256,9 @@ def test_modules_to_save_modifier_runs_on_transformers_and_llamacpp_refuses_it_b
         gguflora.convert(store.path_of(mod["id"]), tiny_model_dir, tmp_path / "x.gguf")
     cli.json("deploy", "tiny")
     cli.json("deploy", "mts")
+    r = cli("export", "tiny", "--format", "vllm", "--to", tmp_path / "out")
+    assert r.exit_code == 2 and "cannot be exported to vLLM: it trains whole modules (lm_head)" in r.stderr
+    assert not (tmp_path / "out" / "tiny-vllm").exists()
     from llora_cli.engine import resolve_deployment
     from llora_cli.engine.transformers import TransformersEngine
 
