@@ -1,12 +1,14 @@
 """`llora deploy`: the catalog transition, preceded by what an engine needs converted before it can serve.
 
 A modifier deployed on a GGUF base gets its llama.cpp LoRA (gguflora.py) converted and recorded as a derived file
-first, so a modifier that cannot be served is refused (or noted) before its state changes.
+first, so a modifier that cannot be served is refused (or noted) before its state changes. A GGUF base gets its
+tokenizer files (tokenizer.py), so that the llama.cpp engine starts without transformers.
 """
 
 from __future__ import annotations
 
 from llora_cli.engine import is_gguf_base
+from llora_cli.engine.base import RUNTIME_KINDS
 from llora_store import Store
 from llora_store.errors import BadInput
 
@@ -27,6 +29,10 @@ def deploy(store: Store, ref: str, *, command: str = "") -> tuple:
 
     art = store.resolve(ref)
     note = None
+    if art.kind in RUNTIME_KINDS and art.state in ("ready", "retired") and is_gguf_base(store, art):
+        from llora_cli import tokenizer
+
+        tokenizer.ensure(store, art)
     if art.kind == "modifier" and art.state in ("trained", "retired"):
         base = runs_on(store, art.id)
         if is_gguf_base(store, base):

@@ -138,8 +138,16 @@ def stored_format(model_dir: Path) -> str:
 
 
 def load_tokenizer(model_dir: Path):
+    """transformers' tokenizer of a model directory. A GGUF artifact's comes from its tokenizer files when they
+    were written (``derived/tokenizer/``, tokenizer.py: the one the llama.cpp engine reads), else from the GGUF."""
+    from llora_cli.quiet import quiet_libraries
+    from llora_cli.tokenizer import DIR
+
+    quiet_libraries()
     from transformers import AutoTokenizer
 
+    if (model_dir / DIR / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(model_dir / DIR)
     if stored_format(model_dir) == "gguf":
         return AutoTokenizer.from_pretrained(model_dir, gguf_file=GGUF_NAME)
     return AutoTokenizer.from_pretrained(model_dir)
@@ -201,6 +209,9 @@ def save_dequantized(model_dir: Path, out_dir: Path) -> dict:
 
 def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None = None):
     """Load a causal LM following ``plan``."""
+    from llora_cli.quiet import quiet_libraries
+
+    quiet_libraries()
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -45,8 +45,10 @@ def run(
         return
     sys.stdout.write("\n")
     m = f" + {reply.modifier.name}" if reply.modifier else ""
-    err().print(f"[dim]{reply.base.name}{m} ({reply.engine}): {reply.tokens_in} tokens in, {reply.tokens_out} out, "
-                f"first token {reply.ttft_ms or 0:.0f} ms, {reply.latency_ms:.0f} ms; logged as #{reply.log_id}[/]")
+    # one plain line: Rich's console costs more to import (~0.1 s) than llama.cpp takes to answer a short prompt
+    typer.secho(f"{reply.base.name}{m} ({reply.engine}): {reply.tokens_in} tokens in, {reply.tokens_out} out, "
+                f"first token {reply.ttft_ms or 0:.0f} ms, {reply.latency_ms:.0f} ms; logged as #{reply.log_id}",
+                err=True, dim=True)
 
 
 logs_app = typer.Typer(help="The request log of run and serve: list.", no_args_is_help=True)

@@ -8,8 +8,9 @@
   prefix (llama-cpp-python's prefix match); a request on another adapter starts from an empty cache.
 - Requests run one at a time (llama.cpp cannot mix adapters in one batch) on the engine's one thread
   (batching.Batcher with ``max_batch=1``): queued, never interleaved on the context.
-- Prompts are encoded by the same Hugging Face tokenizer as the transformers engine (chat template included)
-  and passed to llama.cpp as token ids; replies are decoded by it too: both engines see identical tokens.
+- Prompts are encoded by the transformers engine's tokenizer (chat template included), read from the files
+  written beside the GGUF at deploy without importing transformers (tokenizer.py), and passed to llama.cpp as
+  token ids; replies are decoded by it too: both engines see identical tokens.
 - Sampling: greedy at temperature 0; else temperature and top-p (llama.cpp's top-k and min-p turned off, so
   the settings mean what they mean on the transformers engine), seeded when asked.
 """
@@ -29,19 +30,38 @@ class LlamaCppEngine(Engine):
 
     def __init__(self, store: Store, deployment: Deployment, *, n_ctx: int = 4096,
                  threads: int | None = None) -> None:
+        import threading
+
         import llama_cpp
 
-        from llora_cli import modelfiles
+        from llora_cli import modelfiles, tokenizer
         from llora_cli.engine.batching import Batcher
-        from llora_cli.loading import load_tokenizer
 
         super().__init__(store, deployment)
         base_dir = store.path_of(deployment.base.id)
-        self.tokenizer = load_tokenizer(base_dir)
+        loaded: dict = {}
+
+        def load() -> None:
+            try:
+                loaded["llm"] = llama_cpp.Llama(model_path=str(base_dir / modelfiles.GGUF_NAME), n_ctx=n_ctx,
+                                                n_threads=threads or os.cpu_count() or 1, n_batch=512, verbose=False,
+                                                logits_all=False)
+            except BaseException as e:  # re-raised on the caller's thread
+                loaded["error"] = e
+
+        # llama.cpp loads the model (in C, without the GIL) while the tokenizer is read: start-up is the longer
+        # of the two, not their sum
+        loader = threading.Thread(target=load, name="llora-llamacpp-load", daemon=True)
+        loader.start()
+        try:
+            # the tokenizer files written at deploy (or now, for an older deployment): no transformers, no torch
+            self.tokenizer = tokenizer.ChatTokenizer(tokenizer.ensure(store, deployment.base))
+        finally:
+            loader.join()
+        if "error" in loaded:
+            raise loaded["error"]
+        self.llm = loaded["llm"]
         self.n_ctx = n_ctx
-        self.llm = llama_cpp.Llama(model_path=str(base_dir / modelfiles.GGUF_NAME), n_ctx=n_ctx,
-                                   n_threads=threads or os.cpu_count() or 1, n_batch=512, verbose=False,
-                                   logits_all=False)
         self.handles: dict[str, object] = {}
         self.current: str | None = None  # adapter set on the context
         self.load_info = {"strategy": "llamacpp-gguf", "threads": self.llm.n_threads, "n_ctx": n_ctx}
