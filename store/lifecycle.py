@@ -51,6 +51,8 @@ TRANSITIONS: dict[str, dict[tuple[str, str], str]] = {
     "merged": dict(_SERVED),
     "compressed": dict(_SERVED),
     "dataset": {("ready", "discard"): "discarded"},
+    # A scenario set (`llora router collect`): measured outcomes a router is fitted on; data, like a dataset.
+    "scenarios": {("ready", "discard"): "discarded"},
 }
 
 # The states an artifact may be created in. An adapter imported from a PEFT
@@ -63,6 +65,7 @@ INITIAL: dict[str, tuple[str, ...]] = {
     "merged": ("ready",),
     "compressed": ("ready",),
     "dataset": ("ready",),
+    "scenarios": ("ready",),
 }
 
 EVENTS = tuple(sorted({event for table in TRANSITIONS.values() for (_, event) in table}))

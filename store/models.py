@@ -20,7 +20,7 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 
-KINDS = ("base", "dataset", "adapter", "merged", "compressed", "modifier", "router")
+KINDS = ("base", "dataset", "adapter", "merged", "compressed", "modifier", "router", "scenarios")
 # The CLI noun group that lists each kind.
 GROUPS = {
     "base": "bases",
@@ -30,6 +30,7 @@ GROUPS = {
     "compressed": "compressed",
     "modifier": "modifiers",
     "router": "routers",
+    "scenarios": "scenarios",
 }
 
 

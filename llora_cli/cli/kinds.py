@@ -63,6 +63,8 @@ HELP = {
     "compressed": "Compressed bases (quantized): list, show.",
     "router": "Routers (pick a modifier per query): list, show.",
     "dataset": "Datasets: list, show.",
+    "scenarios": "Scenario sets (measured answers of a base and its modifiers, made by `llora router collect`): "
+                 "list, show.",
 }
 
 
