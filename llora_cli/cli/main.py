@@ -21,6 +21,7 @@ from llora_cli.cli import (
     merge,
     modifiers,
     plan,
+    router,
     run,
     runs,
     train,
@@ -81,6 +82,7 @@ app.add_typer(adapters.app, name="adapters")
 app.add_typer(modifiers.app, name="modifiers")
 for _kind in ("merged", "compressed", "router", "dataset", "scenarios"):
     app.add_typer(kinds.kind_app(_kind), name=kinds.GROUPS[_kind])
+app.add_typer(router.app, name="router")
 app.add_typer(data.app, name="data")
 app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")

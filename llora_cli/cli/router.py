@@ -1,0 +1,130 @@
+"""`llora router collect|fit|eval`: scenario sets, routers fitted on them, and routers measured on held-out queries."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from llora_cli.cli.options import ArtifactRef, JsonOpt, NameOpt, command_line, err, open_store, out, print_json
+
+app = typer.Typer(help="Routers that pick a modifier per query: collect scenarios, fit, eval.", no_args_is_help=True)
+
+DataOpt = Annotated[list[str], typer.Option("--data", "-d", help="Dataset (id or name) with a checker; repeat it "
+                                                                   "for mixed domains.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this many queries per dataset.")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="auto (llama.cpp for a GGUF base when installed), "
+                                                          "llamacpp or transformers.")]
+
+
+def _bar(label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err())
+
+
+@app.command("collect")
+def collect(
+    base: Annotated[str, typer.Argument(metavar="BASE", help="The base (id or name) the modifiers run on.")],
+    data: DataOpt,
+    limit: LimitOpt = None,
+    name: NameOpt = None,
+    engine: EngineOpt = "auto",
+    json_: JsonOpt = False,
+) -> None:
+    """Measure the base alone and each of its modifiers on every training query of the datasets (greedy, scored
+    by the task's checker) and register the outcomes as a scenario set. Interrupted, the same command resumes.
+
+    Example: llora router collect smollm2-q8 --data code-n200 --data reasoning-n200 --limit 100
+    """
+    from llora_cli.router.collect import collect as run_collect
+
+    with _bar("collecting") as bar:
+        task = bar.add_task("collect", total=None)
+        res = run_collect(open_store(), base, list(data), limit=limit, name=name, engine=engine,
+                          command=command_line(), progress=lambda d, t: bar.update(task, completed=d, total=t))
+    if json_:
+        print_json({"id": res.artifact.id, "name": res.artifact.name, "rows": res.rows, "resumed": res.resumed,
+                    "figures": res.summary, "candidates": res.artifact.meta["candidates"]})
+        return
+    f = res.summary["overall"]
+    names = {k: v["name"] for k, v in res.artifact.meta["modifiers"].items()}
+    fixed = ", ".join(f"{names.get(c, c)} {v['accuracy']:.1%}" for c, v in f["fixed"].items())
+    err().print(f"scenario set '{res.artifact.name}' ({res.artifact.id}): {res.rows} queries"
+                f"{f' ({res.resumed} resumed)' if res.resumed else ''}; fixed choices: {fixed}; "
+                f"oracle {f['oracle']['accuracy']:.1%}")
+
+
+@app.command("fit")
+def fit(
+    scenarios: Annotated[str, typer.Argument(metavar="SCENARIOS", help="Scenario set (id or name).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="fbc, dpo or orpo.")] = "orpo",
+    name: NameOpt = None,
+    config: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[KEY=VALUE]...", help="hidden, steps, lr, weight_decay, holdout, seed, beta (dpo), lam (orpo).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Fit a router (a small head on the frozen sentence embedding) on a scenario set.
+
+    Example: llora router fit scenarios-smollm2-q8 --method orpo lam=0.5
+    """
+    from llora_cli.router.fit import fit as run_fit
+
+    with _bar("fitting") as bar:
+        task = bar.add_task("fit", total=None)
+        res = run_fit(open_store(), scenarios, method=method, name=name, config=config or [], command=command_line(),
+                      progress=lambda stage, s, t: bar.update(task, completed=s, total=t, description=stage))
+    if json_:
+        print_json({"id": res.artifact.id, "name": res.artifact.name, "method": method, "training": res.training})
+        return
+    h = res.training["heldout"]
+    held = f"{h['accuracy']:.1%} of {h['n']}" if h["n"] else "no held-out query with a winner"
+    err().print(f"router '{res.artifact.name}' ({res.artifact.id}) fitted by {method}: final loss "
+                f"{res.training['loss_curve'][-1]['loss']:.4f}, held-out routing accuracy {held}")
+
+
+@app.command("eval")
+def eval_(
+    router: ArtifactRef,
+    data: DataOpt,
+    limit: LimitOpt = None,
+    engine: EngineOpt = "auto",
+    json_: JsonOpt = False,
+) -> None:
+    """Measure a router on held-out queries (never used by collect or fit): routing and end-to-end accuracy per
+    domain, against the oracle, each fixed choice and a nearest-centroid router, and its overhead per query.
+
+    Example: llora router eval router-smollm2-q8-orpo --data code-n200 --data reasoning-n200
+    """
+    from llora_cli.router.evaluate import evaluate
+
+    with _bar("evaluating") as bar:
+        task = bar.add_task("eval", total=None)
+        report = evaluate(open_store(), router, list(data), limit=limit, engine=engine, command=command_line(),
+                          progress=lambda d, t: bar.update(task, completed=d, total=t))
+    if json_:
+        print_json(report)
+        return
+    render_eval(report)
+
+
+def render_eval(report: dict) -> None:
+    from rich.table import Table
+
+    def cell(a: dict) -> str:
+        if not a["n"]:
+            return "-"
+        return f"{a['accuracy']:.1%} [{a['ci95'][0]:.0%}, {a['ci95'][1]:.0%}] n={a['n']}"
+
+    for scope, figures in [("overall", report["overall"]), *report["domains"].items()]:
+        table = Table(title=f"router '{report['router']['name']}' on {scope}", title_justify="left")
+        table.add_column("choice", no_wrap=True)
+        table.add_column("routing accuracy")
+        table.add_column("end-to-end accuracy")
+        for label, row in figures["choices"].items():
+            table.add_row(label, cell(row["routing"]) if row.get("routing") else "-", cell(row["end_to_end"]))
+        out().print(table)
+    o = report["overhead_ms"]
+    out().print(f"router overhead at batch 1 (encoder included): median {o['median']:.1f} ms, "
+                f"p90 {o['p90']:.1f} ms over {o['n']} queries")

@@ -1,0 +1,161 @@
+"""`llora router eval`: a router measured on held-out queries against simple baselines.
+
+Every candidate answers every held-out query (greedy, on the serving engine, scored by the task's checker),
+so each way of choosing is scored on the same outcomes:
+
+- the router (argmax of its choice head);
+- the oracle (the best candidate of each query; its routing accuracy is 1 by definition);
+- each fixed choice (the base alone, each modifier for everything);
+- a nearest-centroid router on the same embeddings: the centroid of each domain's scenario queries, a query
+  goes to the best fixed choice of its nearest domain (on the scenario set).
+
+Per domain and overall: routing accuracy (of the queries some candidate answers correctly, the fraction where the
+chosen one does) and end-to-end accuracy (of all queries, the fraction answered correctly), each with n and a 95%
+Wilson interval; and the router's overhead in ms per query at batch 1, encoder included. Queries the scenario set
+used are refused: held-out means never seen by collect or fit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from llora_cli.router import collect as col
+from llora_cli.router.losses import NONE, best_index, rank
+from llora_store import Store, rules
+from llora_store.errors import BadInput, Conflict
+
+OVERHEAD_QUERIES = 50
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of k successes in n trials ((0, 1) for n = 0)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def accuracy(k: int, n: int) -> dict:
+    lo, hi = wilson(k, n)
+    return {"correct": k, "n": n, "accuracy": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def score(choices: list[int], rows: list[dict], candidates: list[str]) -> dict:
+    """Routing and end-to-end accuracy of one candidate index per row."""
+    e2e = sum(r["candidates"][candidates[c]]["score"] >= 1 for c, r in zip(choices, rows))
+    routed = [(c, r) for c, r in zip(choices, rows) if best_index(candidates, r["candidates"]) is not None]
+    k = sum(r["candidates"][candidates[c]]["score"] >= 1 for c, r in routed)
+    return {"routing": accuracy(k, len(routed)), "end_to_end": accuracy(e2e, len(rows))}
+
+
+def domain_centroids(encoder, scen_rows: list[dict], candidates: list[str]):
+    """``(domains, centroids [D, 384], choice per domain)``: the unit mean embedding of each domain's scenario
+    queries and the domain's best fixed choice there (most correct, then fewest tokens, then the base alone)."""
+    import numpy as np
+
+    domains = sorted({r["domain"] for r in scen_rows})
+    emb = encoder.encode([r["query"] for r in scen_rows])
+    cents, picks = [], []
+    for d in domains:
+        idx = [i for i, r in enumerate(scen_rows) if r["domain"] == d]
+        c = emb[idx].mean(axis=0)
+        cents.append(c / max(float(np.linalg.norm(c)), 1e-12))
+        totals = {cand: {"score": sum(scen_rows[i]["candidates"][cand]["score"] for i in idx),
+                         "tokens": sum(scen_rows[i]["candidates"][cand]["tokens"] for i in idx)} for cand in candidates}
+        picks.append(rank(candidates, totals)[0])
+    return domains, np.stack(cents).astype(np.float32), picks
+
+
+def evaluate(store: Store, router_ref: str, data_refs: list[str], *, limit: int | None = None, engine: str = "auto",
+             command: str = "", progress: Callable[[int, int], None] | None = None) -> dict:
+    import numpy as np
+
+    from llora_cli.engine import Deployment, choose, open_engine
+    from llora_cli.router.model import Router
+
+    art = store.resolve(router_ref, kinds=("router",))
+    if art.state not in ("trained", "deployed", "retired"):
+        raise BadInput(f"router '{art.name}' is '{art.state}'; only a trained, deployed or retired router runs")
+    router = Router.load(store.path_of(art.id), what=f"router '{art.name}'")
+    candidates = router.candidates
+    base = store.get(art.meta["base"]["id"])
+    if base.content_hash != art.base_hash:
+        raise Conflict(f"router '{art.name}' was fitted on base hash {str(art.base_hash)[:12]}; "
+                       f"{base.kind} '{base.name}' now has {str(base.content_hash)[:12]}")
+    mods = [store.get(c) for c in candidates if c != NONE]
+    gone = [m for m in mods if m.state not in ("trained", "deployed", "retired")]
+    if gone:
+        raise BadInput(f"router '{art.name}' routes to modifiers that cannot run: "
+                       f"{', '.join(f'{m.name} ({m.state})' for m in gone)}")
+    for m in mods:
+        rules.check_modifier_base(m, base)
+    scen = store.get(art.meta["scenarios"])
+    scen_rows = col.load_rows(store, scen)
+    queries = col.checked_queries(store, data_refs, split="test", limit=limit, command=command)
+    used = {r["query"] for r in scen_rows}
+    overlap = [q for q in queries if q.text in used]
+    if overlap:
+        raise BadInput(f"{len(overlap)} of the {len(queries)} queries were used to fit router '{art.name}' "
+                       f"(scenario set '{scen.name}'), e.g. {overlap[0].text[:60]!r}; they are not held out",
+                       hint="evaluate on datasets (or test splits) the scenario set did not use")
+    chosen_engine = choose(store, base, engine)
+    runtime = open_engine(store, Deployment(base, mods), chosen_engine)
+    rows: list[dict] = []
+    if progress:
+        progress(0, len(queries))
+
+    def on_row(q, outcomes: dict) -> None:
+        rows.append({"query": q.text, "domain": q.task, "dataset": q.dataset.id, "row": q.row_index,
+                     "candidates": outcomes})
+        if progress:
+            progress(len(rows), len(queries))
+
+    col.measure(runtime, [None, *mods], queries, on_row)
+
+    texts = [r["query"] for r in rows]
+    picked, probs = router.choose(texts)
+    emb = router.encoder.encode(texts)
+    domains, cents, domain_pick = domain_centroids(router.encoder, scen_rows, candidates)
+    centroid = [domain_pick[i] for i in (emb @ cents.T).argmax(axis=1)]
+    oracle = [rank(candidates, r["candidates"])[0] for r in rows]
+    names = {m.id: m.name for m in mods}
+    label = {c: ("none (base alone)" if c == NONE else f"{names[c]} for all") for c in candidates}
+    strategies = {"router": [int(i) for i in picked], "oracle": oracle, "nearest centroid": centroid,
+                  **{label[c]: [j] * len(rows) for j, c in enumerate(candidates)}}
+
+    def figures(sub: list[int]) -> dict:
+        sub_rows = [rows[i] for i in sub]
+        return {"n": len(sub), "choices": {k: score([v[i] for i in sub], sub_rows, candidates)
+                                           for k, v in strategies.items()}}
+
+    # overhead: one query at a time, as `run --modifier auto` sees it (the encoder is loaded already)
+    router.choose(texts[:1])
+    times = []
+    for t in texts[:OVERHEAD_QUERIES]:
+        start = time.perf_counter()
+        router.choose([t])
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    report = {
+        "router": {"id": art.id, "name": art.name, "method": art.meta.get("method")},
+        "engine": chosen_engine, "datasets": sorted({q.dataset.name for q in queries}), "split": "test",
+        "candidates": {c: ("none" if c == NONE else names[c]) for c in candidates},
+        "centroid_domains": {d: candidates[p] for d, p in zip(domains, domain_pick)},
+        "overall": figures(list(range(len(rows)))),
+        "domains": {d: figures([i for i, r in enumerate(rows) if r["domain"] == d])
+                    for d in sorted({r["domain"] for r in rows})},
+        "overhead_ms": {"median": round(float(np.median(times)), 2) if times else None,
+                        "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 2) if times else None,
+                        "n": len(times), "batch": 1, "encoder_included": True},
+        "mean_probability": round(float(probs.max(axis=1).mean()), 4) if len(rows) else None,
+    }
+    if art.state != "deployed":  # R7: a deployed router's metadata is immutable
+        store.update_metadata(art.id, {"evaluation": report}, command=command)
+        report["stored"] = True
+    else:
+        report["stored"] = False
+    return report

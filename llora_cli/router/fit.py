@@ -1,0 +1,188 @@
+"""`llora router fit`: a head on the frozen sentence embedding, fitted on a scenario set by FBC, DPO or ORPO.
+
+The queries are embedded once; a fraction (``holdout``, chosen by a hash of the query, so the same query is
+always on the same side) is kept out of training for the reported held-out accuracy. ``dpo`` and ``orpo`` start
+from the FBC fit: DPO's frozen reference is that FBC router and its policy starts there; ORPO needs no reference
+but starts there too, so the three methods differ only in what they add. The result is a ``router`` artifact
+(state ``trained``) whose lineage ``runs_on`` the base, ``routes_to`` each modifier and ``uses`` the scenario set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+from llora_cli.router import collect as col
+from llora_cli.router.losses import NONE, best_index, dpo_loss, fbc_loss, orpo_loss, preference_pairs
+from llora_store import Store
+from llora_store.errors import BadInput
+from llora_store.models import Artifact
+
+METHODS = ("fbc", "dpo", "orpo")
+CURVE_POINTS = 60
+
+
+@dataclass
+class FitConfig:
+    hidden: int = 128  # 0: a linear head
+    steps: int = 300  # full-batch Adam steps per stage (FBC, then DPO/ORPO)
+    lr: float = 0.01
+    weight_decay: float = 0.001
+    holdout: float = 0.2  # fraction of the queries kept out for the held-out accuracy
+    seed: int = 0
+    beta: float = 0.1  # DPO
+    lam: float = 0.1  # ORPO: weight of the odds-ratio term
+
+    @classmethod
+    def parse(cls, pairs: list[str]) -> FitConfig:
+        cfg = cls()
+        types = {f.name: f.type for f in fields(cls)}
+        for item in pairs:
+            if "=" not in item:
+                raise BadInput(f"expected key=value, got {item!r}")
+            key, value = item.split("=", 1)
+            if key not in types:
+                raise BadInput(f"unknown key '{key}'; keys: {', '.join(types)}")
+            try:
+                setattr(cfg, key, int(value) if types[key] in ("int", int) else float(value))
+            except ValueError:
+                raise BadInput(f"'{key}' must be a number, got {value!r}") from None
+        if cfg.hidden < 0 or cfg.steps < 1 or cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.holdout < 1:
+            raise BadInput("need hidden >= 0, steps >= 1, lr > 0, weight_decay >= 0, 0 <= holdout < 1")
+        if cfg.beta <= 0 or cfg.lam < 0:
+            raise BadInput("need beta > 0 and lam >= 0")
+        return cfg
+
+
+def is_heldout(query: str, fraction: float) -> bool:
+    return int(hashlib.sha256(query.encode()).hexdigest()[:8], 16) % 1000 < round(fraction * 1000)
+
+
+@dataclass
+class Fitted:
+    artifact: Artifact
+    training: dict
+
+
+def routing_accuracy(chosen, rows: list[dict], candidates: list[str]) -> dict:
+    """Of the queries some candidate answers correctly, the fraction where the chosen one does."""
+    with_oracle = [(c, r) for c, r in zip(chosen, rows) if best_index(candidates, r["candidates"]) is not None]
+    k = sum(r["candidates"][candidates[c]]["score"] >= 1 for c, r in with_oracle)
+    n = len(with_oracle)
+    return {"correct": k, "n": n, "accuracy": round(k / n, 4) if n else None}
+
+
+def train_head(emb, rows: list[dict], candidates: list[str], method: str, cfg: FitConfig,
+               progress: Callable[[str, int, int], None] | None = None):
+    """Fit the choice head. ``emb [n, 384]`` float32 (numpy) of ``rows``. Returns (head, loss curve)."""
+    import torch
+
+    from llora_cli.router.model import make_head
+
+    torch.manual_seed(cfg.seed)
+    x = torch.from_numpy(emb)
+    best = [best_index(candidates, r["candidates"]) for r in rows]
+    best_rows = torch.tensor([i for i, b in enumerate(best) if b is not None], dtype=torch.long)
+    best_idx = torch.tensor([b for b in best if b is not None], dtype=torch.long)
+    pairs = torch.tensor([(i, w, lo) for i, r in enumerate(rows) for w, lo in preference_pairs(candidates, r["candidates"])],
+                         dtype=torch.long).reshape(-1, 3)
+    head = make_head(x.shape[1], cfg.hidden, len(candidates))
+    curve: list[dict] = []
+
+    def run(stage: str, loss_fn) -> None:
+        opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        every = max(1, cfg.steps // CURVE_POINTS)
+        for step in range(1, cfg.steps + 1):
+            opt.zero_grad()
+            loss = loss_fn(head(x))
+            loss.backward()
+            opt.step()
+            if step % every == 0 or step == cfg.steps:
+                curve.append({"stage": stage, "step": step, "loss": round(loss.item(), 6)})
+            if progress:
+                progress(stage, step, cfg.steps)
+
+    head.train()
+    run("fbc", lambda logits: fbc_loss(logits[best_rows], best_idx))
+    if method == "dpo":
+        if len(pairs) == 0:
+            raise BadInput("no preference pair (a candidate scoring higher than another on the same query) "
+                           "in the training queries: DPO has nothing to learn from")
+        with torch.no_grad():
+            ref = head(x).detach().clone()
+        run("dpo", lambda logits: dpo_loss(logits, ref, pairs, beta=cfg.beta))
+    elif method == "orpo":
+        run("orpo", lambda logits: orpo_loss(logits, best_rows, best_idx, pairs, lam=cfg.lam))
+    return head.eval(), curve
+
+
+def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = None, config: list[str] = (),
+        command: str = "", progress: Callable[[str, int, int], None] | None = None) -> Fitted:
+    """Fit a router on a scenario set and register it (kind ``router``, state ``trained``)."""
+    import numpy as np
+    import torch
+
+    from llora_cli.router import encoder as enc
+    from llora_cli.router import model as rmodel
+    from llora_store.catalog import new_id, validate_name
+
+    if method not in METHODS:
+        raise BadInput(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    cfg = FitConfig.parse(list(config))
+    scen = store.resolve(scenarios_ref, kinds=("scenarios",))
+    if scen.state != "ready":
+        raise BadInput(f"scenario set '{scen.name}' is '{scen.state}'; fit on a ready one")
+    candidates = list(scen.meta["candidates"])
+    if len(candidates) < 2:
+        raise BadInput(f"scenario set '{scen.name}' has one candidate ({candidates[0]}): there is nothing to choose",
+                       hint="train a modifier on the base, then collect again (llora router collect)")
+    rows = col.load_rows(store, scen)
+    if not any(best_index(candidates, r["candidates"]) is not None for r in rows):
+        raise BadInput(f"scenario set '{scen.name}': no candidate answered any of its {len(rows)} queries correctly, "
+                       "so no query has a winner to learn from",
+                       hint="collect on more or easier queries, or train better modifiers")
+    base = store.get(scen.meta["base"]["id"])
+    mods = [store.get(c) for c in candidates if c != NONE]
+    gone = [m for m in mods if m.state in ("discarded", "failed")]
+    if gone:
+        raise BadInput(f"scenario set '{scen.name}' measured modifiers that are gone: "
+                       f"{', '.join(f'{m.name} ({m.state})' for m in gone)}; a router cannot route to them",
+                       hint="collect again on the base's current modifiers")
+    if name is not None and any(a.name == validate_name(name) for a in store.artifacts()):
+        raise BadInput(f"the name '{name}' is already taken", hint="choose another with --name")
+    heldout = np.array([is_heldout(r["query"], cfg.holdout) for r in rows])
+    train_rows = [r for r, h in zip(rows, heldout) if not h]
+    test_rows = [r for r, h in zip(rows, heldout) if h]
+    if not any(best_index(candidates, r["candidates"]) is not None for r in train_rows):
+        raise BadInput(f"no training query of '{scen.name}' has a winner once {cfg.holdout:.0%} is held out",
+                       hint="lower the held-out fraction (holdout=0) or collect more queries")
+    start = time.perf_counter()
+    encoder = enc.shared()
+    emb = encoder.encode([r["query"] for r in rows])
+    head, curve = train_head(emb[~heldout], train_rows, candidates, method, cfg, progress)
+    with torch.no_grad():
+        chosen = head(torch.from_numpy(emb)).argmax(dim=1).numpy()
+    training = {"loss_curve": curve, "rows": {"train": len(train_rows), "heldout": len(test_rows)},
+                "train": routing_accuracy(chosen[~heldout], train_rows, candidates),
+                "heldout": routing_accuracy(chosen[heldout], test_rows, candidates),
+                "seconds": round(time.perf_counter() - start, 2)}
+    aid = new_id()
+    staging = store.new_staging(aid)
+    try:
+        extra = {"candidates": candidates, "method": method, "config": asdict(cfg)}
+        rmodel.save(staging, {rmodel.CHOICE: (head, extra)}, encoder.identity)
+        meta = {"method": method, "config": asdict(cfg), "candidates": candidates,
+                "modifiers": {m.id: {"name": m.name, "domain": m.domain} for m in mods},
+                "base": {"id": base.id, "name": base.name, "kind": base.kind}, "scenarios": scen.id,
+                "encoder": {k: v for k, v in encoder.identity.items()}, "training": training}
+        parents = [(base.id, "runs_on")] + [(m.id, "routes_to") for m in mods] + [(scen.id, "uses")]
+        art = store.create("router", name or store.unique_name(f"router-{base.name}-{method}"), state="trained",
+                           staging=staging, parents=parents, metadata=meta, base_hash=base.content_hash,
+                           command=command, artifact_id=aid,
+                           reason=f"{method} on scenario set '{scen.name}' ({len(train_rows)} training queries)")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Fitted(art, training)
