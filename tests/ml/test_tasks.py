@@ -15,11 +15,12 @@ def test_generation_is_deterministic_and_splits_are_disjoint(kind):
     a, b = tasks.make(kind, 120, seed=3), tasks.make(kind, 120, seed=3)
     assert a == b
     assert tasks.make(kind, 120, seed=4).train != a.train
-    train_prompts = {r["messages"][0]["content"] for r in a.train}
-    test_prompts = {r["messages"][0]["content"] for r in a.test}
+    train_prompts = {tasks.prompt_of(r) for r in a.train}
+    test_prompts = {tasks.prompt_of(r) for r in a.test}
     assert len(a.train) == 120 and len(a.test) == 20
     assert not train_prompts & test_prompts
-    assert all(tasks.is_test_prompt(p) for p in test_prompts)
+    if kind == "instruct":  # no families: held out by prompt hash (the others: tests/ml/test_task_families.py)
+        assert all(tasks.is_test_prompt(p) for p in test_prompts)
 
 
 @pytest.mark.parametrize("kind", sorted(tasks.KINDS))
@@ -27,7 +28,7 @@ def test_checker_accepts_reference_and_rejects_wrong(kind):
     rows = tasks.make(kind, 20, seed=0, n_test=5).test
     check = tasks.checker(kind)
     for row in rows:
-        assert check(row, row["messages"][1]["content"])
+        assert check(row, row["messages"][-1]["content"])
         assert not check(row, "I am not sure.")
 
 
@@ -38,10 +39,10 @@ def test_reasoning_checker_reads_the_final_number():
 
 
 def test_automation_checker_is_exact_json_match():
-    row = {"check": {"call": {"name": "set_timer", "arguments": {"minutes": 5}}}}
-    assert automation.check(row, 'Sure: {"name": "set_timer", "arguments": {"minutes": 5}}')
-    assert not automation.check(row, json.dumps({"name": "set_timer", "arguments": {"minutes": "5"}}))
-    assert not automation.check(row, '{"name": "set_timer"')
+    row = {"check": {"call": {"name": "timer", "arguments": {"minutes": 5}}}}
+    assert automation.check(row, 'Sure: {"name": "timer", "arguments": {"minutes": 5}}')
+    assert not automation.check(row, json.dumps({"name": "timer", "arguments": {"minutes": "5"}}))
+    assert not automation.check(row, '{"name": "timer"')
 
 
 def test_code_checker_runs_hidden_tests_in_a_sandbox(tmp_path):

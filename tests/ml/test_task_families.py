@@ -1,0 +1,187 @@
+"""Task families: enough of them, a family-level held-out split, solutions that pass their own checkers, and
+hand-written evaluation sets that pass their checkers and were not produced by the generators' templates."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from llora_cli import tasks
+from llora_cli.tasks import automation, code, reasoning
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+FAMILY_KINDS = ("reasoning", "code", "automation")
+
+
+def handwritten(kind: str) -> list[dict]:
+    with open(DATA / f"{kind}_handwritten.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def pairs(rows: list[dict]) -> set[tuple[str, int]]:
+    return {(r["family"], r["phrasing"]) for r in rows}
+
+
+def test_each_kind_has_enough_families_and_phrasings():
+    assert len(reasoning.FAMILIES) >= 20
+    assert len(code.FAMILIES) >= 30
+    tools = {f.tool for f in automation.FAMILIES if f.tool}
+    assert len(tools) >= 8 and tools == set(automation.TOOLS)
+    assert any(f.tool is None for f in automation.FAMILIES)  # requests no tool serves
+    assert all(f.optional for f in automation.FAMILIES if f.tool)  # every tool has an optional argument
+    for kind in FAMILY_KINDS:
+        families = tasks.KINDS[kind].FAMILIES
+        assert len({f.id for f in families}) == len(families)
+        assert all(len(f.phrasings) >= (5 if kind == "automation" else 3) for f in families)
+
+
+@pytest.mark.parametrize("kind", FAMILY_KINDS)
+def test_held_out_split_shares_no_family_phrasing_pair_with_train(kind):
+    split = tasks.family_split(kind)
+    ids = [f.id for f in tasks.KINDS[kind].FAMILIES]
+    allowed_train = {(ids[f], p) for f, ps in split.train.items() for p in ps}
+    unseen_families = {ids[f] for f in split.unseen_families}
+    assert unseen_families and len(unseen_families) == len(ids) // 5
+    for seed in (0, 1, 7):
+        s = tasks.make(kind, 400, seed=seed)
+        train, test = pairs(s.train), pairs(s.test)
+        assert not train & test
+        assert train <= allowed_train
+        assert not {f for f, _ in train} & unseen_families  # whole families never trained on
+        assert {f for f, _ in test} & unseen_families and {f for f, _ in test} - unseen_families
+        assert not {tasks.prompt_of(r) for r in s.train} & {tasks.prompt_of(r) for r in s.test}
+        # held-out rows alternate: unseen family, then an unseen phrasing of a training family
+        assert [r["family"] in unseen_families for r in s.test[:6]] == [True, False] * 3
+
+
+@pytest.mark.parametrize("kind", FAMILY_KINDS)
+def test_make_is_deterministic_and_the_test_split_does_not_depend_on_n(kind):
+    a = tasks.make(kind, 200, seed=5)
+    assert a == tasks.make(kind, 200, seed=5)
+    assert a.train != tasks.make(kind, 200, seed=6).train
+    assert tasks.make(kind, 0, seed=5, n_test=20).test == a.test
+    assert all(r["task"] == kind and isinstance(r["phrasing"], int) for r in a.train + a.test)
+
+
+STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)\.|(\d+) \+ (\d+) \+ (\d+) = (\d+)\.|(\d+) / (\d+) = (\d+) remainder (\d+)\.")
+
+
+@pytest.mark.parametrize("family", range(len(reasoning.FAMILIES)))
+def test_reasoning_solutions_do_correct_steps_and_state_the_answer(family):
+    fam = reasoning.FAMILIES[family]
+    rng = random.Random(family)
+    for phrasing in range(len(fam.phrasings)):
+        for _ in range(25):
+            row = reasoning.generate(rng, family, phrasing)
+            solution = row["messages"][1]["content"]
+            answer = row["check"]["answer"]
+            assert solution.endswith(f"The answer is {answer}.") and answer >= 0
+            steps = STEP.findall(solution)
+            assert 1 <= len(steps) <= 3
+            for s in steps:
+                if s[1]:
+                    a, op, b, c = int(s[0]), s[1], int(s[2]), int(s[3])
+                    assert (a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b) == c
+                elif s[4]:
+                    assert int(s[4]) + int(s[5]) + int(s[6]) == int(s[7])
+                else:
+                    assert divmod(int(s[8]), int(s[9])) == (int(s[10]), int(s[11]))
+            assert reasoning.check(row, solution)
+            assert "{" not in row["messages"][0]["content"]
+
+
+@pytest.mark.parametrize("family", range(len(code.FAMILIES)))
+def test_code_reference_solutions_pass_their_hidden_tests_in_the_sandbox(family):
+    fam = code.FAMILIES[family]
+    rng = random.Random(family)
+    for phrasing in range(len(fam.phrasings)):
+        row = code.generate(rng, family, phrasing)
+        prompt = row["messages"][0]["content"]
+        assert f"`{row['check']['function']}(" in prompt
+        for args, _ in row["check"]["tests"]:
+            assert json.dumps(args) not in prompt  # the hidden tests stay hidden
+    assert code.check(row, row["messages"][1]["content"])
+    wrong = f"def {row['check']['function']}(*args):\n    return None"
+    assert not code.check(row, wrong)
+
+
+@pytest.mark.parametrize("family", range(len(automation.FAMILIES)))
+def test_automation_solutions_are_the_expected_call_with_stated_arguments_only(family):
+    fam = automation.FAMILIES[family]
+    rng = random.Random(family)
+    with_optional = 0
+    for phrasing in range(len(fam.phrasings)):
+        for _ in range(20):
+            row = automation.generate(rng, family, phrasing)
+            system, user, answer = (m["content"] for m in row["messages"])
+            listed = [line.split("(")[0] for line in system.splitlines()[1:-1]]
+            assert system == automation.system_prompt(listed) and automation.check(row, answer)
+            assert len(set(listed)) == automation.TOOLS_PER_PROMPT and (fam.tool in listed or fam.tool is None)
+            call = row["check"]["call"]
+            if fam.tool is None:
+                assert call is None and answer == automation.NO_TOOL_ANSWER
+                continue
+            assert json.loads(answer) == call and call["name"] == fam.tool
+            args = call["arguments"]
+            assert set(args) <= set(automation.TOOLS[fam.tool])
+            for name, value in args.items():
+                if not isinstance(value, bool):
+                    assert str(value) in user, (name, value, user)
+            with_optional += bool(set(args) & set(fam.optional))
+            assert "{" not in user
+    if fam.tool:
+        assert 0 < with_optional < 20 * len(fam.phrasings)
+
+
+def test_automation_system_prompt_lists_every_tool_and_the_no_tool_answer():
+    for name, signature in automation.SIGNATURES.items():
+        assert signature in automation.SYSTEM
+    assert automation.NO_TOOL_ANSWER in automation.SYSTEM
+
+
+def test_automation_checker_reads_the_no_tool_answer():
+    none = {"check": {"call": None}}
+    assert automation.check(none, "No tool fits this request.")
+    assert not automation.check(none, '{"name": "timer", "arguments": {"minutes": 5}}')
+    assert not automation.check(none, 'No tool fits this request. {"name": "timer", "arguments": {}}')
+    assert not automation.check(none, "I cannot do that.")
+    call = {"check": {"call": {"name": "timer", "arguments": {"minutes": 5}}}}
+    assert not automation.check(call, "No tool fits this request.")
+
+
+@pytest.mark.parametrize("kind,minimum", [("reasoning", 60), ("code", 30), ("automation", 40)])
+def test_handwritten_rows_pass_their_checker_with_their_reference(kind, minimum):
+    rows = handwritten(kind)
+    check = tasks.checker(kind)
+    assert len(rows) >= minimum
+    assert len({tasks.prompt_of(r) for r in rows}) == len(rows)
+    for row in rows:
+        assert row["source"] == "handwritten" and row["task"] == kind
+        assert [m["role"] for m in row["messages"]] == (["system", "user"] if kind == "automation" else ["user"])
+        assert check(row, row["reference"]), row
+        assert not check(row, "I am not sure.")
+    if kind == "automation":
+        assert all(r["messages"][0]["content"] == automation.SYSTEM for r in rows)
+        calls = [r["check"]["call"] for r in rows]
+        assert sum(c is None for c in calls) >= 5 and len({c["name"] for c in calls if c}) == len(automation.TOOLS)
+
+
+def ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+@pytest.mark.parametrize("kind", FAMILY_KINDS)
+def test_handwritten_prompts_share_no_eight_word_sequence_with_generated_prompts(kind):
+    module = tasks.KINDS[kind]
+    rng = random.Random(0)
+    every_pair = [(f, p) for f, fam in enumerate(module.FAMILIES) for p in range(len(fam.phrasings))]
+    generated: set[tuple[str, ...]] = set()
+    for i in range(2000):
+        generated |= ngrams(tasks.prompt_of(module.generate(rng, *every_pair[i % len(every_pair)])))
+    shared = {tasks.prompt_of(r): ngrams(tasks.prompt_of(r)) & generated for r in handwritten(kind)}
+    assert not {p: s for p, s in shared.items() if s}
