@@ -117,12 +117,12 @@ def bench_parity(store, rt, n_prompts: int) -> dict:
     prompts = []
     for domain in ("automation", "code"):
         ds = next(a for a in store.list(kind="dataset") if a.name == f"bench-{domain}")
-        prompts += [r["messages"][0]["content"] for r in load_data(store, ds.id).test[: n_prompts // 2]]
+        prompts += [r["messages"][:-1] for r in load_data(store, ds.id).test[: n_prompts // 2]]  # system + user
     out = {}
     for label, adapter in [("base", None), *[(rt.adapters[a].name, a) for a in rt.adapters]]:
         kls, overlap, flips = [], [], 0
         for p in prompts:
-            ids = rt.encode(p, None)
+            ids = rt.encode("", None, messages=p)
             with torch.inference_mode():
                 if adapter is None:
                     with tf.model.disable_adapter():

@@ -166,14 +166,15 @@ def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport,
     deploy(store, base.id, command="llora demo")
     _, note = deploy(store, modifier.id, command="llora demo")  # a GGUF base: the modifier as a llama.cpp LoRA too
     row = load_data(store, data_id).test[0]
-    prompt = row["messages"][0]["content"]
+    prompt = tasks.prompt_of(row)
+    system = next((m["content"] for m in row["messages"] if m["role"] == "system"), None)  # the tools' schema
     runtime = open_engine(store, resolve_deployment(store, base.id))  # llama.cpp when installed
     check = tasks.checker("automation")
     answers = []
     for chosen in (modifier, None):
         say(f"answering with {'modifier ' + repr(modifier.name) if chosen else 'the base alone'} "
             f"({runtime.engine} engine)")
-        reply = runtime.generate(prompt, modifier=chosen, max_tokens=64)
+        reply = runtime.generate(prompt, modifier=chosen, system=system, max_tokens=64)
         runtime.log(reply, prompt, client="demo")
         answers.append({"modifier": chosen.name if chosen else None, "text": reply.text,
                         "passes_checker": bool(check(row, reply.text)), "tokens_out": reply.tokens_out,
