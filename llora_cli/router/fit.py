@@ -27,7 +27,7 @@ CURVE_POINTS = 60
 
 @dataclass
 class FitConfig:
-    hidden: int = 128  # 0: a linear head
+    hidden: int = 0  # 0: a linear head (measured better than 128 hidden units on noisy targets: docs/router.md)
     steps: int = 300  # full-batch Adam steps per stage (FBC, then DPO/ORPO)
     lr: float = 0.01
     weight_decay: float = 0.001

