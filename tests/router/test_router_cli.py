@@ -170,3 +170,31 @@ def test_router_with_another_encoder_is_refused(cli, store, catalog, fake_engine
     monkeypatch.setattr(encoder, "identity", lambda: {**real, "version": "9.9"})
     r = cli("router", "eval", "r", "--data", "auto")
     assert r.exit_code == 1 and "router 'r' was fitted on another encoder" in r.stderr and "9.9" in r.stderr
+
+
+def test_deployed_router_routes_per_prompt_and_falls_back(cli, store, catalog, fake_engine):
+    from llora_cli.data import load_data
+    from llora_cli.router.serving import DeployedRouter
+
+    base, mods = catalog
+    collect(cli, "--name", "sc")
+    cli.json("router", "fit", "sc", "--name", "r", "steps=150")
+    with pytest.raises(Exception, match="no router is deployed on base 'b'"):
+        DeployedRouter.for_base(store, base)
+    cli.json("deploy", "b")
+    r = cli("deploy", "r")
+    assert r.exit_code == 1 and "R8" in r.stderr  # its modifiers are not deployed yet
+    for m in mods.values():
+        cli.json("deploy", m.id)
+    assert cli("deploy", "r").exit_code == 0
+    router = DeployedRouter.for_base(store, store.get(base.id))
+    prompt = [m for m in load_data(store, "auto").test[0]["messages"] if m["role"] == "user"][-1]["content"]
+    auto, reason = store.get(mods["automation"].id), store.get(mods["reasoning"].id)
+    route = router.route(prompt, [auto, reason])
+    assert route.modifier.id == auto.id and route.fallback is None and 0.5 < route.probability <= 1
+    assert route.router_ms > 0 and route.to_json()["modifier"] == "mod-automation"
+    # the chosen modifier is not runnable here: the next most probable candidate answers, and the route says why
+    fallback = router.route(prompt, [auto, reason], refused={auto.id: "llama.cpp cannot convert it"})
+    assert fallback.candidate != auto.id and fallback.probability < route.probability
+    assert "chose modifier 'mod-automation' (llama.cpp cannot convert it); fell back to" in fallback.fallback
+    assert DeployedRouter.for_base(store, base).router is router.router  # loaded once per process
