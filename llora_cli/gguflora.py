@@ -174,8 +174,7 @@ def convert(adapter_dir: Path, base_dir: Path, out_path: Path) -> LoraGGUF:
 def ensure(store: Store, modifier: Artifact, base: Artifact) -> Path:
     """The modifier's llama.cpp LoRA file, converted and recorded (a derived file) on first use. Raises
     ``NotForLlamaCpp`` for what llama.cpp cannot run and ``BadInput`` for an adapter that does not fit the base."""
-    import os
-    import tempfile
+    import shutil
 
     from llora_store import files as fs
 
@@ -185,9 +184,8 @@ def ensure(store: Store, modifier: Artifact, base: Artifact) -> Path:
     recorded = current.meta.get("gguf_lora") or {}
     if target.is_file() and recorded.get("base_hash") == base.content_hash:
         return target
-    fd, tmp = tempfile.mkstemp(prefix=f".{modifier.id}-", suffix=".gguf.partial", dir=adapter_dir.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    staging = store.new_staging(f"{modifier.id}-gguflora")  # owned; `llora db gc` removes it if this process dies
+    tmp_path = staging / "adapter.gguf"
     try:
         out = convert(adapter_dir, store.path_of(base.id), tmp_path)
         store.add_derived(modifier.id, LORA_FILE, tmp_path, meta={"gguf_lora": {
@@ -195,5 +193,5 @@ def ensure(store: Store, modifier: Artifact, base: Artifact) -> Path:
             "tensors": out.tensors, "alpha": out.alpha, "scaling_folded": out.folded,
             "base_hash": base.content_hash}})
     finally:
-        tmp_path.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -45,7 +45,6 @@ def ensure(store: Store, artifact: Artifact) -> Path:
     """The directory of ``artifact``'s tokenizer files; for a GGUF artifact without them, transformers'
     tokenizer of the GGUF is saved once and recorded as derived files (imports transformers, a few seconds)."""
     import shutil
-    import tempfile
 
     model_dir = store.path_of(artifact.id)
     found = files_dir(model_dir)
@@ -53,7 +52,8 @@ def ensure(store: Store, artifact: Artifact) -> Path:
         return found
     if not (model_dir / modelfiles.GGUF_NAME).is_file():
         raise BadInput(f"{artifact.kind} '{artifact.name}' has no tokenizer files (tokenizer.json)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{artifact.id}-tokenizer-", dir=model_dir.parent))
+    staging = store.new_staging(f"{artifact.id}-tokenizer")  # owned; `llora db gc` removes it if this process dies
+    tmp = staging / "tokenizer"
     try:
         save_from_gguf(model_dir / modelfiles.GGUF_NAME, tmp)
         for f in sorted(tmp.iterdir()):  # tokenizer.json last: its presence marks the set complete
@@ -61,7 +61,7 @@ def ensure(store: Store, artifact: Artifact) -> Path:
                 store.add_derived(artifact.id, f"{DIR}/{f.name}", f)
         store.add_derived(artifact.id, f"{DIR}/tokenizer.json", tmp / "tokenizer.json")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return model_dir / DIR
 
 
