@@ -75,6 +75,12 @@ def make_dataset(store: Store, kind: str, n: int, *, seed: int = 0, n_test: int 
 
 def parse_user_file(path: Path) -> tuple[list[dict], str]:
     """Read a user data file completely; returns normalized rows and their format ("chat" or "text")."""
+    located, fmt = parse_user_file_located(path)
+    return [row for _, row in located], fmt
+
+
+def parse_user_file_located(path: Path) -> tuple[list[tuple[str, dict]], str]:
+    """Like ``parse_user_file``, each row with where it is in the file (``FILE:LINE`` or ``FILE row N``)."""
     if not path.is_file():
         raise BadInput(f"{path} is not a file")
     suffix = path.suffix.lower()
@@ -83,7 +89,7 @@ def parse_user_file(path: Path) -> tuple[list[dict], str]:
         chunks = [c.strip() for c in re.split(r"\n\s*\n", text) if c.strip()]
         if not chunks:
             raise BadInput(f"{path} has no text")
-        return [{"text": c} for c in chunks], "text"
+        return [(f"{path} paragraph {i}", {"text": c}) for i, c in enumerate(chunks, 1)], "text"
     if suffix == ".json":
         try:
             data = json.loads(path.read_text())
@@ -108,11 +114,21 @@ def parse_user_file(path: Path) -> tuple[list[dict], str]:
         raise BadInput(f"{path}: unsupported data file type {suffix!r}; use .jsonl, .json (alpaca) or .txt")
     if not numbered:
         raise BadInput(f"{path} has no rows")
-    rows = [_normalize(r, f"{path}:{n}" if where == "line" else f"{path} row {n}") for n, r in numbered]
-    formats = {("text" if "text" in r else "chat") for r in rows}
+    places = [f"{path}:{n}" if where == "line" else f"{path} row {n}" for n, _ in numbered]
+    located = [(place, _normalize(r, place)) for place, (_, r) in zip(places, numbered)]
+    formats = {("text" if "text" in r else "chat") for _, r in located}
     if len(formats) > 1:
         raise BadInput(f"{path} mixes plain-text rows and chat/alpaca rows; use one format per file")
-    return rows, formats.pop()
+    return located, formats.pop()
+
+
+def _keep_eval_fields(row: dict, out: dict) -> dict:
+    # What `llora eval --task` checks against (the model never sees it): the expected answer and
+    # the task checker's data. Kept through normalization so eval can read them.
+    for key in ("answer", "check"):
+        if key in row:
+            out[key] = row[key]
+    return out
 
 
 def _normalize(row, where: str) -> dict:
@@ -127,10 +143,7 @@ def _normalize(row, where: str) -> dict:
                 raise BadInput(f"{where}: each message needs a role ({', '.join(sorted(ROLES))}) and string content")
         if not any(m["role"] == "assistant" for m in msgs):
             raise BadInput(f"{where}: no assistant message to learn from")
-        out = {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]}
-        if "check" in row:
-            out["check"] = row["check"]
-        return out
+        return _keep_eval_fields(row, {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})
     if "instruction" in row or "output" in row:
         instr, inp, output = row.get("instruction"), row.get("input", ""), row.get("output")
         if not isinstance(instr, str) or not instr.strip():
@@ -140,7 +153,8 @@ def _normalize(row, where: str) -> dict:
         if not isinstance(inp, str):
             raise BadInput(f"{where}: 'input' must be a string")
         user = instr if not inp.strip() else f"{instr}\n\n{inp}"
-        return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": output}]}
+        return _keep_eval_fields(row, {"messages": [{"role": "user", "content": user},
+                                                    {"role": "assistant", "content": output}]})
     if "text" in row:
         if not isinstance(row["text"], str) or not row["text"].strip():
             raise BadInput(f"{where}: 'text' must be a non-empty string")

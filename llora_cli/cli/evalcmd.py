@@ -1,4 +1,4 @@
-"""`llora eval`: loss, perplexity and checker accuracy of an artifact on a dataset."""
+"""`llora eval`: loss, perplexity and checker accuracy of an artifact on a dataset, paired comparisons, HumanEval."""
 
 from __future__ import annotations
 
@@ -11,25 +11,73 @@ from llora_cli.cli.options import ArtifactRef, JsonOpt, command_line, open_store
 
 def eval_(
     ref: ArtifactRef,
-    data: Annotated[str, typer.Option("--data", "-d", help="Dataset id/name or a data file.")],
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N rows.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset id/name or a data file.")] = None,
+    task: Annotated[Optional[str], typer.Option(
+        "--task", "-t", help="Checker: exact, contains, regex:PATTERN, reasoning, code, automation, instruct "
+                             "(default: the dataset's task kind, if any).")] = None,
+    benchmark: Annotated[Optional[str], typer.Option(help="A built-in benchmark instead of --data: humaneval.")] = None,
+    against: Annotated[Optional[str], typer.Option(
+        help="A second artifact scored on the same rows: both accuracies, the difference, exact McNemar p.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N rows / problems.")] = None,
+    prompt_style: Annotated[str, typer.Option(help="HumanEval prompt: chat (template + instruction) or raw "
+                                                   "(continue the prompt text).")] = "chat",
+    max_new_tokens: Annotated[Optional[int], typer.Option(
+        help="Generation length (default per task; 384 for HumanEval).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Evaluate a base, merged, compressed, adapter or modifier; the result is stored on the artifact.
 
-    Uses the dataset's held-out split when it has one. Task data (code, reasoning,
-    automation, instruct) also gets accuracy by its checker.
+    Uses the dataset's held-out split when it has one. With a checker (--task, or task data) every
+    row's greedy reply is scored: accuracy is printed as k/n with its 95% Wilson interval. A user
+    row's expected answer is its "answer" key, else its final assistant reply / alpaca output.
 
-    Example: llora eval code-modifier --data code-n400-s0 --limit 40
+    Examples: llora eval code-modifier --data code-n400-s0 --limit 40;
+    llora eval my-adapter --data qa.jsonl --task exact --against smollm2;
+    llora eval smollm2 --benchmark humaneval --limit 20
     """
-    from llora_cli.evaluate import evaluate
+    from llora_store.errors import BadInput
 
-    report = evaluate(open_store(), ref, data, limit=limit, command=command_line())
+    if (data is None) == (benchmark is None):
+        raise BadInput("give either --data FILE_OR_DATASET or --benchmark humaneval")
+    if benchmark is not None and task is not None:
+        raise BadInput("--task applies to --data; a benchmark has its own checker")
+    from llora_cli import evaluate as ev
+
+    store = open_store()
+    gen = {"max_new_tokens": max_new_tokens}
+    if benchmark is not None:
+        gen["prompt_style"] = prompt_style
+    if against is not None:
+        cmp = ev.compare(store, ref, against, data_ref=data, benchmark=benchmark, task=task, limit=limit,
+                         command=command_line(), **gen)
+        if json_:
+            print_json(cmp.to_json())
+            return
+        for r in (cmp.a, cmp.b):
+            render(r)
+        p = cmp.paired
+        out().print(f"difference (A - B) {p.difference * 100:+.1f} points; discordant rows: {p.only_a} only A right, "
+                    f"{p.only_b} only B right; exact McNemar p = {p.p_value:.4g}")
+        return
+    if benchmark is not None:
+        report = ev.evaluate_benchmark(store, ref, benchmark, limit=limit, **gen)
+    else:
+        report = ev.evaluate(store, ref, data, limit=limit, task=task, command=command_line(), **gen)
     if json_:
         print_json(report.to_json())
         return
-    acc = f", accuracy {report.accuracy:.1%} ({report.correct}/{report.n})" if report.accuracy is not None else ""
-    out().print(f"{report.artifact['kind']} '{report.artifact['name']}' on '{report.dataset['name']}' ({report.split}, "
-                f"n={report.n}): loss {report.loss}, perplexity {report.perplexity}{acc}")
+    render(report)
+
+
+def render(report) -> None:
+    where = f"{report.artifact['kind']} '{report.artifact['name']}' on '{report.dataset['name']}'"
+    if report.loss is not None:
+        out().print(f"{where} ({report.split}, n={report.n}): loss {report.loss}, perplexity {report.perplexity}")
+    else:
+        out().print(f"{where} (n={report.n})")
+    if report.accuracy_text:
+        label = "pass@1 (greedy)" if report.extra.get("benchmark") else f"accuracy ({report.task})"
+        out().print(f"  {label}: {report.accuracy_text}")
     load = report.load
-    out().print(f"[dim]loaded {load['strategy']} ({load['dtype']}, {load['device']}) in {report.seconds} s[/]")
+    loaded = f"loaded {load['strategy']} ({load['dtype']}, {load['device']}) in " if load else ""
+    out().print(f"[dim]  {loaded}{report.seconds} s[/]")
