@@ -52,7 +52,7 @@ TRANSITIONS: dict[str, dict[tuple[str, str], str]] = {
     "compressed": dict(_SERVED),
     "dataset": {("ready", "discard"): "discarded"},
     # A scenario set (`llora router collect`): measured outcomes a router is fitted on; data, like a dataset.
-    "scenarios": {("ready", "discard"): "discarded"},
+    "scenario-set": {("ready", "discard"): "discarded"},
 }
 
 # The states an artifact may be created in. An adapter imported from a PEFT
@@ -65,7 +65,7 @@ INITIAL: dict[str, tuple[str, ...]] = {
     "merged": ("ready",),
     "compressed": ("ready",),
     "dataset": ("ready",),
-    "scenarios": ("ready",),
+    "scenario-set": ("ready",),
 }
 
 EVENTS = tuple(sorted({event for table in TRANSITIONS.values() for (_, event) in table}))

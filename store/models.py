@@ -20,7 +20,7 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 
-KINDS = ("base", "dataset", "adapter", "merged", "compressed", "modifier", "router", "scenarios")
+KINDS = ("base", "dataset", "adapter", "merged", "compressed", "modifier", "router", "scenario-set")
 # The CLI noun group that lists each kind.
 GROUPS = {
     "base": "bases",
@@ -30,7 +30,7 @@ GROUPS = {
     "compressed": "compressed",
     "modifier": "modifiers",
     "router": "routers",
-    "scenarios": "scenarios",
+    "scenario-set": "scenarios",
 }
 
 

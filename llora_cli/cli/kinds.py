@@ -63,7 +63,7 @@ HELP = {
     "compressed": "Compressed bases (quantized): list, show.",
     "router": "Routers (pick a modifier per query): list, show.",
     "dataset": "Datasets: list, show.",
-    "scenarios": "Scenario sets (measured answers of a base and its modifiers, made by `llora router collect`): "
+    "scenario-set": "Scenario sets (measured answers of a base and its modifiers, made by `llora router collect`): "
                  "list, show.",
 }
 

@@ -240,7 +240,7 @@ def collect(store: Store, base_ref: str, data_refs: list[str], *, limit: int | N
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         parents = [(base.id, "runs_on")] + [(m.id, "uses") for m in mods] + \
                   [(d["id"], "uses") for d in summary["datasets"]]
-        art = store.create("scenarios", name or store.unique_name(f"scenarios-{base.name}"), staging=staging,
+        art = store.create("scenario-set", name or store.unique_name(f"scenarios-{base.name}"), staging=staging,
                            parents=parents, metadata=summary, base_hash=base.content_hash, command=command,
                            artifact_id=aid, reason=f"{len(rows)} queries x {len(candidates)} candidates on {chosen}")
     finally:

@@ -132,7 +132,7 @@ def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = Non
     if method not in METHODS:
         raise BadInput(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     cfg = FitConfig.parse(list(config))
-    scen = store.resolve(scenarios_ref, kinds=("scenarios",))
+    scen = store.resolve(scenarios_ref, kinds=("scenario-set",))
     if scen.state != "ready":
         raise BadInput(f"scenario set '{scen.name}' is '{scen.state}'; fit on a ready one")
     candidates = list(scen.meta["candidates"])

@@ -29,7 +29,7 @@ def test_collect_registers_a_scenario_set_with_lineage(cli, store, catalog, fake
     assert f["oracle"]["correct"] == 20
     assert f["best"] == {"none": 5, a: 10, r: 5}  # tie rule: fewer tokens -> the base alone on odd reasoning rows
     shown = cli.json("scenarios", "show", "sc")
-    assert shown["kind"] == "scenarios" and shown["state"] == "ready"
+    assert shown["kind"] == "scenario-set" and shown["state"] == "ready"
     roles = sorted((names(store)[p["id"]], p["role"]) for p in shown["parents"])
     assert roles == [("auto", "uses"), ("b", "runs_on"), ("mod-automation", "uses"), ("mod-reasoning", "uses"),
                      ("reason", "uses")]
@@ -56,7 +56,7 @@ def test_collect_resumes_after_interruption(cli, store, catalog, fake_engine, mo
     monkeypatch.setattr(col, "measure", interrupted)
     r = cli("router", "collect", "b", "--data", "auto", "--data", "reason", "--limit", "10")
     assert r.exit_code == 130
-    assert store.list(kind="scenarios") == []  # nothing half-written is visible (R10)
+    assert store.list(kind="scenario-set") == []  # nothing half-written is visible (R10)
     monkeypatch.setattr(col, "measure", real)
     res = collect(cli)
     assert res["rows"] == 20 and res["resumed"] == 7
@@ -75,7 +75,7 @@ def test_collect_refusals(cli, store, catalog, fake_engine, tmp_path):
     store.create("base", "lonely", staging=st)
     r = cli("router", "collect", "lonely", "--data", "auto")
     assert r.exit_code == 1 and "no trained or deployed modifier runs on base 'lonely'" in r.stderr
-    assert store.list(kind="scenarios") == []
+    assert store.list(kind="scenario-set") == []
 
 
 @pytest.mark.parametrize("method", ["fbc", "dpo", "orpo"])
@@ -106,7 +106,7 @@ def make_scenarios(store, name, candidates, base, rows):
     st = store.new_staging(name)
     (st / "scenarios.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta = {"candidates": candidates, "base": {"id": base.id, "name": base.name, "kind": base.kind}}
-    return store.create("scenarios", name, staging=st, metadata=meta, parents=[(base.id, "runs_on")])
+    return store.create("scenario-set", name, staging=st, metadata=meta, parents=[(base.id, "runs_on")])
 
 
 def test_fit_refuses_one_candidate_and_no_winner(cli, store, catalog):
