@@ -17,31 +17,24 @@ used are refused: held-out means never seen by collect or fit.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
 from llora_cli.router import collect as col
 from llora_cli.router.losses import NONE, best_index, rank
+from llora_cli.stats import wilson
 from llora_store import Store, rules
 from llora_store.errors import BadInput, Conflict
 
 OVERHEAD_QUERIES = 50
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of k successes in n trials ((0, 1) for n = 0)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def accuracy(k: int, n: int) -> dict:
+    """``k`` of ``n`` with its 95% Wilson interval (None when n is 0)."""
+    if not n:
+        return {"correct": 0, "n": 0, "accuracy": None, "ci95": None}
     lo, hi = wilson(k, n)
-    return {"correct": k, "n": n, "accuracy": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)]}
+    return {"correct": k, "n": n, "accuracy": round(k / n, 4), "ci95": [round(lo, 4), round(hi, 4)]}
 
 
 def score(choices: list[int], rows: list[dict], candidates: list[str]) -> dict:
