@@ -145,6 +145,10 @@ def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = Non
                        "so no query has a winner to learn from",
                        hint="collect on more or easier queries, or train better modifiers")
     base = store.get(scen.meta["base"]["id"])
+    if base.state == "discarded" or base.content_hash != scen.base_hash:
+        raise BadInput(f"scenario set '{scen.name}' was measured on {base.kind} '{base.name}', which is "
+                       f"{'discarded' if base.state == 'discarded' else 'no longer the same content'}",
+                       hint="collect again on a current base (llora router collect BASE --data ...)")
     mods = [store.get(c) for c in candidates if c != NONE]
     gone = [m for m in mods if m.state in ("discarded", "failed")]
     if gone:

@@ -106,7 +106,8 @@ def make_scenarios(store, name, candidates, base, rows):
     st = store.new_staging(name)
     (st / "scenarios.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta = {"candidates": candidates, "base": {"id": base.id, "name": base.name, "kind": base.kind}}
-    return store.create("scenario-set", name, staging=st, metadata=meta, parents=[(base.id, "runs_on")])
+    return store.create("scenario-set", name, staging=st, metadata=meta, parents=[(base.id, "runs_on")],
+                        base_hash=base.content_hash)
 
 
 def test_fit_refuses_one_candidate_and_no_winner(cli, store, catalog):
