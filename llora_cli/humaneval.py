@@ -39,6 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from llora_cli.tasks.code import SANDBOX_GUARD, sandbox_limits
 from llora_store.errors import UserError
 
 STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]  # HumanEval paper / Codex
@@ -48,22 +49,7 @@ TIMEOUT = 10.0
 # The guard of tasks/code.py's sandbox, then the whole program; a nonce on the last line of stdout
 # proves the program ran to its end (the program cannot read it: it is removed from the environment
 # before the program starts).
-RUNNER = textwrap.dedent('''
-    import os, resource, sys
-    tmp = os.getcwd()
-    nonce = os.environ.pop("LLORA_NONCE")
-    resource.setrlimit(resource.RLIMIT_CPU, (5, 5))
-    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-    def _guard(event, args):
-        if event.startswith(("socket.", "subprocess.", "os.exec", "os.fork", "os.posix_spawn", "os.system", "pty.")):
-            raise PermissionError("sandbox: " + event + " is not allowed")
-        if event == "open" and isinstance(args[0], (str, bytes)):
-            path = os.path.realpath(args[0] if isinstance(args[0], str) else args[0].decode())
-            mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
-            if not path.startswith(tmp) and any(c in mode for c in "wax+"):
-                raise PermissionError("sandbox: writing outside the temp dir is not allowed")
-            if not path.startswith(tmp) and not path.startswith(sys.prefix) and not path.startswith(sys.base_prefix):
-                raise PermissionError("sandbox: reading outside the temp dir is not allowed")
+RUNNER = SANDBOX_GUARD + 'nonce = os.environ.pop("LLORA_NONCE")\n' + sandbox_limits(5, 1 << 30) + textwrap.dedent('''
     source = open("program.py").read()
     sys.addaudithook(_guard)
     exec(compile(source, "program.py", "exec"), {"__name__": "program"})

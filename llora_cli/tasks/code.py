@@ -294,11 +294,12 @@ FAMILIES = [
 ]
 
 
-HARNESS = textwrap.dedent('''
+# The sandbox both program runners share (this one for generated exercises, humaneval.py's for whole programs): an
+# audit hook refusing sockets, subprocesses and file access outside the temp dir (reads of the Python installation
+# allowed), run in a separate interpreter under CPU and memory rlimits.
+SANDBOX_GUARD = textwrap.dedent('''
     import json, os, resource, sys
     tmp = os.getcwd()
-    resource.setrlimit(resource.RLIMIT_CPU, (5, 5))
-    resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
     def _guard(event, args):
         if event.startswith(("socket.", "subprocess.", "os.exec", "os.fork", "os.posix_spawn", "os.system", "pty.")):
             raise PermissionError("sandbox: " + event + " is not allowed")
@@ -309,6 +310,16 @@ HARNESS = textwrap.dedent('''
                 raise PermissionError("sandbox: writing outside the temp dir is not allowed")
             if not path.startswith(tmp) and not path.startswith(sys.prefix) and not path.startswith(sys.base_prefix):
                 raise PermissionError("sandbox: reading outside the temp dir is not allowed")
+''')
+
+
+def sandbox_limits(cpu_seconds: int, memory_bytes: int) -> str:
+    """Lines of the runner setting its CPU time (s) and address-space (bytes) limits."""
+    return (f"resource.setrlimit(resource.RLIMIT_CPU, ({cpu_seconds}, {cpu_seconds}))\n"
+            f"resource.setrlimit(resource.RLIMIT_AS, ({memory_bytes}, {memory_bytes}))\n")
+
+
+HARNESS = SANDBOX_GUARD + sandbox_limits(5, 512 << 20) + textwrap.dedent('''
     sys.addaudithook(_guard)
     cases = json.loads(sys.argv[1])
     namespace = {}
