@@ -68,6 +68,13 @@ class Served:
         rows = [{"id": base.name, "object": "model", "created": created, "owned_by": "llora",
                  "llora": {"artifact_id": base.id, "kind": base.kind, "engine": self.engine,
                            "modifier": None}}]
+        from llora_cli.router.serving import find_deployed
+
+        router = find_deployed(self.store, base)
+        if router is not None:  # BASE:auto: the deployed router picks the modifier per request
+            rows.append({"id": f"{base.name}:auto", "object": "model", "created": created, "owned_by": "llora",
+                         "llora": {"artifact_id": router.id, "kind": "router", "engine": self.engine,
+                                   "base": base.id}})
         for m in dep.modifiers:
             if m.id in self.runtime.refused:  # deployed, but this engine cannot run it (e.g. DoRA on llama.cpp)
                 continue
@@ -85,6 +92,8 @@ class Served:
                            f"{', '.join(r['id'] for r in self.models())}")
         if not mod_name:
             return None
+        if mod_name == "auto":
+            return "auto"  # chosen per request by the deployed router (handle)
         for m in dep.modifiers:
             if mod_name in (m.name, m.id, m.domain):
                 return m
@@ -313,6 +322,10 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
     def handle(request: Request, body: Common, *, messages: list[dict] | None, prompt: str, kind: str):
         opts = options(body, kind)
         modifier = served.pick(body.model)
+        route = None
+        if modifier == "auto":  # BASE:auto: the deployed router picks the modifier for this prompt
+            route = served.runtime.route(prompt)
+            modifier = route.modifier
         n, logprobs = opts["n"], opts["logprobs"]
         client = request.client.host if request.client else "unknown"
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
@@ -335,6 +348,7 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
             jobs = runtime.submit_choices(prompt, n=n, **kwargs)  # a bad request is a 400 before anything runs
             replies = [runtime.reply(job) for job in jobs]
             for reply in replies:
+                reply.route = route.to_json() if route else None
                 runtime.log(reply, log_prompt, client=client)
             if kind == "chat":
                 choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
@@ -356,6 +370,7 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
             try:
                 replies = [runtime.reply(job) for job in jobs]
                 for reply in replies:
+                    reply.route = route.to_json() if route else None
                     runtime.log(reply, log_prompt, client=client)
                 outcome["replies"] = replies
             except BaseException as e:  # reported in the stream

@@ -45,6 +45,10 @@ def run(
         return
     sys.stdout.write("\n")
     m = f" + {reply.modifier.name}" if reply.modifier else ""
+    if reply.route:  # --modifier auto: what the router chose, how sure it was, what it cost
+        r = reply.route
+        m = f" + auto -> {r['modifier'] or 'none'} (p={r['probability']:.2f}, router {r['router_ms']:.0f} ms" + \
+            (f"; {r['fallback']})" if r.get("fallback") else ")")
     # one plain line: Rich's console costs more to import (~0.1 s) than llama.cpp takes to answer a short prompt
     typer.secho(f"{reply.base.name}{m} ({reply.engine}): {reply.tokens_in} tokens in, {reply.tokens_out} out, "
                 f"first token {reply.ttft_ms or 0:.0f} ms, {reply.latency_ms:.0f} ms; logged as #{reply.log_id}",
@@ -81,7 +85,12 @@ def logs_list(
     for col in ("#", "at", "base", "modifier", "client", "in", "out", "ms", "prompt", "response"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["id"]), r["at"][:19], r["base"]["name"], r["modifier"]["name"] if r["modifier"] else "-",
+        route = (r.get("params") or {}).get("route")
+        chosen = r["modifier"]["name"] if r["modifier"] else "-"
+        if route:  # --modifier auto: the router's choice, its probability and time
+            chosen = f"auto -> {chosen} (p={route['probability']:.2f}, {route['router_ms']:.0f} ms" + \
+                     (", fallback)" if route.get("fallback") else ")")
+        table.add_row(str(r["id"]), r["at"][:19], r["base"]["name"], chosen,
                       r["client"], str(r["tokens_in"]), str(r["tokens_out"]), f"{r['latency_ms']:.0f}",
                       escape(r["prompt"][:40]), escape(r["response"][:60]))
     out().print(table)

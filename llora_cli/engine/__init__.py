@@ -71,10 +71,21 @@ def run(store: Store, prompt: str, *, base_ref: str | None = None, modifier_ref:
         raise BadInput("the prompt is empty", hint='pass it as an argument or on stdin: echo "hi" | llora run')
     deployment = resolve_deployment(store, base_ref)
     choose(store, deployment.base, engine)  # a bad --engine fails before anything loads
-    modifier = deployment.find_modifier(modifier_ref)
-    used = Deployment(deployment.base, [modifier] if modifier else [])  # load only what this request needs
-    runtime = open_engine(store, used, engine)
+    route = None
+    if modifier_ref == "auto":
+        from llora_cli.router.serving import find_deployed
+
+        if find_deployed(store, deployment.base) is None:
+            deployment.find_modifier("auto")  # the refusal, with its hint, before anything loads
+        runtime = open_engine(store, deployment, engine)  # every deployed modifier: the router may pick any
+        route = runtime.route(prompt)
+        modifier = route.modifier
+    else:
+        modifier = deployment.find_modifier(modifier_ref)
+        used = Deployment(deployment.base, [modifier] if modifier else [])  # load only what this request needs
+        runtime = open_engine(store, used, engine)
     reply = runtime.generate(prompt, modifier=modifier, system=system, max_tokens=max_tokens,
                              temperature=temperature, top_p=top_p, seed=seed, on_text=on_text)
+    reply.route = route.to_json() if route else None
     runtime.log(reply, prompt, client="cli")
     return reply

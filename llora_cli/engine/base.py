@@ -91,6 +91,7 @@ class Reply:
     log_id: int | None = None
     finish_reason: str = "stop"  # "stop": EOS or a stop string; "length": max_tokens (or the model's length)
     logprobs: list[dict] | None = None  # per token of the text, in OpenAI's chat format (when asked for)
+    route: dict | None = None  # --modifier auto: the router's choice (router/serving.py Route.to_json)
 
     def to_json(self) -> dict:
         return {"text": self.text, "finish_reason": self.finish_reason, "tokens_in": self.tokens_in,
@@ -100,7 +101,8 @@ class Reply:
                 "base": {"id": self.base.id, "name": self.base.name, "kind": self.base.kind},
                 "modifier": {"id": self.modifier.id, "name": self.modifier.name, "domain": self.modifier.domain}
                 if self.modifier else None,
-                "engine": self.engine, "params": self.params, "load": self.load, "log_id": self.log_id}
+                "engine": self.engine, "params": self.params, "load": self.load, "log_id": self.log_id,
+                "route": self.route}
 
 
 MAX_STOPS = 4
@@ -304,5 +306,15 @@ class Engine(ABC):
             base_id=reply.base.id, modifier_id=reply.modifier.id if reply.modifier else None, engine=reply.engine,
             client=client, prompt=prompt, response=reply.text, tokens_in=reply.tokens_in, tokens_out=reply.tokens_out,
             latency_ms=reply.latency_ms, ttft_ms=reply.ttft_ms,
-            params={**reply.params, "batch": reply.load.get("batch")})
+            params={**reply.params, "batch": reply.load.get("batch"), **({"route": reply.route} if reply.route else {})})
         return reply.log_id
+
+    def route(self, prompt: str):
+        """``--modifier auto``: the deployed router of this engine's base chooses for ``prompt`` among the modifiers
+        this engine has loaded (falling back past refused ones); the router is loaded once per process.
+        Returns a ``router.serving.Route``; raises ``BadInput`` when no router is deployed on the base."""
+        from llora_cli.router.serving import DeployedRouter
+
+        if getattr(self, "_router", None) is None or self._router.art.state != "deployed":
+            self._router = DeployedRouter.for_base(self.store, self.deployment.base)
+        return self._router.route(prompt, list(self.adapters.values()), refused=self.refused)

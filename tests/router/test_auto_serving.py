@@ -1,0 +1,104 @@
+"""`--modifier auto` end to end on real tiny models: `llora run` and model `BASE:auto` in `llora serve` (a real server
+on a loopback port, the official openai client), the route in `run --json`, the request log and `llora logs list`.
+
+The router is fitted on scenario outcomes set by the test (each domain's modifier answers its own domain), so its
+choice is known; the engines, the encoder and the served requests are real.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import tiny
+
+from llora_cli.router import collect as col
+
+
+@pytest.fixture
+def routed(cli, store, tiny_model_dir, tmp_path, monkeypatch):
+    """A deployed tiny base, two deployed modifiers (automation, reasoning) and a deployed orpo router."""
+    cli.json("bases", "add", tiny_model_dir, "--name", "b")
+    mods = {}
+    for seed, domain in enumerate(("automation", "reasoning")):
+        d = tiny.build_tiny_adapter(tiny_model_dir, tmp_path / domain, seed=seed)
+        mods[domain] = cli.json("modifiers", "import", d, "--base", "b", "--domain", domain, "--name", f"mod-{domain}")
+    cli.json("data", "make", "automation", "--n", "40", "--n-test", "12", "--name", "auto")
+    cli.json("data", "make", "reasoning", "--n", "40", "--n-test", "12", "--name", "reason")
+    by_id = {m["id"]: d for d, m in mods.items()}
+
+    def measure(engine, candidates, queries, on_row):  # outcomes known: each modifier answers its own domain
+        for q in queries:
+            on_row(q, {(m.id if m else "none"): {"score": int(m is not None and by_id[m.id] == q.task),
+                                                  "tokens": 9, "text": "x"} for m in candidates})
+
+    with monkeypatch.context() as m:
+        m.setattr(col, "measure", measure)
+        cli.json("router", "collect", "b", "--data", "auto", "--data", "reason", "--limit", "20", "--name", "sc")
+    cli.json("router", "fit", "sc", "--method", "orpo", "--name", "r", "steps=150")
+    for ref in ("b", "mod-automation", "mod-reasoning", "r"):
+        assert cli(("deploy"), ref).exit_code == 0
+    return mods
+
+
+def test_run_auto_routes_logs_and_shows_the_choice(cli, store, routed):
+    from llora_cli.data import load_data
+    from llora_cli.tasks import prompt_of
+
+    prompt = prompt_of(load_data(store, "reason").test[0])
+    out = cli.json("run", "--modifier", "auto", "--engine", "transformers", "--max-tokens", "3", "--json", prompt)
+    assert out["modifier"]["name"] == "mod-reasoning"
+    route = out["route"]
+    assert route["router"]["name"] == "r" and route["modifier"] == "mod-reasoning" and route["fallback"] is None
+    assert 0.5 < route["probability"] <= 1 and route["router_ms"] > 0
+    log = cli.json("logs", "list", "--limit", "1")[0]
+    assert log["modifier"]["name"] == "mod-reasoning" and log["params"]["route"]["probability"] == route["probability"]
+    table = cli("logs", "list", "--limit", "1")
+    assert "auto -> mod-reasoning (p=" in table.stdout
+    # a plain run keeps its own path, and with the router retired `auto` is refused with the hint, nothing loaded
+    cli.json("retire", "r")
+    r = cli("run", "--modifier", "auto", "--max-tokens", "2", "hello")
+    assert r.exit_code == 2 and "no router is deployed on base 'b'" in r.stderr
+
+
+def test_serve_model_base_auto_routes_per_request(cli, store, routed, llora_home):
+    import httpx
+    import openai
+
+    from llora_cli.data import load_data
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "LLORA_HOME": str(llora_home)}
+    proc = subprocess.Popen([sys.executable, "-c", "from llora_cli.cli.entry import main; main()", "serve",
+                             "--port", str(port), "--engine", "transformers"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.time() < deadline, "server did not come up in 120 s"
+                time.sleep(0.3)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x")
+        assert "b:auto" in [m.id for m in client.models.list().data]
+        chosen = {}
+        for ds, name in (("auto", "mod-automation"), ("reason", "mod-reasoning")):
+            row = load_data(store, ds).test[0]
+            messages = [m for m in row["messages"] if m["role"] != "assistant"]
+            client.chat.completions.create(model="b:auto", messages=messages, max_tokens=2)
+            chosen[name] = cli.json("logs", "list", "--limit", "1")[0]
+        for name, log in chosen.items():
+            assert log["modifier"]["name"] == name and log["params"]["route"]["modifier"] == name
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
