@@ -154,7 +154,8 @@ def _mean_kl(tok, src, cmp) -> float:
             ids = tok(prompt, return_tensors="pt")
             p = torch.log_softmax(src(**ids).logits.float(), dim=-1)
             q = torch.log_softmax(cmp(**ids).logits.float(), dim=-1)
-            kl = (p.exp() * (p - q)).sum(-1)  # KL(source || compressed) per position
+            # KL(source || compressed) per position; >= 0 in exact arithmetic, so a float rounding below 0 is 0
+            kl = (p.exp() * (p - q)).sum(-1).clamp_min(0)
             total += float(kl.sum())
             count += kl.numel()
     return total / count
