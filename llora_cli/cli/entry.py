@@ -14,6 +14,9 @@ import sys
 
 
 def main() -> None:
+    from llora_cli import prefetch
+
+    prefetch.start(sys.argv)  # `llora run` on llama.cpp: the model loads while the imports below run
     gc.disable()
     try:
         from llora_cli.cli.main import app

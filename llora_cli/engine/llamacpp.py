@@ -43,6 +43,12 @@ class LlamaCppEngine(Engine):
 
         def load() -> None:
             try:
+                from llora_cli import prefetch
+
+                loaded["llm"] = prefetch.take(base_dir / modelfiles.GGUF_NAME, n_ctx=n_ctx, threads=threads)
+                if loaded["llm"] is not None:
+                    loaded["prefetched"] = True
+                    return  # loaded by the start-up prefetch of `llora run` (the same file and parameters)
                 loaded["llm"] = llama_cpp.Llama(model_path=str(base_dir / modelfiles.GGUF_NAME), n_ctx=n_ctx,
                                                 n_threads=threads or os.cpu_count() or 1, n_batch=512, verbose=False,
                                                 logits_all=False)
@@ -64,7 +70,8 @@ class LlamaCppEngine(Engine):
         self.n_ctx = n_ctx
         self.handles: dict[str, object] = {}
         self.current: str | None = None  # adapter set on the context
-        self.load_info = {"strategy": "llamacpp-gguf", "threads": self.llm.n_threads, "n_ctx": n_ctx}
+        self.load_info = {"strategy": "llamacpp-gguf", "threads": self.llm.n_threads, "n_ctx": n_ctx,
+                          "prefetched": bool(loaded.get("prefetched"))}
         eos = self.tokenizer.eos_token_id
         self.eos = {eos, self.llm.token_eos()} - {None}
         self.batcher = Batcher(self, max_batch=1)
