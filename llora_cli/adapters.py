@@ -121,6 +121,19 @@ def support(config: dict, summary: dict, keys: peft.AdapterKeys) -> dict[str, st
     return {"merge": None, "transformers": None, "llamacpp": llamacpp, "export_vllm_ollama": export}
 
 
+def check_kind_domain(kind: str, domain: str | None) -> None:
+    """The one rule for a new adapter or modifier (train and import): a modifier has a domain (the router picks by
+    it), a training adapter has none. Raises ``BadInput``."""
+    if kind not in ("adapter", "modifier"):
+        raise BadInput(f"--kind must be adapter or modifier, got {kind!r}")
+    if kind == "modifier" and not domain:
+        raise BadInput("a modifier needs --domain (e.g. code, reasoning, automation): the router picks by it")
+    if kind == "adapter" and domain:
+        raise BadInput("--domain is for modifiers; a training adapter is merged, not routed")
+    if domain is not None and not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", domain):
+        raise BadInput(f"--domain {domain!r}: use a short lowercase word (letters, digits, - or _)")
+
+
 def import_adapter(store: Store, peft_dir: Path, base_ref: str, *, name: str | None = None,
                    quantization: str = "none", kind: str = "adapter", domain: str | None = None,
                    command: str = "") -> Artifact:
@@ -134,14 +147,7 @@ def import_adapter(store: Store, peft_dir: Path, base_ref: str, *, name: str | N
     """
     if quantization not in QUANTIZATIONS:
         raise BadInput(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
-    if kind not in ("adapter", "modifier"):
-        raise BadInput(f"import makes an adapter or a modifier, not {kind!r}")
-    if kind == "modifier" and not domain:
-        raise BadInput("a modifier needs --domain (e.g. code, reasoning, automation): the router picks by it")
-    if kind == "adapter" and domain:
-        raise BadInput("--domain is for modifiers; a training adapter is merged, not routed")
-    if domain is not None and not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", domain):
-        raise BadInput(f"--domain {domain!r}: use a short lowercase word (letters, digits, - or _)")
+    check_kind_domain(kind, domain)
     peft_dir = peft_dir.expanduser()
     config, tensors = read_adapter(peft_dir)
     base = store.resolve(base_ref, kinds=("base", "merged", "compressed"))

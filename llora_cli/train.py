@@ -63,12 +63,9 @@ def runs_dir(store: Store, run_id: str) -> Path:
 
 def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str | None,
          config: TrainConfig, command: str = "") -> tuple[TrainPlan, Artifact, object]:
-    if kind not in ("adapter", "modifier"):
-        raise BadInput(f"--kind must be adapter or modifier, got {kind!r}")
-    if kind == "modifier" and not domain:
-        raise BadInput("a modifier needs --domain (e.g. code, reasoning, automation)")
-    if kind == "adapter" and domain:
-        raise BadInput("--domain is for modifiers; a training adapter is merged, not routed")
+    from llora_cli.adapters import check_kind_domain
+
+    check_kind_domain(kind, domain)
     base = store.resolve(base_ref, kinds=BASE_KINDS)
     base_dir = store.path_of(base.id)
     if config.quantize != "none" and base.kind == "compressed":
