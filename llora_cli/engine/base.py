@@ -315,6 +315,7 @@ class Engine(ABC):
         Returns a ``router.serving.Route``; raises ``BadInput`` when no router is deployed on the base."""
         from llora_cli.router.serving import DeployedRouter
 
-        if getattr(self, "_router", None) is None or self._router.art.state != "deployed":
-            self._router = DeployedRouter.for_base(self.store, self.deployment.base)
-        return self._router.route(prompt, list(self.adapters.values()), refused=self.refused)
+        # the catalog is asked which router is deployed on every request (a retired router stops routing at once);
+        # its files are loaded once per process (router/serving.py)
+        router = DeployedRouter.for_base(self.store, self.deployment.base)
+        return router.route(prompt, list(self.adapters.values()), refused=self.refused)
