@@ -2,7 +2,8 @@
 
 A modifier deployed on a GGUF base gets its llama.cpp LoRA (gguflora.py) converted and recorded as a derived file
 first, so a modifier that cannot be served is refused (or noted) before its state changes. A GGUF base gets its
-tokenizer files (tokenizer.py), so that the llama.cpp engine starts without transformers.
+tokenizer files (tokenizer.py), so that the llama.cpp engine starts without transformers. A router whose base,
+routed-to modifiers or encoder changed since it was fitted is refused, naming what changed (router/serving.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def deploy(store: Store, ref: str, *, command: str = "") -> tuple:
         from llora_cli import tokenizer
 
         tokenizer.ensure(store, art)
+    if art.kind == "router" and art.state in ("trained", "retired"):
+        from llora_cli.router.serving import check_unchanged
+
+        check_unchanged(store, art, action="deploy")  # base, modifiers, encoder: as fitted, or refused
     if art.kind == "modifier" and art.state in ("trained", "retired"):
         base = runs_on(store, art.id)
         if is_gguf_base(store, base):

@@ -227,7 +227,8 @@ def collect(store: Store, base_ref: str, data_refs: list[str], *, limit: int | N
     rows = [done[q.key] for q in queries]
     summary = {"base": {"id": base.id, "name": base.name, "kind": base.kind}, "engine": chosen,
                "candidates": candidates,
-               "modifiers": {m.id: {"name": m.name, "domain": m.domain} for m in mods},
+               "modifiers": {m.id: {"name": m.name, "domain": m.domain, "content_hash": m.content_hash}
+                             for m in mods},
                "datasets": [{"id": d.id, "name": d.name, "task": d.meta.get("task"), "split": "train",
                              "rows": sum(q.dataset.id == d.id for q in queries)}
                             for d in {q.dataset.id: q.dataset for q in queries}.values()],

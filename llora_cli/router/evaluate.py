@@ -24,7 +24,7 @@ from llora_cli.router import collect as col
 from llora_cli.router.losses import NONE, best_index, rank
 from llora_cli.stats import wilson
 from llora_store import Store, rules
-from llora_store.errors import BadInput, Conflict
+from llora_store.errors import BadInput
 
 OVERHEAD_QUERIES = 50
 
@@ -69,16 +69,15 @@ def evaluate(store: Store, router_ref: str, data_refs: list[str], *, limit: int 
 
     from llora_cli.engine import Deployment, choose, open_engine
     from llora_cli.router.model import Router
+    from llora_cli.router.serving import check_unchanged
 
     art = store.resolve(router_ref, kinds=("router",))
     if art.state not in ("trained", "deployed", "retired"):
         raise BadInput(f"router '{art.name}' is '{art.state}'; only a trained, deployed or retired router runs")
+    check_unchanged(store, art, action="evaluate")
     router = Router.load(store.path_of(art.id), what=f"router '{art.name}'")
     candidates = router.candidates
     base = store.get(art.meta["base"]["id"])
-    if base.content_hash != art.base_hash:
-        raise Conflict(f"router '{art.name}' was fitted on base hash {str(art.base_hash)[:12]}; "
-                       f"{base.kind} '{base.name}' now has {str(base.content_hash)[:12]}")
     mods = [store.get(c) for c in candidates if c != NONE]
     gone = [m for m in mods if m.state not in ("trained", "deployed", "retired")]
     if gone:

@@ -155,6 +155,12 @@ def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = Non
         raise BadInput(f"scenario set '{scen.name}' measured modifiers that are gone: "
                        f"{', '.join(f'{m.name} ({m.state})' for m in gone)}; a router cannot route to them",
                        hint="collect again on the base's current modifiers")
+    recorded = scen.meta.get("modifiers", {})
+    changed = [m for m in mods if recorded.get(m.id, {}).get("content_hash") not in (None, m.content_hash)]
+    if changed:
+        raise BadInput(f"scenario set '{scen.name}' measured other contents of " + ", ".join(
+            f"modifier '{m.name}' (content hash {recorded[m.id]['content_hash'][:12]} -> {str(m.content_hash)[:12]})"
+            for m in changed), hint="collect again on the base's current modifiers")
     if name is not None and any(a.name == validate_name(name) for a in store.artifacts()):
         raise BadInput(f"the name '{name}' is already taken", hint="choose another with --name")
     heldout = np.array([is_heldout(r["query"], cfg.holdout) for r in rows])
@@ -179,8 +185,11 @@ def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = Non
         extra = {"candidates": candidates, "method": method, "config": asdict(cfg)}
         rmodel.save(staging, {rmodel.CHOICE: (head, extra)}, encoder.identity)
         meta = {"method": method, "config": asdict(cfg), "candidates": candidates,
-                "modifiers": {m.id: {"name": m.name, "domain": m.domain} for m in mods},
-                "base": {"id": base.id, "name": base.name, "kind": base.kind}, "scenarios": scen.id,
+                # the content hashes it was fitted on: deploy and load refuse the router when they change
+                "modifiers": {m.id: {"name": m.name, "domain": m.domain, "content_hash": m.content_hash}
+                              for m in mods},
+                "base": {"id": base.id, "name": base.name, "kind": base.kind, "content_hash": base.content_hash},
+                "scenarios": scen.id,
                 "encoder": {k: v for k, v in encoder.identity.items()}, "training": training}
         parents = [(base.id, "runs_on")] + [(m.id, "routes_to") for m in mods] + [(scen.id, "uses")]
         art = store.create("router", name or store.unique_name(f"router-{base.name}-{method}"), state="trained",

@@ -47,17 +47,45 @@ def find_deployed(store: Store, base: Artifact) -> Artifact | None:
     return routers[0] if routers else None
 
 
+def changes_since_fit(store: Store, art: Artifact) -> list[str]:
+    """What differs from what router ``art`` was fitted on, one line each (``[]``: nothing): its base's content
+    hash, each routed-to modifier's content hash (recorded at fit; a router fitted before they were recorded is
+    checked on its base and encoder only), and the installed encoder's package version and weight hashes."""
+    from llora_cli.router import encoder
+
+    short = lambda h: str(h)[:12]  # noqa: E731
+    changes = []
+    base = store.get(art.meta["base"]["id"])
+    if base.content_hash != art.base_hash:
+        changes.append(f"{base.kind} '{base.name}' content hash {short(art.base_hash)} -> {short(base.content_hash)}")
+    with store.reading() as s:
+        modifiers = store.parents_by_role(s, art.id, "routes_to")
+    recorded = art.meta.get("modifiers", {})
+    for m in modifiers:
+        fitted = recorded.get(m.id, {}).get("content_hash")
+        if fitted is not None and fitted != m.content_hash:
+            changes.append(f"modifier '{m.name}' content hash {short(fitted)} -> {short(m.content_hash)}")
+    return changes + encoder.identity_changes(art.meta.get("encoder") or {})
+
+
+def check_unchanged(store: Store, art: Artifact, *, action: str) -> None:
+    """Refuse to ``action`` (deploy, load) router ``art`` when its base, a modifier or the encoder changed since it
+    was fitted, naming every change: its head chose on other outcomes and embeddings."""
+    changes = changes_since_fit(store, art)
+    if changes:
+        base = art.meta.get("base", {}).get("name", "BASE")
+        raise Conflict(f"cannot {action} router '{art.name}': what it was fitted on changed: {'; '.join(changes)}",
+                       hint=f"collect and fit a new router on what is there now (llora router collect {base} "
+                            f"--data ...; llora router fit SCENARIOS), or restore what changed")
+
+
 def load(store: Store, art: Artifact):
-    """The router's files, loaded once per process; refused if its base changed or its encoder differs."""
+    """The router's files, loaded once per process; refused if its base, a modifier or the encoder changed."""
     from llora_cli.router.model import Router
 
     key = (art.id, art.content_hash or "")
     if key not in _LOADED:
-        base = store.get(art.meta["base"]["id"])
-        if base.content_hash != art.base_hash:
-            raise Conflict(f"router '{art.name}' was fitted on base hash {str(art.base_hash)[:12]}; "
-                           f"{base.kind} '{base.name}' now has {str(base.content_hash)[:12]}",
-                           hint="fit a new router on the current base")
+        check_unchanged(store, art, action="load")
         _LOADED[key] = Router.load(store.path_of(art.id), what=f"router '{art.name}'")
     return _LOADED[key]
 

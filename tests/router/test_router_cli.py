@@ -170,7 +170,75 @@ def test_router_with_another_encoder_is_refused(cli, store, catalog, fake_engine
     real = encoder.identity()
     monkeypatch.setattr(encoder, "identity", lambda: {**real, "version": "9.9"})
     r = cli("router", "eval", "r", "--data", "auto")
-    assert r.exit_code == 1 and "router 'r' was fitted on another encoder" in r.stderr and "9.9" in r.stderr
+    assert r.exit_code == 1 and "cannot evaluate router 'r': what it was fitted on changed: encoder version " \
+        f"'{real['version']}' -> '9.9'" in r.stderr
+
+
+def set_content_hash(store, artifact_id: str, value: str) -> None:
+    """What a catalog restored from another backup, or an import over it, looks like: same id, other content."""
+    from llora_store.models import Artifact
+
+    with store.writing() as s:
+        s.get(Artifact, artifact_id).content_hash = value
+
+
+def test_router_whose_base_modifier_or_encoder_changed_is_refused_at_deploy_and_load(cli, store, catalog,
+                                                                                     fake_engine, monkeypatch):
+    from llora_cli.router import encoder, serving
+    from llora_store.errors import Conflict
+
+    base, mods = catalog
+    auto = mods["automation"]
+    collect(cli, "--name", "sc")
+    fitted = cli.json("router", "fit", "sc", "--name", "r", "steps=20")
+    meta = cli.json("routers", "show", "r")["metadata"]
+    # what it was fitted on is recorded: the base's and each modifier's content hash, the encoder's identity
+    assert meta["base"]["content_hash"] == base.content_hash and len(base.content_hash) == 64
+    assert {k: v["content_hash"] for k, v in meta["modifiers"].items()} == {m.id: m.content_hash for m in mods.values()}
+    assert meta["encoder"]["weights"] == encoder.identity()["weights"]
+    for ref in ("b", auto.id, mods["reasoning"].id):
+        cli.json("deploy", ref)
+
+    # a routed-to modifier changed: deploy refused, naming it and both hashes; the router stays trained
+    set_content_hash(store, auto.id, "f" * 64)
+    r = cli("deploy", "r")
+    assert r.exit_code == 1
+    assert (f"cannot deploy router 'r': what it was fitted on changed: modifier 'mod-automation' content hash "
+            f"{auto.content_hash[:12]} -> ffffffffffff") in r.stderr
+    assert store.get(fitted["id"]).state == "trained"
+    set_content_hash(store, auto.id, auto.content_hash)  # restored: deployable again
+    assert cli("deploy", "r").exit_code == 0
+    assert serving.DeployedRouter.for_base(store, base).art.name == "r"
+
+    # the base and the encoder changed under the deployed router: a process loading it refuses, naming both
+    serving._LOADED.clear()  # a new process
+    set_content_hash(store, base.id, "0" * 64)
+    real = encoder.identity()
+    monkeypatch.setattr(encoder, "identity", lambda: {**real, "version": "9.9"})
+    with pytest.raises(Conflict) as e:
+        serving.DeployedRouter.for_base(store, store.get(base.id))
+    assert e.value.message == (
+        f"cannot load router 'r': what it was fitted on changed: base 'b' content hash {base.content_hash[:12]} -> "
+        f"000000000000; encoder version '{real['version']}' -> '9.9'")
+    assert "llora router collect b" in e.value.hint
+    # and at deploy again (retired, then deployed): the encoder alone is enough to refuse
+    set_content_hash(store, base.id, base.content_hash)
+    cli.json("retire", "r")
+    r = cli("deploy", "r")
+    assert r.exit_code == 1 and "cannot deploy router 'r': what it was fitted on changed: encoder version" in r.stderr
+    assert store.get(fitted["id"]).state == "retired" and not serving._LOADED
+
+
+def test_fit_refuses_a_scenario_set_whose_modifier_changed_since_collect(cli, store, catalog, fake_engine):
+    base, mods = catalog
+    auto = mods["automation"]
+    collect(cli, "--name", "sc")
+    assert cli.json("scenarios", "show", "sc")["metadata"]["modifiers"][auto.id]["content_hash"] == auto.content_hash
+    set_content_hash(store, auto.id, "e" * 64)
+    r = cli("router", "fit", "sc", "--name", "r", "steps=20")
+    assert r.exit_code == 2 and (f"scenario set 'sc' measured other contents of modifier 'mod-automation' "
+                                 f"(content hash {auto.content_hash[:12]} -> eeeeeeeeeeee)") in r.stderr
+    assert store.list(kind="router") == []
 
 
 def test_deployed_router_routes_per_prompt_and_falls_back(cli, store, catalog, fake_engine):
