@@ -23,11 +23,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llora_cli import modelfiles
-from llora_store import Store
 from llora_store.errors import BadInput
-from llora_store.models import Artifact
+
+if TYPE_CHECKING:  # annotations only (fastrun.py runs engines without the ORM)
+    from llora_store import Store
+    from llora_store.models import Artifact
 
 LORA_FILE = "derived/adapter.gguf"  # inside the modifier's artifact directory (recorded, outside its content hash)
 TARGETS = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llora_cli import modelfiles
-from llora_store import Store
 from llora_store.errors import BadInput
-from llora_store.models import Artifact
+
+if TYPE_CHECKING:  # annotations only (fastrun.py reads tokenizers without the ORM)
+    from llora_store import Store
+    from llora_store.models import Artifact
 
 DIR = "derived/tokenizer"
 # transformers' named special tokens (SPECIAL_TOKENS_ATTRIBUTES): the variables a chat template sees

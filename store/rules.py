@@ -9,9 +9,12 @@ do instead.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from llora_store.errors import RuleViolation
-from llora_store.models import Artifact
+
+if TYPE_CHECKING:  # annotations only: the rules run on ORM rows and on llora_store.lite's rows alike
+    from llora_store.models import Artifact
 
 # Lineage roles through which a child needs its parent to keep working:
 # a modifier or router runs on a base, a router routes to modifiers and uses

@@ -14,9 +14,12 @@ import sys
 
 
 def main() -> None:
-    from llora_cli import prefetch
+    from llora_cli import fastrun, prefetch
 
     prefetch.start(sys.argv)  # `llora run` on llama.cpp: the model loads while the imports below run
+    code = fastrun.main(sys.argv)  # a plain `llora run` on llama.cpp: no Typer, no ORM (fastrun.py)
+    if code is not None:
+        sys.exit(code)
     gc.disable()
     try:
         from llora_cli.cli.main import app

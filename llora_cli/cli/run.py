@@ -44,15 +44,10 @@ def run(
         print_json(reply.to_json())
         return
     sys.stdout.write("\n")
-    m = f" + {reply.modifier.name}" if reply.modifier else ""
-    if reply.route:  # --modifier auto: what the router chose, how sure it was, what it cost
-        r = reply.route
-        m = f" + auto -> {r['modifier'] or 'none'} (p={r['probability']:.2f}, router {r['router_ms']:.0f} ms" + \
-            (f"; {r['fallback']})" if r.get("fallback") else ")")
+    from llora_cli.fastrun import summary
+
     # one plain line: Rich's console costs more to import (~0.1 s) than llama.cpp takes to answer a short prompt
-    typer.secho(f"{reply.base.name}{m} ({reply.engine}): {reply.tokens_in} tokens in, {reply.tokens_out} out, "
-                f"first token {reply.ttft_ms or 0:.0f} ms, {reply.latency_ms:.0f} ms; logged as #{reply.log_id}",
-                err=True, dim=True)
+    typer.secho(summary(reply), err=True, dim=True)
 
 
 logs_app = typer.Typer(help="The request log of run and serve: list.", no_args_is_help=True)

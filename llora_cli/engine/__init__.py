@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from llora_cli.engine.base import Deployment, Engine, Reply, check_params, resolve_deployment
-from llora_store import Store
 from llora_store.errors import BadInput
-from llora_store.models import Artifact
+
+if TYPE_CHECKING:  # annotations only (fastrun.py runs engines without the ORM)
+    from llora_store import Store
+    from llora_store.models import Artifact
 
 __all__ = ["ENGINES", "Deployment", "Engine", "Reply", "available", "choose", "is_gguf_base", "open_engine",
            "resolve_deployment", "run"]

@@ -11,10 +11,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from llora_store import Store, rules
+from llora_store import rules
 from llora_store.errors import BadInput, NotFound, RuleViolation
-from llora_store.models import Artifact
+
+if TYPE_CHECKING:  # annotations only: `llora run`'s light path (fastrun.py) runs engines without the ORM
+    from llora_store import Store
+    from llora_store.models import Artifact
 
 RUNTIME_KINDS = ("base", "merged", "compressed")
 MAX_NEW_TOKENS = 4096

@@ -18,11 +18,15 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from llora_cli.engine.base import Deployment, Engine
-from llora_store import Store, rules
+from llora_store import rules
 from llora_store.errors import BadInput
-from llora_store.models import Artifact
+
+if TYPE_CHECKING:  # annotations only (fastrun.py runs this engine without the ORM)
+    from llora_store import Store
+    from llora_store.models import Artifact
 
 
 class LlamaCppEngine(Engine):

@@ -316,3 +316,64 @@ def test_serve_request_fields_on_llama_cpp(gguf_deployment, store, llora_home):
         top = lp.topk(3)
         assert [t.logprob for t in entry.top_logprobs] == pytest.approx(top.values.tolist(), abs=1e-3)
         ids.append(token)
+
+
+def _llora(llora_home, *args, debug=True):
+    """`llora ARGS` as the console script runs it (cli/entry.py: the light path first), in its own process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LLORA_HOME": str(llora_home), **({"LLORA_DEBUG": "1"} if debug else {})}
+    return subprocess.run([sys.executable, "-c", "from llora_cli.cli.entry import main; main()", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_light_run_path_answers_and_logs_as_the_full_command(gguf_deployment, store, llora_home):
+    """`llora run` without Typer and the ORM (fastrun.py + llora_store.lite) gives the full command's reply and
+    request-log row; `--base` (which the light path leaves to the full command) is the reference."""
+    keys = ("base", "modifier", "engine", "client", "prompt", "response", "tokens_in", "tokens_out", "params")
+    for modifier in ("none", "auto-mod", "code"):  # the base alone, a name, a domain
+        args = ["run", "--modifier", modifier, "--max-tokens", "6", "--json", "Set a timer for five minutes"]
+        fast, full = _llora(llora_home, *args), _llora(llora_home, *args[:1], "--base", "tq8", *args[1:])
+        assert fast.returncode == full.returncode == 0, (fast.stderr, full.stderr)
+        assert "full path" not in fast.stderr  # LLORA_DEBUG=1 names the reason whenever the light path declines
+        a, b = json.loads(fast.stdout), json.loads(full.stdout)
+        assert (a["text"], a["tokens_in"], a["tokens_out"], a["modifier"], a["base"], a["params"]) == \
+               (b["text"], b["tokens_in"], b["tokens_out"], b["modifier"], b["base"], b["params"])
+        new, old = store.request_logs(limit=2)
+        assert (new["id"], old["id"]) == (b["log_id"], a["log_id"])
+        assert {k: old[k] for k in keys} == {k: new[k] for k in keys}
+    # streamed: the answer on stdout, the summary line on stderr
+    streamed = _llora(llora_home, "run", "--max-tokens", "6", "Set a timer for five minutes")
+    plain = json.loads(_llora(llora_home, "run", "--max-tokens", "6", "--json", "Set a timer for five minutes").stdout)
+    assert streamed.returncode == 0 and streamed.stdout == plain["text"] + "\n"
+    assert "tq8 (llamacpp): " in streamed.stderr and "logged as #" in streamed.stderr
+
+
+def test_light_run_path_imports_neither_the_orm_nor_typer(gguf_deployment, llora_home):
+    import os
+    import subprocess
+    import sys
+
+    script = ("import json, sys\nfrom llora_cli import fastrun\n"
+              "code = fastrun.main(['llora', 'run', '--max-tokens', '3', '--json', 'hi'])\n"
+              "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'sqlmodel', 'typer', "
+              "'rich', 'transformers', 'torch', 'alembic'))\n"
+              "sys.stderr.write(json.dumps({'code': code, 'heavy': heavy}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LLORA_HOME": str(llora_home)})
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"code": 0, "heavy": []}
+    assert json.loads(proc.stdout)["engine"] == "llamacpp"
+
+
+def test_light_run_path_leaves_errors_to_the_full_command(gguf_deployment, llora_home):
+    r = _llora(llora_home, "run", "--modifier", "nosuch", "hi")
+    assert r.returncode == 1 and "full path (NotFound" in r.stderr  # LLORA_DEBUG=1: why, and the traceback
+    r = _llora(llora_home, "run", "--modifier", "nosuch", "hi", debug=False)
+    said = " ".join(r.stderr.split())  # Rich wraps the message
+    assert "error: no deployed modifier 'nosuch' on compressed 'tq8'" in said and "Traceback" not in said
+    r = _llora(llora_home, "run", "--max-tokens", "0", "hi", debug=False)
+    assert r.returncode == 2 and "--max-tokens must be between 1 and" in r.stderr and r.stdout == ""
+    r = _llora(llora_home, "run", "--modifier", "dora-mod", "hi", debug=False)  # llama.cpp refuses DoRA
+    assert r.returncode == 2 and "DoRA" in r.stderr and "--engine transformers" in r.stderr
