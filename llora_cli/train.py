@@ -21,7 +21,7 @@ from pathlib import Path
 
 from llora_cli import modelfiles
 from llora_cli.data import load_data, write_jsonl
-from llora_cli.trainconfig import TrainConfig, memory_estimate, resolve_targets, trainable_parameters
+from llora_cli.trainconfig import TrainConfig, for_kind, memory_estimate, resolve_targets, trainable_parameters
 from llora_store import Store
 from llora_store.catalog import new_id, validate_name
 from llora_store.errors import BadInput, InvalidTransition, UserError
@@ -66,6 +66,7 @@ def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str |
     from llora_cli.adapters import check_kind_domain
 
     check_kind_domain(kind, domain)
+    config = for_kind(config, kind)
     base = store.resolve(base_ref, kinds=BASE_KINDS)
     base_dir = store.path_of(base.id)
     if config.quantize != "none" and base.kind == "compressed":
@@ -89,6 +90,7 @@ def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str |
 def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: TrainConfig, domain: str | None = None,
           name: str | None = None, command: str = "", progress: Callable[[dict], None] | None = None,
           launcher: str = "none", num_processes: int = 1, accelerate_config: Path | None = None) -> TrainResult:
+    config = for_kind(config, kind)
     p, base, data = plan(store, base_ref=base_ref, data_ref=data_ref, kind=kind, domain=domain, config=config,
                          command=command)
     if launcher not in ("none", "accelerate"):
@@ -117,10 +119,15 @@ def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: Trai
     run_dir = runs_dir(store, aid)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(run_dir / "rows.jsonl", data.train)
-    from llora_cli.trainjob import TrainSpec
+    from llora_cli.trainjob import HELDOUT_ROWS, TrainSpec
 
+    heldout = None
+    if data.test:  # task data: its held-out split is scored during training (memorisation check)
+        heldout = run_dir / "heldout.jsonl"
+        write_jsonl(heldout, data.test[:HELDOUT_ROWS])
     spec = TrainSpec(base_dir=str(store.path_of(base.id)), rows_path=str(run_dir / "rows.jsonl"),
-                     run_dir=str(run_dir), out_dir="", config=config.model_dump(), target_modules=p.target_modules)
+                     run_dir=str(run_dir), out_dir="", config=config.model_dump(), target_modules=p.target_modules,
+                     heldout_path=str(heldout) if heldout else None)
     return _execute(store, art, spec, progress=progress, launcher=launcher, num_processes=num_processes,
                     command=command, accelerate_config=accelerate_config)
 

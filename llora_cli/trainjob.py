@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llora_cli.encoding import encode_row, pad_batch
@@ -33,6 +33,7 @@ class TrainSpec:
     config: dict
     target_modules: list[str]
     resume: bool = False
+    heldout_path: str | None = None  # JSONL of held-out rows (task data): loss and token accuracy during training
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -53,6 +54,41 @@ class TrainOutcome:
     precision: str
     trainable_parameters: int
     world_size: int = 1
+    heldout: list[dict] = field(default_factory=list)  # {"step", "loss", "token_accuracy", "n"} on held-out rows
+    memorisation: str | None = None  # the warning of memorisation_warning(), if any
+
+
+HELDOUT_ROWS = 32  # held-out rows scored during training (teacher-forced: one forward pass each, no generation)
+HELDOUT_POINTS = (0.25, 0.5, 0.75, 1.0)  # fractions of the run at which they are scored
+NEAR_ZERO_LOSS = 0.05  # nats per learned token: the model puts ~95% on each training token
+FLAT_GAIN = 0.01  # held-out token accuracy gained over the second half of the run below this is flat
+
+
+def memorisation_warning(losses: list[float], heldout: list[dict], *, near_zero: float = NEAR_ZERO_LOSS,
+                         flat: float = FLAT_GAIN) -> str | None:
+    """A warning when the training loss is near zero while held-out accuracy stopped improving, else None.
+
+    ``losses``: the training loss of each logged step; ``heldout``: points ``{"step", "token_accuracy"}`` in step
+    order. Near zero: the mean of the last 5 losses is below ``near_zero``. Flat: the held-out token accuracy at
+    the last point is less than ``flat`` above the one at the middle point of the run (the latest point at or
+    before half the last point's step). Both together mean more steps only memorise the training rows.
+    """
+    if not losses or len(heldout) < 2:
+        return None
+    tail = losses[-5:]
+    recent = sum(tail) / len(tail)
+    if recent >= near_zero:
+        return None
+    end = heldout[-1]
+    middle = [h for h in heldout[:-1] if h["step"] <= end["step"] / 2] or heldout[:1]
+    mid = middle[-1]
+    gain = end["token_accuracy"] - mid["token_accuracy"]
+    if gain >= flat:
+        return None
+    return (f"training loss {recent:.3f} is near zero (memorised) while held-out token accuracy is flat: "
+            f"{mid['token_accuracy']:.1%} at step {mid['step']} -> {end['token_accuracy']:.1%} at step {end['step']}; "
+            f"more steps will not help: train on more varied rows, or stop near step {mid['step']} "
+            f"(max_steps={mid['step']})")
 
 
 def choose_device(requested: str) -> str:
@@ -136,6 +172,37 @@ class TrainJob:
         from datasets import Dataset
 
         self.dataset = Dataset.from_list(encoded)
+        self.heldout: list[dict] = []
+        if self.spec.heldout_path and Path(self.spec.heldout_path).exists():
+            held = [json.loads(line) for line in open(self.spec.heldout_path) if line.strip()][:HELDOUT_ROWS]
+            self.heldout = [e for e in (encode_row(self.tokenizer, r, cfg.max_seq_len) for r in held)
+                            if any(label != -100 for label in e["labels"])]
+
+    def heldout_score(self, step: int) -> dict:
+        """Teacher-forced loss and next-token accuracy on the held-out rows' learned tokens (dropout off)."""
+        import torch
+
+        from llora_cli.encoding import IGNORE
+
+        model = self.model
+        was_training = model.training
+        model.eval()
+        total, correct, count = 0.0, 0, 0
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for i in range(0, len(self.heldout), 8):
+                batch = pad_batch(self.heldout[i: i + 8], self.tokenizer.pad_token_id)
+                logits = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device)).logits.float()[:, :-1]
+                labels = batch["labels"][:, 1:].to(device)
+                keep = labels != IGNORE
+                total += float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
+                correct += int((logits.argmax(-1)[keep] == labels[keep]).sum())
+                count += int(keep.sum())
+        if was_training:
+            model.train()
+        return {"step": step, "loss": round(total / count, 5), "token_accuracy": round(correct / count, 5),
+                "n": len(self.heldout)}
 
     def run(self) -> TrainOutcome:
         from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -167,6 +234,13 @@ class TrainJob:
                     f.write(json.dumps(rec) + "\n")
                 if job.progress:
                     job.progress(rec)
+
+            def on_step_end(self, args, state, control, **kw):
+                if not job.heldout or not state.is_world_process_zero:
+                    return
+                marks = {max(1, round(state.max_steps * f)) for f in HELDOUT_POINTS}
+                if state.global_step in marks and all(h["step"] != state.global_step for h in job.heldout_points):
+                    job.heldout_points.append(job.heldout_score(state.global_step))
 
         args = TrainingArguments(
             output_dir=str(self.run_dir / "checkpoints"),
@@ -202,6 +276,7 @@ class TrainJob:
 
         trainer.remove_callback(PrinterCallback)  # stdout is for data; progress goes through our callback
         self.trainer = trainer
+        self.heldout_points: list[dict] = []
         resume = str(latest_checkpoint(self.run_dir)) if self.spec.resume and latest_checkpoint(self.run_dir) else None
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume)
@@ -215,7 +290,8 @@ class TrainJob:
             steps=int(result.global_step), tokens=tokens, seconds=round(seconds, 2),
             tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0, final_loss=final,
             device=self.device, precision=self.precision, trainable_parameters=int(self.trainable),
-            world_size=int(trainer.args.world_size),
+            world_size=int(trainer.args.world_size), heldout=self.heldout_points,
+            memorisation=memorisation_warning(losses, self.heldout_points),
         )
 
     def save(self) -> None:

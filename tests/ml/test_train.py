@@ -147,6 +147,30 @@ def test_eval_stores_results_and_modifier_improves_loss(cli, store, setup):
     assert sorted(p["role"] for p in d["parents"]) == ["data", "runs_on"]
 
 
+def test_modifier_defaults_heldout_points_and_memorisation_warning(cli, setup, monkeypatch):
+    import functools
+
+    from llora_cli import trainjob
+
+    # the real decision on the real losses and held-out points, with thresholds that always fire
+    monkeypatch.setattr(trainjob, "memorisation_warning",
+                        functools.partial(trainjob.memorisation_warning, near_zero=100.0, flat=100.0))
+    result = cli("train", "--base", "tiny", "--data", "auto", "--kind", "modifier", "--domain", "automation",
+                 "--name", "memo", "max_steps=8", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["steps"] == 8
+    assert [h["step"] for h in out["heldout"]] == [2, 4, 6, 8]  # 1/4, 1/2, 3/4 and the end of the run
+    assert all(0 < h["n"] <= 20 and 0 <= h["token_accuracy"] <= 1 and h["loss"] > 0 for h in out["heldout"])
+    mid, end = out["heldout"][1], out["heldout"][3]
+    assert out["memorisation"].startswith("training loss ")
+    assert f"{mid['token_accuracy']:.1%} at step 4 -> {end['token_accuracy']:.1%} at step 8" in out["memorisation"]
+    assert "warning: training loss" in result.stderr
+    config = cli.json("show", "memo")["metadata"]["config"]
+    assert (config["learning_rate"], config["batch_size"], config["lr_scheduler"], config["r"]) == (1e-3, 8, "cosine", 16)
+    assert config["max_steps"] == 8  # set on the command line: wins over the default 100
+
+
 def test_interrupted_run_fails_cleanly_and_resumes(cli, store, setup, monkeypatch):
     from llora_cli import trainjob
 
