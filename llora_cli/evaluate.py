@@ -128,8 +128,9 @@ def mean_loss(tokenizer, model, rows: list[dict], *, max_len: int = 512, batch_s
 
 def generate_texts(tokenizer, model, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16,
                    stop_strings: list[str] | None = None, strip: bool = True,
-                   add_special_tokens: bool = False) -> list[str]:
-    """Greedy continuations of prompt texts (left-padded batches); generation of a row may end at a stop string."""
+                   add_special_tokens: bool = False, stop_when=None) -> list[str]:
+    """Greedy continuations of prompt texts (left-padded batches); generation of a row may end at a stop string,
+    or once ``stop_when(text so far)`` is true for it (checked after every token)."""
     import torch
 
     tokenizer.padding_side = "left"
@@ -140,6 +141,8 @@ def generate_texts(tokenizer, model, prompts: list[str], *, max_new_tokens: int,
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[i: i + batch_size], return_tensors="pt", padding=True,
                         add_special_tokens=add_special_tokens)
+        if stop_when is not None:
+            extra["stopping_criteria"] = [_text_stop(tokenizer, enc["input_ids"].shape[1], stop_when)]
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, **extra)
@@ -147,6 +150,19 @@ def generate_texts(tokenizer, model, prompts: list[str], *, max_new_tokens: int,
             text = tokenizer.decode(row_out, skip_special_tokens=True)
             outputs.append(text.strip() if strip else text)
     return outputs
+
+
+def _text_stop(tokenizer, prompt_len: int, done):
+    """A transformers StoppingCriteria: a row is finished once ``done(its decoded continuation)`` is true."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class TextStop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([done(tokenizer.decode(row[prompt_len:], skip_special_tokens=True))
+                                 for row in input_ids], dtype=torch.bool, device=input_ids.device)
+
+    return TextStop()
 
 
 def generate_batch(tokenizer, model, rows: list[dict], *, max_new_tokens: int, batch_size: int = 16) -> list[str]:
@@ -232,7 +248,8 @@ def humaneval_completer(tokenizer, model, *, prompt_style: str, max_new_tokens: 
                                    add_special_tokens=True)
             return [humaneval.truncate_raw(t) for t in texts]
         prompts = [prompt_text(tokenizer, [{"role": "user", "content": humaneval.chat_prompt(p)}]) for p in problems]
-        texts = generate_texts(tokenizer, model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        texts = generate_texts(tokenizer, model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               stop_when=humaneval.chat_reply_done)
         return [humaneval.completion_from_chat(p, t) for p, t in zip(problems, texts)]
 
     return complete

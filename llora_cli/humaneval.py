@@ -20,7 +20,8 @@ Completions (``prompt_style``):
 - ``raw``: the model continues the prompt text as is (the original Codex protocol), cut at the first
   of HumanEval's stop sequences (a new top-level ``def``/``class``/``if``/``print``/comment).
 - ``chat``: the prompt goes through the chat template, asking the model to complete the function;
-  the reply's code (fenced block, else from the first ``def``) is used. If it defines the entry point
+  the reply's code (fenced block, else from the first ``def``) is used; generation of a reply stops at
+  the end of its first closed fenced block (``chat_reply_done``: nothing after it is used). If it defines the entry point
   it is appended after the prompt (the redefinition wins; the prompt's imports stay); otherwise it is
   taken as the function body.
 """
@@ -117,6 +118,17 @@ def truncate_raw(text: str) -> str:
 
 def chat_prompt(problem: dict) -> str:
     return f"{CHAT_INSTRUCTION}```python\n{problem['prompt']}```"
+
+
+def chat_reply_done(text: str) -> bool:
+    """True once a chat reply holds a closed fenced code block: generation stops there.
+
+    ``completion_from_chat`` uses only the first fenced block, so what a model writes after it (explanations,
+    usage examples) can never change the score; stopping at the closing fence gives the same completion as
+    generating to ``max_new_tokens``, in a fraction of the time. A reply without a fence runs to its end.
+    """
+    first = text.find("```")
+    return first >= 0 and text.find("```", first + 3) >= 0
 
 
 def completion_from_chat(problem: dict, reply: str) -> str:

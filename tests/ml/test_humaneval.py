@@ -79,6 +79,19 @@ def tiny(cli, tiny_model_dir):
     cli.json("bases", "add", tiny_model_dir, "--name", "tiny")
 
 
+def test_chat_generation_stops_once_the_first_code_block_is_closed(problems):
+    done = humaneval.chat_reply_done
+    assert not done("Here is the function:\n```python\ndef f(x):\n    return x")
+    assert done("Here is the function:\n```python\ndef f(x):\n    return x\n```")
+    assert not done("def f(x):\n    return x\n")  # no fence: the reply runs to its end
+    # stopping there loses nothing: the completion of the stopped reply equals that of the whole reply
+    reply = "```python\ndef add(x: int, y: int):\n    return x + y\n```\nThis adds.\n```python\nadd(1, 2)\n```"
+    stopped = reply[: reply.index("```", 3) + 3]
+    assert done(stopped)
+    add = next(p for p in problems if p["entry_point"] == "add")
+    assert humaneval.completion_from_chat(add, stopped) == humaneval.completion_from_chat(add, reply)
+
+
 def test_benchmark_report_with_canonical_stand_in_is_stored(cli, store, tiny):
     from llora_cli.evaluate import evaluate_benchmark
 
