@@ -13,7 +13,8 @@ Each its own process, order alternating per round; the replies are checked to be
 process reports its steps (import, model load, generate). Medians and minimums of wall time (the minimum is the
 least disturbed round on a shared machine), CPU seconds (user + sys) and the load average, so that a figure taken
 while other work ran says so. The breakdown (three more processes, medians) times llora's steps in process:
-imports, store + deployment, llama_cpp import, engine (tokenizer + model load), request, request log.
+imports, catalog + deployment, llama_cpp import, engine (tokenizer + model load), request, request log, on the
+light path (llora_cli/fastrun.py: no Typer, no ORM) that `llora run` takes for this command.
 """
 
 from __future__ import annotations
@@ -55,26 +56,25 @@ PLAIN = textwrap.dedent('''
 BREAKDOWN = textwrap.dedent('''
     import json, sys, time
     t = [time.perf_counter()]
-    from llora_cli.cli.main import app  # what the console script imports
-    from llora_cli.engine import open_engine, resolve_deployment
-    from llora_store import open_store
+    from llora_cli import engine, fastrun, tokenizer  # what the light path of `llora run` imports (fastrun.py)
+    from llora_store import lite
     t.append(time.perf_counter())
-    store = open_store(); dep = resolve_deployment(store)
+    catalog = lite.open_catalog(); dep = engine.resolve_deployment(catalog)
     t.append(time.perf_counter())
     import llama_cpp
     t.append(time.perf_counter())
-    engine = open_engine(store, dep, "llamacpp")
+    runtime = engine.open_engine(catalog, dep, "llamacpp")
     t.append(time.perf_counter())
-    reply = engine.generate(sys.argv[1], max_tokens=int(sys.argv[2]))
+    reply = runtime.generate(sys.argv[1], max_tokens=int(sys.argv[2]))
     t.append(time.perf_counter())
-    engine.log(reply, sys.argv[1], client="cli")
+    runtime.log(reply, sys.argv[1], client="cli")
     t.append(time.perf_counter())
-    names = ["imports (cli, engine, store)", "open store + resolve deployment", "import llama_cpp (numpy, ctypes)",
-             "engine (tokenizer + model load)", "request (encode + generate)", "request log"]
+    names = ["imports (fastrun, engine, lite catalog)", "open catalog + resolve deployment",
+             "import llama_cpp (numpy, ctypes)", "engine (tokenizer + model load)", "request (encode + generate)",
+             "request log"]
     out = {n: round(b - a, 3) for n, a, b in zip(names, t, t[1:])}
-    from llora_cli import tokenizer
-    a = time.perf_counter(); tokenizer.ChatTokenizer(tokenizer.ensure(store, dep.base)); b = time.perf_counter()
-    out["of which tokenizer (again, warm)"] = round(b - a, 3)
+    a = time.perf_counter(); tokenizer.ChatTokenizer(tokenizer.files_dir(catalog.path_of(dep.base.id)))
+    out["of which tokenizer (again, warm)"] = round(time.perf_counter() - a, 3)
     print(json.dumps(out))
 ''')
 
@@ -168,6 +168,10 @@ def main() -> None:
         "same_text": texts["plain-llama-cpp"] == texts["llora-run-llamacpp"] and len(texts["plain-llama-cpp"]) == 1,
         "text": sorted(texts["llora-run-llamacpp"]),
     }
+    # the command took the light path (fastrun.py; LLORA_DEBUG=1 says when it declines)
+    probe = subprocess.run(cmds["llora-run-llamacpp"], env={**env, "LLORA_DEBUG": "1"}, capture_output=True,
+                           text=True, check=True)
+    result["light_path"] = "full path" not in probe.stderr
     result["plain_steps_s_median"] = {k: round(statistics.median(r[k] for r in plain_steps), 3)
                                       for k in plain_steps[0]}
     if not args.no_breakdown:
