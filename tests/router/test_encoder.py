@@ -50,31 +50,39 @@ def test_embeddings_equal_sentence_transformers():
     assert np.abs(enc.encode([" ".join(f"word{i} and more" for i in range(60))])[0] - want[-1]).max() > 1e-3
 
 
-def test_encoder_does_not_import_sentence_transformers_or_transformers():
+def test_encoder_imports_neither_torch_nor_transformers():
     import subprocess
 
     code = ("import sys; from llora_cli.router import encoder; encoder.shared().encode(['hi']); "
-            "print(sorted(m for m in ('sentence_transformers', 'transformers') if m in sys.modules))")
+            "print(sorted(m for m in ('sentence_transformers', 'transformers', 'torch') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_single_text_runs_on_one_thread_and_restores_the_setting(monkeypatch):
-    import torch
+def test_encoding_runs_numpy_blas_on_one_thread_and_restores_it(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():  # numpy's own OpenBLAS (scipy's and torch's, loaded by other tests, do not run the encoder)
+        return sorted({p["num_threads"] for p in threadpool_info() if "numpy" in p["filepath"]})
 
     enc = encoder.shared()
     seen = []
     real = encoder.bert_forward
-    monkeypatch.setattr(encoder, "bert_forward", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        enc.encode(["one text"])
-        enc.encode(["two", "texts"])
-        assert seen == [1, 2] and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    monkeypatch.setattr(encoder, "bert_forward", lambda *a: (seen.append(blas_threads()), real(*a))[1])
+    before = blas_threads()
+    enc.encode(["one text"])
+    enc.encode(["two", "texts"])
+    assert seen == [[1], [1]] and blas_threads() == before
+
+
+def test_erf_is_within_its_bound():
+    import math
+
+    xs = np.linspace(-6, 6, 20001)
+    exact = np.array([math.erf(x) for x in xs])
+    assert np.abs(encoder.erf(xs) - exact).max() < 1.2e-7
+    assert encoder.erf(np.array([0.0, 10.0, -10.0])).tolist() == pytest.approx([0.0, 1.0, -1.0], abs=1e-7)
 
 
 def test_a_model_laid_out_otherwise_is_refused(tmp_path):
