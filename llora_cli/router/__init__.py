@@ -2,5 +2,5 @@
 
 ``encoder`` (the frozen sentence encoder), ``losses`` (FBC, DPO, ORPO over a categorical policy),
 ``model`` (the head and its files), ``collect`` (scenario sets: measured answers), ``fit`` and ``evaluate``.
-Nothing here is imported by catalog commands; torch, safetensors and tokenizers load inside functions.
+Nothing here is imported by catalog commands; numpy, safetensors, tokenizers and (to fit) torch load inside functions.
 """

