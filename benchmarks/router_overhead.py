@@ -241,7 +241,22 @@ BREAKDOWN = textwrap.dedent('''
 ''')
 
 
-def process(home: Path, rounds: int, tokens: int) -> dict:
+ST_LOAD = textwrap.dedent('''
+    import json, sys, time
+    t = [time.perf_counter()]
+    import torch
+    t.append(time.perf_counter())
+    from sentence_transformers import SentenceTransformer
+    t.append(time.perf_counter())
+    from llora_cli.router import encoder as enc
+    SentenceTransformer(str(enc.model_dir()), device="cpu", local_files_only=True).encode(["hi"])
+    t.append(time.perf_counter())
+    names = ["import torch", "import sentence_transformers (transformers...)", "load + first encode"]
+    print(json.dumps({n: round(b - a, 3) for n, a, b in zip(names, t, t[1:])}))
+''')
+
+
+def process(home: Path, rounds: int, tokens: int, compare_st: bool) -> dict:
     setup(home)
     env = {**os.environ, "LLORA_HOME": str(home)}
     llora = str(Path(sys.executable).with_name("llora"))
@@ -270,7 +285,14 @@ def process(home: Path, rounds: int, tokens: int) -> dict:
         out = subprocess.run([sys.executable, "-c", BREAKDOWN, PROMPT], env=env, capture_output=True, text=True,
                              check=True).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
+    before = {}
+    if compare_st:  # what loading the encoder cost before (sentence-transformers), in a fresh interpreter
+        st = [json.loads(subprocess.run([sys.executable, "-c", ST_LOAD], capture_output=True, text=True, check=True)
+                         .stdout.strip().splitlines()[-1]) for _ in range(3)]
+        before = {"sentence_transformers_encoder_s_median_of_3": {k: round(statistics.median(r[k] for r in st), 3)
+                                                                  for k in st[0]}}
     return {
+        **before,
         "machine": machine(), "model": "SmolLM2-135M-Instruct GGUF Q8_0, llama.cpp engine", "rounds": rounds,
         "max_tokens": tokens, "commands": {k: " ".join(v[1:]) for k, v in cmds.items()},
         "process_s_median": med, "process_s_min": {k: round(min(v), 3) for k, v in times.items()},
@@ -299,7 +321,7 @@ def main() -> None:
         print(json.dumps(result["overhead"], indent=2), flush=True)
     if "process" in args.parts:
         home = args.home or Path(tempfile.mkdtemp(prefix="llora-router-bench-")) / "home"
-        result["process"] = process(home, args.rounds, args.tokens)
+        result["process"] = process(home, args.rounds, args.tokens, args.compare_st)
         print(json.dumps(result["process"], indent=2), flush=True)
 
 
