@@ -53,6 +53,8 @@ TRANSITIONS: dict[str, dict[tuple[str, str], str]] = {
     "dataset": {("ready", "discard"): "discarded"},
     # A scenario set (`llora router collect`): measured outcomes a router is fitted on; data, like a dataset.
     "scenario-set": {("ready", "discard"): "discarded"},
+    # A layer-adapter set (`llora router distill`): one small adapter per decoder layer of one base (dynamic depth).
+    "layer-adapters": {("ready", "discard"): "discarded"},
 }
 
 # The states an artifact may be created in. An adapter imported from a PEFT
@@ -66,6 +68,7 @@ INITIAL: dict[str, tuple[str, ...]] = {
     "compressed": ("ready",),
     "dataset": ("ready",),
     "scenario-set": ("ready",),
+    "layer-adapters": ("ready",),
 }
 
 EVENTS = tuple(sorted({event for table in TRANSITIONS.values() for (_, event) in table}))

@@ -20,7 +20,7 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 
-KINDS = ("base", "dataset", "adapter", "merged", "compressed", "modifier", "router", "scenario-set")
+KINDS = ("base", "dataset", "adapter", "merged", "compressed", "modifier", "router", "scenario-set", "layer-adapters")
 # The CLI noun group that lists each kind.
 GROUPS = {
     "base": "bases",
@@ -31,6 +31,7 @@ GROUPS = {
     "modifier": "modifiers",
     "router": "routers",
     "scenario-set": "scenarios",
+    "layer-adapters": "layer-adapters",
 }
 
 

@@ -65,6 +65,8 @@ HELP = {
     "dataset": "Datasets: list, show.",
     "scenario-set": "Scenario sets (measured answers of a base and its modifiers, made by `llora router collect`): "
                  "list, show.",
+    "layer-adapters": "Layer-adapter sets (one small adapter per decoder layer of a base, made by `llora router "
+                      "distill`): list, show.",
 }
 
 

@@ -80,7 +80,7 @@ def _root(home: HomeOpt = None) -> None:
 app.add_typer(bases.app, name="bases")
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(modifiers.app, name="modifiers")
-for _kind in ("merged", "compressed", "router", "dataset", "scenario-set"):
+for _kind in ("merged", "compressed", "router", "dataset", "scenario-set", "layer-adapters"):
     app.add_typer(kinds.kind_app(_kind), name=kinds.GROUPS[_kind])
 app.add_typer(router.app, name="router")
 app.add_typer(data.app, name="data")

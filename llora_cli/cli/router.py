@@ -1,4 +1,5 @@
-"""`llora router collect|fit|eval`: scenario sets, routers fitted on them, and routers measured on held-out queries."""
+"""`llora router collect|distill|fit|eval`: scenario sets, layer-adapter sets, routers fitted on them, and routers
+measured on held-out queries."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import typer
 
 from llora_cli.cli.options import ArtifactRef, JsonOpt, NameOpt, command_line, err, open_store, out, print_json
 
-app = typer.Typer(help="Routers that pick a modifier per query: collect scenarios, fit, eval.", no_args_is_help=True)
+app = typer.Typer(help="Routers that pick a modifier per query: collect scenarios, distill layer adapters, fit, eval.",
+                  no_args_is_help=True)
 
 DataOpt = Annotated[list[str], typer.Option("--data", "-d", help="Dataset (id or name) with a checker; repeat it "
                                                                    "for mixed domains.")]
@@ -54,6 +56,39 @@ def collect(
     err().print(f"scenario set '{res.artifact.name}' ({res.artifact.id}): {res.rows} queries"
                 f"{f' ({res.resumed} resumed)' if res.resumed else ''}; fixed choices: {fixed}; "
                 f"oracle {f['oracle']['accuracy']:.1%}")
+
+
+@app.command("distill")
+def distill(
+    base: Annotated[str, typer.Argument(metavar="BASE", help="The base (id or name) whose layers are distilled.")],
+    data: DataOpt,
+    limit: LimitOpt = None,
+    name: NameOpt = None,
+    config: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[KEY=VALUE]...", help="width, steps, lr, batch_tokens, memory_mb, max_len, seed.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Distill one small adapter per decoder layer of the base (down -> ReLU -> up, residual), trained by MSE to
+    the real layer's output on the base's own answers that the task's checker scores correct. Registers a
+    layer-adapter set. Interrupted, the same command resumes.
+
+    Example: llora router distill smollm2 --data reasoning-n200 --limit 100 width=64
+    """
+    from llora_cli.router.depth.distill import distill as run_distill
+
+    with _bar("distilling") as bar:
+        task = bar.add_task("distill", total=None)
+        res = run_distill(open_store(), base, list(data), limit=limit, name=name, config=config or [],
+                          command=command_line(),
+                          progress=lambda stage, d, t: bar.update(task, completed=d, total=t, description=stage))
+    if json_:
+        print_json({"id": res.artifact.id, "name": res.artifact.name, "layers": res.layers, "rows": res.rows,
+                    "mse": res.mse, "mse_skip": res.mse_skip, "resumed_layers": res.resumed_layers})
+        return
+    worst = max(range(res.layers), key=lambda i: res.mse[i])
+    err().print(f"layer-adapter set '{res.artifact.name}' ({res.artifact.id}): {res.layers} layers distilled on "
+                f"{res.rows['correct']} of {res.rows['answered']} queries answered correctly; highest MSE layer "
+                f"{worst}: {res.mse[worst]:.4g} (skipping it: {res.mse_skip[worst]:.4g})")
 
 
 @app.command("fit")

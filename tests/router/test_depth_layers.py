@@ -4,9 +4,9 @@ replaced (layer 0 included), the empty set is the unmodified model, and the mode
 from __future__ import annotations
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from llora_cli.router.depth.layers import LayerAdapter, ReplacedLayer, decoder_layers, replaced_layers
 from llora_store.errors import BadInput
 

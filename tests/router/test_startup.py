@@ -12,7 +12,8 @@ HEAVY = ("torch", "transformers", "peft", "sentence_transformers", "safetensors.
 
 def test_scenarios_and_router_catalog_commands_stay_light(llora_home, store):
     commands = [["scenarios", "list", "--json"], ["scenarios", "list"], ["routers", "list"], ["router", "--help"],
-                ["router", "collect", "--help"], ["router", "fit", "--help"], ["router", "eval", "--help"]]
+                ["router", "collect", "--help"], ["router", "fit", "--help"], ["router", "eval", "--help"],
+                ["router", "distill", "--help"], ["layer-adapters", "list", "--json"]]
     code = textwrap.dedent(f"""
         import json, sys
         from llora_cli.cli.main import app
