@@ -119,6 +119,21 @@ def overhead(per_domain: int, compare_st: bool) -> dict:
                             "encoder forward + pooling": round(statistics.median(fwd), 2),
                             "head + softmax": round(statistics.median(hd), 3)},
     }
+    # the forward's matrix products alone at the median length, one BLAS thread: the floor of the encoder's cost
+    x = {n: rng.normal(size=(int(med), n)).astype(np.float32) for n in (384, 1536)}
+    products = [(x[lay[k].shape[0]], lay[k]) for lay in encoder.layers for k in ("qkv_w", "o_w", "i_w", "f_w")]
+    flop = 2 * sum(a.shape[0] * w.shape[0] * w.shape[1] for a, w in products)
+    with enc._blas().limit(limits=1, user_api="blas"):
+        cpu_ms = []
+        for _ in range(60):
+            c = time.process_time()
+            for a, w in products:
+                a @ w
+            cpu_ms.append((time.process_time() - c) * 1000)
+    result["matmuls_only_at_median_length"] = {"gflop": round(flop / 1e9, 3),
+                                               "cpu_ms_median_of_60": round(statistics.median(cpu_ms), 2),
+                                               "cpu_ms_min": round(min(cpu_ms), 2),
+                                               "gflop_per_s_at_min": round(flop / min(cpu_ms) / 1e6, 1)}
     # the same encoder with numpy's BLAS on 2 threads (its default here), for comparison
     threads, enc.BLAS_THREADS = enc.BLAS_THREADS, os.cpu_count()
     try:

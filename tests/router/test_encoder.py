@@ -76,13 +76,19 @@ def test_encoding_runs_numpy_blas_on_one_thread_and_restores_it(monkeypatch):
     assert seen == [[1], [1]] and blas_threads() == before
 
 
-def test_erf_is_within_its_bound():
+def test_gelu_is_as_exact_as_torchs():
     import math
 
-    xs = np.linspace(-6, 6, 20001)
-    exact = np.array([math.erf(x) for x in xs])
-    assert np.abs(encoder.erf(xs) - exact).max() < 1.2e-7
-    assert encoder.erf(np.array([0.0, 10.0, -10.0])).tolist() == pytest.approx([0.0, 1.0, -1.0], abs=1e-7)
+    import torch
+
+    xs = np.linspace(-8, 8, 40001).astype(np.float32)
+    exact = np.array([0.5 * float(x) * (1 + math.erf(float(x) / math.sqrt(2))) for x in xs])
+    ours = encoder.gelu(xs.copy())
+    assert ours.dtype == np.float32 and np.abs(ours - exact).max() < 5e-7
+    assert np.abs(torch.nn.functional.gelu(torch.from_numpy(xs)).numpy() - exact).max() > 1e-7  # the same order
+    # gelu(-10) = -5 erfc(10 / sqrt 2) = -7.62e-23
+    edges = encoder.gelu(np.array([0.0, 10.0, -10.0], dtype=np.float32)).tolist()
+    assert edges == pytest.approx([0.0, 10.0, -7.62e-23], rel=1e-3)
 
 
 def test_a_model_laid_out_otherwise_is_refused(tmp_path):
