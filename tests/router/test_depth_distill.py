@@ -151,3 +151,44 @@ def test_a_set_is_refused_on_another_base(cli, store, setup, other_tiny_model_di
     assert len(dd.load(store, res.artifact.id, setup)) == 2
     listed = cli.json("layer-adapters", "list")
     assert [a["id"] for a in listed] == [res.artifact.id]
+
+
+KILLED = '''
+import os, signal, sys
+import torch
+import llora_cli.tasks as tasks
+
+torch.set_num_threads(1)
+from llora_cli.router.depth import distill as dd
+
+tasks.checker = lambda kind: (lambda row, text: True)  # the random tiny model answers nothing right
+real_save = dd._save_layer
+
+def save(resume, i, adapter, figures):
+    real_save(resume, i, adapter, figures)
+    os.kill(os.getpid(), signal.SIGKILL)  # killed once layer 0 is written: no cleanup runs
+
+dd._save_layer = save
+from llora_cli.cli.main import app
+app(sys.argv[1:])
+'''
+
+
+def test_distill_killed_leaves_no_set_and_resumes(store, setup, llora_home):
+    import os
+    import subprocess
+    import sys
+
+    args = ["router", "distill", "tiny", "--data", "reason", *CFG]
+    proc = subprocess.run([sys.executable, "-c", KILLED, *args], env={**os.environ, "LLORA_HOME": str(llora_home)},
+                          capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert store.list(kind="layer-adapters") == []  # R10
+    (partial,) = [p for p in store.layout.leftovers() if p.name.startswith("distill-")]
+    assert len((partial / dd.ANSWERS_FILE).read_text().splitlines()) == 6
+    assert sorted(p.name for p in partial.iterdir() if p.name.startswith("layer-")) == ["layer-0.json",
+                                                                                     "layer-0.safetensors"]
+    assert store.gc(dry_run=True).staging_removed == [partial.name]  # its process is dead
+    res = dd.distill(store, "tiny", ["reason"], config=CFG, check=lambda q, t: True)
+    assert res.resumed_layers == 1 and res.rows == {"answered": 6, "correct": 6, "resumed": 6}
+    assert not [p for p in store.layout.leftovers() if p.name.startswith("distill-")]
