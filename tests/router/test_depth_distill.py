@@ -192,3 +192,18 @@ def test_distill_killed_leaves_no_set_and_resumes(store, setup, llora_home):
     res = dd.distill(store, "tiny", ["reason"], config=CFG, check=lambda q, t: True)
     assert res.resumed_layers == 1 and res.rows == {"answered": 6, "correct": 6, "resumed": 6}
     assert not [p for p in store.layout.leftovers() if p.name.startswith("distill-")]
+
+
+def test_answers_are_the_ones_llora_eval_generates(store, setup):
+    """distill's greedy answers (token ids kept) decode to the texts ``llora eval`` scores for the same rows."""
+    from llora_cli.evaluate import generate_batch
+    from llora_cli.router.collect import checked_queries
+
+    tok, model = _tiny_model(store, setup)
+    qs = checked_queries(store, ["reason"], split="train", limit=None)
+    got = []
+    dd.answer(tok, model, qs, on_row=lambda q, a: got.append(a))
+    want = generate_batch(tok, model, [{"messages": q.messages} for q in qs], max_new_tokens=dd.max_tokens_for("reasoning"))
+    assert [a["text"] for a in got] == want
+    assert all(len(a["answer"]) >= 1 and a["prompt"] for a in got)
+    assert any(a["text"] for a in got)  # not all empty (the comparison would then prove little)
