@@ -75,6 +75,10 @@ def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str |
     tensors = modelfiles.model_tensors(base_dir)
     targets = resolve_targets(config, tensors)
     data = load_data(store, data_ref, command=command)
+    for i, row in enumerate(data.train, 1):
+        if "messages" in row and not any(m["role"] == "assistant" for m in row["messages"]):
+            raise BadInput(f"dataset '{data.artifact.name}' row {i} has no assistant message to learn from "
+                           "(a row with only an expected answer is for llora eval, not training)")
     arch = base.meta.get("architecture") or modelfiles.summarize_model(base_dir)
     p = TrainPlan(
         kind=kind, domain=domain,

@@ -63,6 +63,17 @@ def test_malformed_user_rows_are_reported_by_line(cli, store, setup, tmp_path):
     assert store.list(kind="adapter") == []
 
 
+def test_handwritten_rows_without_a_reply_are_scored_but_never_trained(cli, store, setup):
+    from pathlib import Path
+
+    hand = Path(__file__).resolve().parents[1] / "data" / "reasoning_handwritten.jsonl"
+    r = cli.json("eval", "tiny", "--data", hand, "--task", "reasoning", "--limit", "2")
+    assert r["n"] == 2 and r["task"] == "reasoning" and len(r["verdicts"]) == 2 and r["correct"] == 0
+    bad = cli("train", "--base", "tiny", "--data", hand)
+    assert bad.exit_code == 2 and "row 1 has no assistant message to learn from" in bad.stderr
+    assert store.list(kind="adapter") == []
+
+
 def test_modifier_needs_domain_and_adapter_refuses_one(cli, setup):
     assert "needs --domain" in cli("train", "--base", "tiny", "--data", "auto", "--kind", "modifier").stderr
     assert "--domain is for modifiers" in cli("train", "--base", "tiny", "--data", "auto", "--domain", "x").stderr
