@@ -17,8 +17,10 @@ process: a store (built in --home when missing) with SmolLM2-135M-Instruct compr
     two modifiers on it (PEFT LoRA r=8 on q_proj/v_proj with small random weights: what they answer does not matter
     here), a router fitted (orpo) on a synthetic scenario set, all deployed. Then, alternating per round, one
     process each of `llora run --engine llamacpp --max-tokens N --modifier auto PROMPT` and the same with
-    `--modifier mod-automation` (the modifier the router picks for this prompt, checked in `--json`); medians and
-    minimums of wall time and CPU seconds, and a breakdown of what auto adds, timed in a fresh interpreter
+    `--modifier mod-automation` (the modifier the router picks for this prompt, checked in `--json`), and both again
+    through the full command (``app(argv)``: Typer and the ORM, no start-up prefetch and no light path, which
+    `--modifier auto` does not take), so that a pair differs only by the router; medians and minimums of wall time
+    and CPU seconds, and a breakdown of what auto adds, timed in a fresh interpreter
     (import numpy, encoder identity hash, encoder load, open store, router checks and head, first route; numpy and
     the store are loaded by `llora run` on llama.cpp with or without a router).
 The load average is printed before and after: on a shared machine a figure taken under load says so.
@@ -276,7 +278,11 @@ def process(home: Path, rounds: int, tokens: int, compare_st: bool) -> dict:
     env = {**os.environ, "LLORA_HOME": str(home)}
     llora = str(Path(sys.executable).with_name("llora"))
     common = [llora, "run", "--engine", "llamacpp", "--max-tokens", str(tokens), "--json"]
-    cmds = {"auto": common + ["--modifier", "auto", PROMPT], "named": common + ["--modifier", "mod-automation", PROMPT]}
+    # the full command (Typer + ORM, no start-up prefetch) for both, so that they differ only by the router
+    full = [sys.executable, "-c", "import sys; from llora_cli.cli.main import app; app(sys.argv[1:])"] + common[1:]
+    cmds = {"auto": common + ["--modifier", "auto", PROMPT], "named": common + ["--modifier", "mod-automation", PROMPT],
+            "auto, full command": full + ["--modifier", "auto", PROMPT],
+            "named, full command": full + ["--modifier", "mod-automation", PROMPT]}
     load_before = os.getloadavg()
     times: dict[str, list[float]] = {k: [] for k in cmds}
     cpu: dict[str, list[float]] = {k: [] for k in cmds}
@@ -291,7 +297,7 @@ def process(home: Path, rounds: int, tokens: int, compare_st: bool) -> dict:
             cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             rec = json.loads(out)
             assert rec["modifier"]["name"] == "mod-automation", rec["modifier"]
-            if name == "auto":
+            if name.startswith("auto"):
                 routes.append(rec["route"]["router_ms"])
             print(f"round {r}: {name} {times[name][-1]:.3f} s", file=sys.stderr, flush=True)
     med = {k: round(statistics.median(v), 3) for k, v in times.items()}
@@ -309,9 +315,10 @@ def process(home: Path, rounds: int, tokens: int, compare_st: bool) -> dict:
     return {
         **before,
         "machine": machine(), "model": "SmolLM2-135M-Instruct GGUF Q8_0, llama.cpp engine", "rounds": rounds,
-        "max_tokens": tokens, "commands": {k: " ".join(v[1:]) for k, v in cmds.items()},
+        "max_tokens": tokens, "commands": {k: " ".join(v[1:] if v[0] == llora else v[3:]) for k, v in cmds.items()},
         "process_s_median": med, "process_s_min": {k: round(min(v), 3) for k, v in times.items()},
         "auto_minus_named_s_median": round(med["auto"] - med["named"], 3),
+        "auto_minus_named_full_command_s_median": round(med["auto, full command"] - med["named, full command"], 3),
         "cpu_s_median": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
         "router_ms_in_run_json": routes,
         "auto_steps_s_median_of_3": {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]
