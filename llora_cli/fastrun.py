@@ -7,8 +7,9 @@ as the full command, ``engine.run`` on the llama.cpp engine, given ``llora_store
 sqlite3) instead of ``Store``: the same deployment resolution and rules, the same tokens, output and request-log
 row. Otherwise it returns None and the full CLI runs; so does every case it declines:
 
-- options other than the prompt, ``--modifier NAME|none``, ``--system``, ``--max-tokens``, ``--temperature``,
-  ``--top-p``, ``--seed``, ``--engine auto|llamacpp``, ``--json`` (e.g. ``--base``, ``--modifier auto``, ``--help``,
+- options other than the prompt, ``--modifier NAME|none|auto`` (auto: the deployed router; its serving code
+  reads the catalog through the same view), ``--system``, ``--max-tokens``, ``--temperature``,
+  ``--top-p``, ``--seed``, ``--engine auto|llamacpp``, ``--json`` (e.g. ``--base``, ``--help``,
   the prompt on stdin, a value that does not parse);
 - PostgreSQL, no catalog, another schema version (``lite.open_catalog``);
 - a deployment the llama.cpp engine would not run (not a GGUF base, llama-cpp-python missing), or a file still
@@ -73,7 +74,7 @@ def parse(args: list[str]) -> Request | None:
             except ValueError:
                 return None
         i += 1
-    if len(prompt) != 1 or values.get("engine", "auto") not in ("auto", "llamacpp") or values.get("modifier") == "auto":
+    if len(prompt) != 1 or values.get("engine", "auto") not in ("auto", "llamacpp"):
         return None
     return Request(prompt[0], **values)
 

@@ -18,7 +18,7 @@ from llora_cli import fastrun
      fastrun.Request("x", max_tokens=8, temperature=0.5, top_p=0.9, seed=3, json=True)),
     (["run", "--modifier", "code", "--system", "be brief", "--", "--not-an-option"],
      fastrun.Request("--not-an-option", modifier="code", system="be brief")),
-    (["run", "--modifier", "auto", "hi"], None),  # the router: the full path
+    (["run", "--modifier", "auto", "hi"], fastrun.Request("hi", modifier="auto")),  # the router, same view
     (["run", "--engine", "transformers", "hi"], None),
     (["run", "--base", "b", "hi"], None),
     (["run", "--help"], None),
@@ -40,3 +40,4 @@ def test_defaults_are_the_full_commands():
     for field in ("modifier", "system", "max_tokens", "temperature", "top_p", "seed", "engine"):
         assert getattr(fastrun.Request("x"), field) == params[field].default, field
     assert set(fastrun.VALUE_OPTIONS.values()) | {"json"} == set(params) - {"prompt", "base", "json_"} | {"json"}
+
