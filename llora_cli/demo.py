@@ -2,14 +2,21 @@
 
 Stages: register the base, generate with it, make task data, train a training
 adapter, merge it (streaming, verified), compress the merged checkpoint (GGUF
-Q8_0 by default, quality measured), train a runtime modifier on the compressed
-base, evaluate every stage on held-out rows, show the lineage and the catalog.
-Step counts are options so the whole demo fits in a few minutes on a 2-core CPU.
+Q8_0 by default, quality measured), train runtime modifiers for two domains
+(automation, reasoning) on the compressed base, evaluate every stage on held-out
+rows (families the training rows never used), deploy and answer with and
+without a modifier, fit a router (scenarios collected on the serving engine,
+ORPO) and answer a mixed batch of held-out requests with ``--modifier auto``,
+show the lineage and the catalog. Step and row counts are options so the whole
+demo fits in about ten minutes on a 2-core CPU; each stage's seconds are in the
+report (``timings``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from llora_cli.bases import add_base
@@ -18,6 +25,7 @@ from llora_store import Store
 from llora_store.catalog import ArtifactSummary
 
 DEMO_PROMPT = "What is the capital of France?"
+MODIFIER_DOMAINS = ("automation", "reasoning")
 
 
 @dataclass
@@ -25,9 +33,12 @@ class DemoOptions:
     adapter_steps: int = 12
     modifier_steps: int = 30
     rows: int = 240
-    eval_rows: int = 20
+    eval_rows: int = 12
     compress_method: str = "gguf-q8_0"
     compress_eval_rows: int = 8
+    router_rows: int = 12  # training queries per domain the router's scenarios are collected on
+    routed_requests: int = 6  # held-out requests answered with --modifier auto (alternating domains)
+    router: bool = True
     train: bool = True
 
 
@@ -40,6 +51,8 @@ class DemoReport:
     merge: dict | None = None
     compress: dict | None = None
     runtime: dict | None = None
+    router: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     lineage: object | None = None  # LineageNode of the modifier (compressed <- merged <- base + adapter)
     catalog: list[ArtifactSummary] = field(default_factory=list)
 
@@ -52,9 +65,20 @@ class DemoReport:
             "merge": self.merge,
             "compress": self.compress,
             "runtime": self.runtime,
+            "router": self.router,
+            "timings": self.timings,
             "lineage": self.lineage.to_json() if self.lineage is not None else None,
             "catalog": [a.to_json() for a in self.catalog],
         }
+
+
+@contextmanager
+def _timed(report: DemoReport, stage: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.timings[stage] = round(report.timings.get(stage, 0.0) + time.perf_counter() - t0, 1)
 
 
 def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max_new_tokens: int = 32,
@@ -62,18 +86,20 @@ def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max
     opts = options or DemoOptions()
     say = progress or (lambda _m: None)
     report = DemoReport()
-    existing = [a for a in store.artifacts(kind="base")
-                if a.state != "discarded" and a.meta.get("source", {}).get("ref") == "smollm2"]
-    if existing:
-        base_id = existing[0].id
-        report.steps.append(f"the embedded SmolLM2 is already registered as base '{existing[0].name}' ({base_id})")
-    else:
-        name = store.unique_name("smollm2")
-        base_id = add_base(store, "smollm2", name=name, command="llora demo", progress=say).id
-        report.steps.append(f"registered the embedded SmolLM2-135M-Instruct as base '{name}' ({base_id})")
-    report.base = next(a for a in store.list(kind="base") if a.id == base_id)
-    say(f"generating an answer to {DEMO_PROMPT!r}")
-    report.generation = generate(store.path_of(base_id), DEMO_PROMPT, max_new_tokens=max_new_tokens)
+    with _timed(report, "register base"):
+        existing = [a for a in store.artifacts(kind="base")
+                    if a.state != "discarded" and a.meta.get("source", {}).get("ref") == "smollm2"]
+        if existing:
+            base_id = existing[0].id
+            report.steps.append(f"the embedded SmolLM2 is already registered as base '{existing[0].name}' ({base_id})")
+        else:
+            name = store.unique_name("smollm2")
+            base_id = add_base(store, "smollm2", name=name, command="llora demo", progress=say).id
+            report.steps.append(f"registered the embedded SmolLM2-135M-Instruct as base '{name}' ({base_id})")
+        report.base = next(a for a in store.list(kind="base") if a.id == base_id)
+    with _timed(report, "generate"):
+        say(f"generating an answer to {DEMO_PROMPT!r}")
+        report.generation = generate(store.path_of(base_id), DEMO_PROMPT, max_new_tokens=max_new_tokens)
     report.steps.append(f"generated {report.generation.tokens_out} tokens with plain transformers on {report.generation.device}")
     if opts.train:
         _train_stage(store, base_id, opts, report, say)
@@ -88,29 +114,34 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
     from llora_cli.trainconfig import load_config
 
     datasets = {}
-    for task in ("instruct", "automation"):
-        existing = [a for a in store.artifacts(kind="dataset") if a.state != "discarded"
-                    and a.meta.get("task") == task and a.meta.get("demo") == opts.rows]
-        if existing:
-            datasets[task] = existing[0]
-        else:
-            say(f"making {opts.rows} rows of {task} task data")
-            ds = make_dataset(store, task, opts.rows, seed=0, n_test=opts.eval_rows,
-                              name=store.unique_name(f"demo-data-{task}"), command="llora demo")
-            store.update_metadata(ds.id, {"demo": opts.rows})
-            datasets[task] = ds
-        report.steps.append(f"dataset '{datasets[task].name}': {opts.rows} {task} rows + {opts.eval_rows} held-out")
+    with _timed(report, "make data"):
+        for task in ("instruct", *MODIFIER_DOMAINS):
+            existing = [a for a in store.artifacts(kind="dataset") if a.state != "discarded"
+                        and a.meta.get("task") == task and a.meta.get("demo") == [opts.rows, opts.eval_rows]]
+            if existing:
+                datasets[task] = existing[0]
+            else:
+                say(f"making {opts.rows} rows of {task} task data")
+                ds = make_dataset(store, task, opts.rows, seed=0, n_test=opts.eval_rows,
+                                  name=store.unique_name(f"demo-data-{task}"), command="llora demo")
+                store.update_metadata(ds.id, {"demo": [opts.rows, opts.eval_rows]})
+                datasets[task] = ds
+            report.steps.append(f"dataset '{datasets[task].name}': {opts.rows} {task} rows + {opts.eval_rows} "
+                                "held-out (from families the training rows do not use)")
 
-    say(f"training a training adapter on instruct data ({opts.adapter_steps} steps, fp32)")
-    adapter = train(store, base_ref=base_id, data_ref=datasets["instruct"].id, kind="adapter",
-                    name=store.unique_name("demo-adapter"), command="llora demo",
-                    config=load_config(None, [f"max_steps={opts.adapter_steps}", "learning_rate=5e-4", "batch_size=4"]))
+    with _timed(report, "train adapter"):
+        say(f"training a training adapter on instruct data ({opts.adapter_steps} steps, fp32)")
+        adapter = train(store, base_ref=base_id, data_ref=datasets["instruct"].id, kind="adapter",
+                        name=store.unique_name("demo-adapter"), command="llora demo",
+                        config=load_config(None, [f"max_steps={opts.adapter_steps}", "learning_rate=5e-4",
+                                                  "batch_size=4"]))
     report.steps.append(f"trained adapter '{adapter.artifact.name}': {adapter.outcome['steps']} steps, "
                         f"{adapter.outcome['tokens_per_s']:.0f} tokens/s, final loss {adapter.outcome['final_loss']:.3f}")
 
     def evaluate_on(ref: str, data: str) -> None:
-        say(f"evaluating {ref} on held-out {data} rows")
-        r = evaluate(store, ref, datasets[data].id, command="llora demo")
+        with _timed(report, "evaluate"):
+            say(f"evaluating {ref} on held-out {data} rows")
+            r = evaluate(store, ref, datasets[data].id, command="llora demo")
         report.evaluations.append({"artifact": r.artifact, "task": data, "n": r.n, "loss": r.loss,
                                    "accuracy": r.accuracy})
 
@@ -119,8 +150,9 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
 
     from llora_cli.merge import merge
 
-    say(f"merging the training adapter '{adapter.artifact.name}' into its base (streaming, verified)")
-    m = merge(store, adapter.artifact.id, dtype="bf16", command="llora demo")
+    with _timed(report, "merge"):
+        say(f"merging the training adapter '{adapter.artifact.name}' into its base (streaming, verified)")
+        m = merge(store, adapter.artifact.id, dtype="bf16", command="llora demo")
     report.merge = m.to_json()
     report.steps.append(
         f"merged '{adapter.artifact.name}' into '{m.merged.name}' (bf16): tensor check max rel. error "
@@ -130,8 +162,9 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
 
     from llora_cli.compress import compress
 
-    say(f"compressing '{m.merged.name}' with {opts.compress_method} and measuring its quality")
-    c = compress(store, m.merged.id, opts.compress_method, eval_n=opts.compress_eval_rows, command="llora demo")
+    with _timed(report, "compress"):
+        say(f"compressing '{m.merged.name}' with {opts.compress_method} and measuring its quality")
+        c = compress(store, m.merged.id, opts.compress_method, eval_n=opts.compress_eval_rows, command="llora demo")
     report.compress = c.to_json()
     ppl = c.quality["perplexity"]
     report.steps.append(
@@ -139,19 +172,34 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
         f"{c.ratio:.2f} of bf16; perplexity {ppl['source']:.3f} -> {ppl['compressed']:.3f}, "
         f"next-token KL {c.quality['kl_mean']:.4f}")
 
-    say(f"training an automation modifier on the compressed base ({opts.modifier_steps} steps, fp32)")
-    modifier = train(store, base_ref=c.compressed.id, data_ref=datasets["automation"].id, kind="modifier",
-                     domain="automation", name=store.unique_name("demo-modifier-automation"), command="llora demo",
-                     config=load_config(None, [f"max_steps={opts.modifier_steps}", "learning_rate=1e-3", "batch_size=8"]))
-    report.steps.append(f"trained modifier '{modifier.artifact.name}' (domain automation) on '{c.compressed.name}', "
-                        f"the weights it will run on: {modifier.outcome['steps']} steps, "
-                        f"{modifier.outcome['tokens_per_s']:.0f} tokens/s, final loss {modifier.outcome['final_loss']:.3f}")
-    evaluate_on(c.compressed.id, "automation")
-    evaluate_on(modifier.artifact.id, "automation")
-    report.steps.append("evaluated base, adapter, merged, compressed and modifier on held-out rows "
+    modifiers = {}
+    for domain in MODIFIER_DOMAINS:
+        with _timed(report, "train modifiers"):
+            say(f"training a {domain} modifier on the compressed base ({opts.modifier_steps} steps of 4 rows, fp32)")
+            mod = train(store, base_ref=c.compressed.id, data_ref=datasets[domain].id, kind="modifier",
+                        domain=domain, name=store.unique_name(f"demo-modifier-{domain}"), command="llora demo",
+                        # the modifier defaults (trainconfig.MODIFIER_DEFAULTS) but for the steps and a batch of 4:
+                        # two modifiers in the demo's time
+                        config=load_config(None, [f"max_steps={opts.modifier_steps}", "batch_size=4"]))
+        modifiers[domain] = mod.artifact
+        report.steps.append(f"trained modifier '{mod.artifact.name}' (domain {domain}) on '{c.compressed.name}', "
+                            f"the weights it will run on: {mod.outcome['steps']} steps, "
+                            f"{mod.outcome['tokens_per_s']:.0f} tokens/s, final loss {mod.outcome['final_loss']:.3f}")
+    for domain in MODIFIER_DOMAINS:
+        evaluate_on(c.compressed.id, domain)
+        evaluate_on(modifiers[domain].id, domain)
+    report.steps.append("evaluated base, adapter, merged, compressed and modifiers on held-out rows "
                         "(stored on each artifact)")
-    _serve_stage(store, c.compressed, modifier.artifact, datasets["automation"].id, report, say)
-    report.lineage = store.lineage(modifier.artifact.id)  # after deploying: the states shown are current
+    with _timed(report, "deploy and serve"):
+        _serve_stage(store, c.compressed, modifiers["automation"], datasets["automation"].id, report, say)
+    if opts.router:
+        with _timed(report, "router"):
+            _router_stage(store, c.compressed, modifiers, datasets, opts, report, say)
+    report.lineage = store.lineage(modifiers["automation"].id)  # after deploying: the states shown are current
+
+
+def _system_of(row: dict) -> str | None:
+    return next((m["content"] for m in row["messages"] if m["role"] == "system"), None)  # e.g. the tools' schema
 
 
 def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport, say) -> None:
@@ -167,7 +215,7 @@ def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport,
     _, note = deploy(store, modifier.id, command="llora demo")  # a GGUF base: the modifier as a llama.cpp LoRA too
     row = load_data(store, data_id).test[0]
     prompt = tasks.prompt_of(row)
-    system = next((m["content"] for m in row["messages"] if m["role"] == "system"), None)  # the tools' schema
+    system = _system_of(row)
     runtime = open_engine(store, resolve_deployment(store, base.id))  # llama.cpp when installed
     check = tasks.checker("automation")
     answers = []
@@ -186,3 +234,65 @@ def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport,
     report.steps.append(f"deployed '{base.name}' + '{modifier.name}' and answered one held-out automation "
                         f"request each way on one loaded base with the {runtime.engine} engine ({verdict} the "
                         f"checker); both requests logged")
+
+
+def _router_stage(store: Store, base, modifiers: dict, datasets: dict, opts: DemoOptions, report: DemoReport,
+                  say) -> None:
+    """Collect scenarios (every candidate answers ``router_rows`` training queries per domain on the serving
+    engine, checked), fit an ORPO router, deploy it with the modifiers, and answer held-out requests of both
+    domains with ``--modifier auto``: per request the router's choice, its probability and the checker's verdict."""
+    from llora_cli import tasks
+    from llora_cli.data import load_data
+    from llora_cli.deploy import deploy
+    from llora_cli.engine import open_engine, resolve_deployment
+    from llora_cli.router.collect import collect, max_tokens_for
+    from llora_cli.router.fit import fit
+    from llora_store.errors import BadInput
+
+    for mod in modifiers.values():
+        if store.get(mod.id).state != "deployed":
+            deploy(store, mod.id, command="llora demo")
+    say(f"collecting router scenarios: base alone and {len(modifiers)} modifiers on {opts.router_rows} training "
+        "queries per domain")
+    scen = collect(store, base.id, [datasets[d].id for d in MODIFIER_DOMAINS], limit=opts.router_rows,
+                   name=store.unique_name("demo-scenarios"), command="llora demo")
+    s = scen.summary
+    report.router = {"scenarios": {"id": scen.artifact.id, "name": scen.artifact.name, "rows": scen.rows,
+                                   "summary": s}}
+    say("fitting a router (ORPO) on the scenarios")
+    try:
+        fitted = fit(store, scen.artifact.id, method="orpo", name=store.unique_name("demo-router"),
+                     command="llora demo")
+    except BadInput as e:  # e.g. no candidate answered any query correctly: nothing to learn from
+        report.router["skipped"] = e.message
+        report.steps.append(f"collected {scen.rows} router scenarios; no router fitted: {e.message}")
+        return
+    deploy(store, fitted.artifact.id, command="llora demo")
+    runtime = open_engine(store, resolve_deployment(store, base.id))
+    tests = {d: load_data(store, datasets[d].id).test for d in MODIFIER_DOMAINS}
+    rows = [tests[MODIFIER_DOMAINS[i % len(MODIFIER_DOMAINS)]][i // len(MODIFIER_DOMAINS)]
+            for i in range(opts.routed_requests) if i // len(MODIFIER_DOMAINS) < opts.eval_rows]
+    answers = []
+    for row in rows:
+        task = row.get("task") or "automation"
+        prompt = tasks.prompt_of(row)
+        route = runtime.route(prompt)
+        say(f"auto -> {route.modifier.name if route.modifier else 'base alone'} for a held-out {task} request")
+        reply = runtime.generate(prompt, modifier=route.modifier, system=_system_of(row),
+                                 max_tokens=max_tokens_for(task))
+        reply.route = route.to_json()
+        runtime.log(reply, prompt, client="demo")
+        answers.append({"task": task, "prompt": prompt, "chosen": route.modifier.name if route.modifier else None,
+                        "chosen_domain": route.modifier.domain if route.modifier else None,
+                        "probability": round(route.probability, 3), "router_ms": round(route.router_ms, 1),
+                        "text": reply.text, "passes_checker": bool(tasks.checker(task)(row, reply.text)),
+                        "log_id": reply.log_id})
+    report.router.update({"router": {"id": fitted.artifact.id, "name": fitted.artifact.name,
+                                     "training": fitted.training},
+                          "engine": runtime.engine, "answers": answers})
+    passed = sum(a["passes_checker"] for a in answers)
+    same = sum(a["chosen_domain"] == a["task"] for a in answers)
+    report.steps.append(f"fitted router '{fitted.artifact.name}' (ORPO) on {scen.rows} scenarios collected with the "
+                        f"{s.get('engine', runtime.engine)} engine, deployed it, and answered {len(answers)} held-out "
+                        f"requests with --modifier auto: {same} routed to their domain's modifier, {passed} pass "
+                        "the checker")

@@ -11,12 +11,17 @@ from llora_cli.cli.options import JsonOpt, err, open_store, out, print_json, pro
 
 def demo(
     adapter_steps: Annotated[int, typer.Option(help="Training steps of the demo's training adapter.")] = 12,
-    modifier_steps: Annotated[int, typer.Option(help="Training steps of the demo's automation modifier.")] = 30,
+    modifier_steps: Annotated[int, typer.Option(help="Training steps of each of the demo's modifiers "
+                                                     "(automation, reasoning).")] = 30,
     rows: Annotated[int, typer.Option(help="Training rows generated per task.")] = 240,
-    eval_rows: Annotated[int, typer.Option(help="Held-out rows per task for eval.")] = 20,
+    eval_rows: Annotated[int, typer.Option(help="Held-out rows per task for eval.")] = 12,
     compress_method: Annotated[str, typer.Option(help="How the merged checkpoint is compressed.")] = "gguf-q8_0",
     compress_eval_rows: Annotated[int, typer.Option(help="Held-out rows per task for the compression's "
                                                           "accuracy comparison (0 skips it).")] = 8,
+    router_rows: Annotated[int, typer.Option(help="Training queries per domain the router's scenarios are "
+                                                  "collected on.")] = 12,
+    routed_requests: Annotated[int, typer.Option(help="Held-out requests answered with --modifier auto.")] = 6,
+    no_router: Annotated[bool, typer.Option("--no-router", help="Skip the router stage.")] = False,
     no_train: Annotated[bool, typer.Option("--no-train", help="Only register the base and generate.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -34,7 +39,8 @@ def demo(
     from llora_cli.demo import DemoOptions, run_demo
 
     opts = DemoOptions(adapter_steps=adapter_steps, modifier_steps=modifier_steps, rows=rows, eval_rows=eval_rows,
-                       compress_method=compress_method, compress_eval_rows=compress_eval_rows, train=not no_train)
+                       compress_method=compress_method, compress_eval_rows=compress_eval_rows, router_rows=router_rows,
+                       routed_requests=routed_requests, router=not no_router, train=not no_train)
     report = run_demo(open_store(), progress=progress_printer(), options=opts)
     if json_:
         print_json(report.to_json())
@@ -75,6 +81,21 @@ def demo(
             log.add_row(str(r["id"]), r["modifier"]["name"] if r["modifier"] else "-", r["engine"], r["client"],
                         str(r["tokens_out"]), f"{r['latency_ms']:.0f}")
         out().print(log)
+    if report.router is not None and "answers" in report.router:
+        r = report.router
+        table = Table(title=f"--modifier auto: router '{r['router']['name']}' ({r['engine']} engine), "
+                            "held-out requests", title_justify="left")
+        for col in ("#", "task", "request", "chosen", "p", "router ms", "checker"):
+            table.add_column(col)
+        for a in r["answers"]:
+            table.add_row(str(a["log_id"]), a["task"], escape(a["prompt"][:48]), escape(a["chosen"] or "base alone"),
+                          f"{a['probability']:.2f}", f"{a['router_ms']:.0f}",
+                          "[green]passes[/]" if a["passes_checker"] else "[red]fails[/]")
+        out().print(table)
+    if report.timings:
+        total = sum(report.timings.values())
+        err().print("[dim]seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in report.timings.items())
+                    + f"; total {total:.0f}[/]")
     if report.lineage is not None:
         from llora_cli.cli.artifacts import render_lineage
 

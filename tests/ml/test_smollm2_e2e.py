@@ -7,7 +7,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SHORT = ["--adapter-steps", "2", "--modifier-steps", "3", "--rows", "24", "--eval-rows", "4",
-         "--compress-eval-rows", "0"]
+         "--compress-eval-rows", "0", "--router-rows", "3", "--routed-requests", "4"]
 
 
 def test_demo_registers_trains_and_evaluates(cli, store):
@@ -27,7 +27,7 @@ def test_demo_registers_trains_and_evaluates(cli, store):
     evals = report["evaluations"]
     assert [(e["artifact"]["kind"], e["task"]) for e in evals] == [
         ("base", "instruct"), ("adapter", "instruct"), ("merged", "instruct"),
-        ("compressed", "automation"), ("modifier", "automation")]
+        ("compressed", "automation"), ("modifier", "automation"), ("compressed", "reasoning"), ("modifier", "reasoning")]
     # the merged checkpoint behaves like base + adapter: same held-out loss up to bf16 rounding
     assert abs(evals[2]["loss"] - evals[1]["loss"]) < 0.05
     assert report["merge"]["adapter_state"] == "discarded" and report["merge"]["full_check"]["passed"]
@@ -43,7 +43,7 @@ def test_demo_registers_trains_and_evaluates(cli, store):
     merged = next(p for p in runs_on["parents"] if p["role"] == "compressed_from")
     assert {p["role"] for p in merged["parents"]} == {"merge_base", "adapter"}
     assert all(e["n"] == 4 and e["loss"] > 0 and 0 <= e["accuracy"] <= 1 for e in evals)
-    mod = next(a for a in report["catalog"] if a["kind"] == "modifier")
+    mod = next(a for a in report["catalog"] if a["kind"] == "modifier" and a["domain"] == "automation")
     assert cli.json("show", mod["id"])["evaluations"]
     assert store.resolve(mod["id"]).base_hash == comp["compressed"]["content_hash"]
     # deployed and answered through the runtime: with the modifier and with the base alone, both logged
@@ -58,6 +58,21 @@ def test_demo_registers_trains_and_evaluates(cli, store):
     assert rt["engine"] == engine and {a["engine"] for a in rt["answers"]} == {engine}
     assert {r["engine"] for r in rt["log"]} == {engine}
     assert store.resolve(mod["id"]).state == "deployed" and store.resolve(comp["compressed"]["id"]).state == "deployed"
+
+    # the router stage: scenarios on 3 training queries per domain (base alone + 2 modifiers), an ORPO router when
+    # some candidate answered some query correctly, then 4 held-out requests (alternating domains) with auto
+    r = report["router"]
+    assert r["scenarios"]["rows"] == 6 and len(r["scenarios"]["summary"]["candidates"]) == 3
+    assert set(report["timings"]) >= {"train modifiers", "router", "compress", "evaluate"}
+    if "skipped" in r:  # 3 training steps may leave every candidate failing every scenario query
+        assert "no candidate answered any" in r["skipped"]
+    else:
+        names = {a["name"] for a in report["catalog"] if a["kind"] == "modifier"}
+        assert [a["task"] for a in r["answers"]] == ["automation", "reasoning", "automation", "reasoning"]
+        assert all((a["chosen"] is None or a["chosen"] in names) and 0 < a["probability"] <= 1 for a in r["answers"])
+        logged = {x["id"]: x for x in store.request_logs(limit=4)}
+        assert all(logged[a["log_id"]]["params"]["route"]["router"]["id"] == r["router"]["id"] for a in r["answers"])
+        assert store.resolve(r["router"]["id"]).state == "deployed"
 
     # the same GGUF file under another name is refused before any conversion work
     from llora_cli.bases import builtin_gguf
