@@ -75,7 +75,8 @@ def main() -> None:
         ds = _dataset(store, domain, rows_per_domain[domain], n_test[domain])
         if domain in given:
             mod = store.resolve(given[domain], kinds=("modifier",))
-            trained = {"domain": domain, "modifier": mod.name, "reused": True, **mod.meta.get("training", {})}
+            trained = {"domain": domain, "modifier": mod.name, "reused": True, "config": mod.meta.get("config"),
+                       **mod.meta.get("training", {})}
         else:
             trained = _train(store, base, ds, domain, args.overrides)
             mod = store.resolve(trained["modifier"], kinds=("modifier",))
