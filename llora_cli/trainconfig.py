@@ -50,8 +50,8 @@ class TrainConfig(BaseModel):
 
 # `llora train --kind modifier` starts from these instead of the general defaults above; a key the user sets
 # (config file or KEY=VALUE) wins. Sized for SmolLM2-135M Q8_0 on a 2-core CPU (docs/benchmarks.md,
-# benchmarks/domain_accuracy.py): 100 steps of 8 rows of generated task data (70-110 tokens a row) is 70-90k
-# tokens, under 10 minutes at the ~130-200 tokens/s this CPU trains at. A small model on a small budget needs
+# benchmarks/domain_accuracy.py): 100 steps of 8 rows of generated task data was 83k (reasoning) and 102k
+# (automation) padded tokens: 7-8.5 min at 200 tokens/s, 10.5-13 min at 131 tokens/s. A small model on a small budget needs
 # a high learning rate (1e-3, cosine decay after 5% warm-up); rank 16 on every linear projection. max_steps
 # bounds the time whatever the size of the data (with fewer rows, rows are seen more than once).
 MODIFIER_DEFAULTS: dict = {"r": 16, "alpha": 32.0, "learning_rate": 1e-3, "lr_scheduler": "cosine",
