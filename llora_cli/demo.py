@@ -258,7 +258,8 @@ def _router_stage(store: Store, base, modifiers: dict, datasets: dict, opts: Dem
                    name=store.unique_name("demo-scenarios"), command="llora demo")
     s = scen.summary
     report.router = {"scenarios": {"id": scen.artifact.id, "name": scen.artifact.name, "rows": scen.rows,
-                                   "summary": s}}
+                                   "candidates": scen.artifact.meta.get("candidates"),
+                                   "engine": scen.artifact.meta.get("engine"), "summary": s}}
     say("fitting a router (ORPO) on the scenarios")
     try:
         fitted = fit(store, scen.artifact.id, method="orpo", name=store.unique_name("demo-router"),
@@ -293,6 +294,6 @@ def _router_stage(store: Store, base, modifiers: dict, datasets: dict, opts: Dem
     passed = sum(a["passes_checker"] for a in answers)
     same = sum(a["chosen_domain"] == a["task"] for a in answers)
     report.steps.append(f"fitted router '{fitted.artifact.name}' (ORPO) on {scen.rows} scenarios collected with the "
-                        f"{s.get('engine', runtime.engine)} engine, deployed it, and answered {len(answers)} held-out "
+                        f"{report.router['scenarios']['engine']} engine, deployed it, and answered {len(answers)} held-out "
                         f"requests with --modifier auto: {same} routed to their domain's modifier, {passed} pass "
                         "the checker")

@@ -62,7 +62,7 @@ def test_demo_registers_trains_and_evaluates(cli, store):
     # the router stage: scenarios on 3 training queries per domain (base alone + 2 modifiers), an ORPO router when
     # some candidate answered some query correctly, then 4 held-out requests (alternating domains) with auto
     r = report["router"]
-    assert r["scenarios"]["rows"] == 6 and len(r["scenarios"]["summary"]["candidates"]) == 3
+    assert r["scenarios"]["rows"] == 6 and len(r["scenarios"]["candidates"]) == 3 and r["scenarios"]["engine"] == engine
     assert set(report["timings"]) >= {"train modifiers", "router", "compress", "evaluate"}
     if "skipped" in r:  # 3 training steps may leave every candidate failing every scenario query
         assert "no candidate answered any" in r["skipped"]
