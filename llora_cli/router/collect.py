@@ -152,7 +152,13 @@ def summarize(rows: list[dict], candidates: list[str]) -> dict:
 
 
 def _resume_dir(store: Store, key: str) -> Path:
-    d = store.layout.tmp / f"collect-{key}"
+    return resume_dir(store, "collect", key)
+
+
+def resume_dir(store: Store, command: str, key: str) -> Path:
+    """``$LLORA_HOME/tmp/<command>-<key>``, marked as owned by this process (``llora db gc`` leaves it alone while
+    the process lives): where an interrupted collect or distill resumes from."""
+    d = store.layout.tmp / f"{command}-{key}"
     d.mkdir(parents=True, exist_ok=True)
     (d / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")  # gc leaves it alone while we run
     return d

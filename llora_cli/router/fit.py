@@ -13,7 +13,7 @@ import hashlib
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from llora_cli.router import collect as col
 from llora_cli.router.losses import NONE, best_index, dpo_loss, fbc_loss, orpo_loss, preference_pairs
@@ -38,18 +38,9 @@ class FitConfig:
 
     @classmethod
     def parse(cls, pairs: list[str]) -> FitConfig:
-        cfg = cls()
-        types = {f.name: f.type for f in fields(cls)}
-        for item in pairs:
-            if "=" not in item:
-                raise BadInput(f"expected key=value, got {item!r}")
-            key, value = item.split("=", 1)
-            if key not in types:
-                raise BadInput(f"unknown key '{key}'; keys: {', '.join(types)}")
-            try:
-                setattr(cfg, key, int(value) if types[key] in ("int", int) else float(value))
-            except ValueError:
-                raise BadInput(f"'{key}' must be a number, got {value!r}") from None
+        from llora_cli.router.keyvalue import parse_numbers
+
+        cfg = parse_numbers(cls, pairs)
         if cfg.hidden < 0 or cfg.steps < 1 or cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.holdout < 1:
             raise BadInput("need hidden >= 0, steps >= 1, lr > 0, weight_decay >= 0, 0 <= holdout < 1")
         if cfg.beta <= 0 or cfg.lam < 0:

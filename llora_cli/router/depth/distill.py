@@ -26,16 +26,14 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llora_cli.router.collect import BASE_KINDS, Query, checked_queries, max_tokens_for
 from llora_store import Store, rules
 from llora_store.errors import BadInput, Corrupt, NotFound, RuleViolation
-from llora_store.files import OWNER
 from llora_store.models import Artifact
 
 KIND = "layer-adapters"
@@ -59,18 +57,9 @@ class DistillConfig:
 
     @classmethod
     def parse(cls, pairs: list[str]) -> DistillConfig:
-        cfg = cls()
-        types = {f.name: f.type for f in fields(cls)}
-        for item in pairs:
-            if "=" not in item:
-                raise BadInput(f"expected key=value, got {item!r}")
-            key, value = item.split("=", 1)
-            if key not in types:
-                raise BadInput(f"unknown key '{key}'; keys: {', '.join(types)}")
-            try:
-                setattr(cfg, key, int(value) if types[key] in ("int", int) else float(value))
-            except ValueError:
-                raise BadInput(f"'{key}' must be a number, got {value!r}") from None
+        from llora_cli.router.keyvalue import parse_numbers
+
+        cfg = parse_numbers(cls, pairs)
         if min(cfg.width, cfg.steps, cfg.batch_tokens, cfg.memory_mb, cfg.max_len) < 1 or cfg.lr <= 0:
             raise BadInput("need width, steps, batch_tokens, memory_mb, max_len >= 1 and lr > 0")
         return cfg
@@ -220,10 +209,9 @@ def layer_groups(layers: list[int], tokens: int, hidden: int, memory_mb: int) ->
 # ---- resume directory ---------------------------------------------------------------------------------------------
 
 def _resume_dir(store: Store, key: str) -> Path:
-    d = store.layout.tmp / f"distill-{key}"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")  # gc leaves it alone while we run
-    return d
+    from llora_cli.router.collect import resume_dir
+
+    return resume_dir(store, "distill", key)
 
 
 def _read_answers(path: Path) -> dict[str, dict]:
