@@ -123,9 +123,11 @@ def _compressed_base(store, name: str | None):
 
 
 def _dataset(store, domain: str, n: int, n_test: int):
+    from llora_cli import tasks
     from llora_cli.data import make_dataset
 
-    name = f"bench-{domain}-n{n}-t{n_test}"
+    generator = hashlib.sha256(Path(tasks.KINDS[domain].__file__).read_bytes()).hexdigest()[:8]
+    name = f"bench-{domain}-n{n}-t{n_test}-g{generator}"  # a changed generator makes a new dataset
     found = [a for a in store.list(kind="dataset") if a.name == name]
     return store.resolve(found[0].id) if found else make_dataset(store, domain, n, seed=0, n_test=n_test, name=name)
 

@@ -40,11 +40,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from llora_cli.tasks.code import SANDBOX_GUARD, sandbox_limits
+from llora_cli.tasks.code import SANDBOX_GUARD, STUB_INSTRUCTION, sandbox_limits
 from llora_store.errors import UserError
 
 STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]  # HumanEval paper / Codex
-CHAT_INSTRUCTION = "Complete the following Python function. Reply with the complete function in a Python code block.\n\n"
+CHAT_INSTRUCTION = STUB_INSTRUCTION  # the layout of the code task's stub rows, so a code modifier has seen it
 TIMEOUT = 10.0
 
 # The guard of tasks/code.py's sandbox, then the whole program; a nonce on the last line of stdout

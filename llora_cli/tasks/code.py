@@ -330,8 +330,17 @@ HARNESS = SANDBOX_GUARD + sandbox_limits(5, 512 << 20) + textwrap.dedent('''
 ''')
 
 
+STUB_SHARE = 0.4  # share of rows posed as a function stub to complete (the layout of HumanEval's prompts)
+STUB_INSTRUCTION = "Complete the following Python function. Reply with the complete function in a Python code block.\n\n"
+
+
 def generate(rng: random.Random, family: int | None = None, phrasing: int | None = None) -> dict:
-    """An exercise of ``FAMILIES[family]`` worded by its ``phrasing`` (random when not given)."""
+    """An exercise of ``FAMILIES[family]`` worded by its ``phrasing`` (random when not given).
+
+    Most rows ask in prose and get the bare function; ``STUB_SHARE`` of them give the request as the
+    docstring of a stub in a fenced block (``STUB_INSTRUCTION``, the layout ``llora eval --benchmark
+    humaneval`` uses) and get the complete function in a fenced block. The hidden tests are never shown.
+    """
     fam = FAMILIES[rng.randrange(len(FAMILIES)) if family is None else family]
     text = fam.phrasings[rng.randrange(len(fam.phrasings)) if phrasing is None else phrasing]
     k = rng.randint(*fam.k) if fam.k else 0
@@ -340,7 +349,11 @@ def generate(rng: random.Random, family: int | None = None, phrasing: int | None
     name = rng.choice(fam.names).format(k=k)
     quoted = {key: f"`{v}`" if key != "k" else v for key, v in fields.items()}
     prompt = text.format(sig=f"`{name}({', '.join(args)})`", **quoted)
-    solution = f"def {name}({', '.join(args)}):\n" + textwrap.indent(fam.body.format(**fields), "    ")
+    header = f"def {name}({', '.join(args)}):\n"
+    solution = header + textwrap.indent(fam.body.format(**fields), "    ")
+    if rng.random() < STUB_SHARE:
+        prompt = f'{STUB_INSTRUCTION}```python\n{header}    """{prompt}\n    """\n```'
+        solution = f"```python\n{solution}\n```"
     return {
         "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": solution}],
         "check": {"function": name, "tests": [[list(a), expected] for a, expected in fam.cases(k)]},
