@@ -185,6 +185,51 @@ def register_user_file(store: Store, path: Path, *, command: str = "") -> Artifa
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def add_user_file(store: Store, path: Path, *, task: str | None = None, held_out: bool = False,
+                  name: str | None = None, command: str = "") -> Artifact:
+    """Register a user data file as a dataset with a task checker and/or as held-out rows (``llora data add``).
+
+    ``task`` is a checker (``llora eval --task``'s names): every row is checked for what the checker needs
+    before anything is written (the expected number, call or hidden tests; ``checkers.prepare``), and the
+    row keeps it as ``"check"``, so ``llora eval`` and ``llora router collect|eval`` score the rows like
+    generated task data. ``held_out`` puts every row in the test split (rows written apart, such as
+    ``tests/data/*_handwritten.jsonl``: evaluation only, never trained on); else they are training rows.
+    The same file added again the same way returns the dataset registered first.
+
+    Raises BadInput for an unreadable file, a bad row (named ``FILE:LINE``) or an unknown checker.
+    """
+    from llora_cli import checkers
+
+    located, fmt = parse_user_file_located(path)
+    checker = checkers.parse_task(task) if task else None
+    rows = [r for _, r in located]
+    if checker is not None:
+        prepared = checkers.prepare(rows, [p for p, _ in located], checker)
+        rows = [{**r, "check": c["check"]} for r, c in zip(rows, prepared)]
+    sha = sha256_file(path)
+    split = "test" if held_out else "train"
+    for art in store.artifacts(kind="dataset"):
+        if (art.state != "discarded" and art.meta.get("source", {}).get("sha256") == sha
+                and art.meta.get("task") == task and art.meta.get("rows", {}).get(split) == len(rows)
+                and art.meta.get("rows", {}).get("train" if held_out else "test", 0) == 0):
+            return art
+    aid = new_id()
+    staging = store.new_staging(aid)
+    try:
+        write_jsonl(staging / "train.jsonl", [] if held_out else rows)
+        if held_out:
+            write_jsonl(staging / "test.jsonl", rows)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._")[:40] or "data"
+        meta = {"task": task, "format": fmt, "rows": {"train": 0 if held_out else len(rows),
+                                                      "test": len(rows) if held_out else 0},
+                "source": {"path": str(path.resolve()), "sha256": sha}}
+        return store.create("dataset", name or store.unique_name(stem), staging=staging, metadata=meta,
+                            command=command, artifact_id=aid,
+                            reason=f"added from {path}" + (" as held-out rows" if held_out else ""))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def load_data(store: Store, ref: str, *, command: str = "") -> Data:
     """A dataset by id/name, or a user file path (registered on first use)."""
     path = Path(ref).expanduser()

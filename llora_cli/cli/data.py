@@ -9,7 +9,8 @@ import typer
 
 from llora_cli.cli.options import JsonOpt, NameOpt, command_line, err, open_store, print_json
 
-app = typer.Typer(help="Task data: make (generated, with checkers).", no_args_is_help=True)
+app = typer.Typer(help="Task data: make (generated, with checkers), add (your file, with a checker).",
+                  no_args_is_help=True)
 
 
 @app.command("make")
@@ -35,3 +36,30 @@ def make(
     else:
         rows = art.meta["rows"]
         err().print(f"dataset '{art.name}' ({art.id}): {rows['train']} train + {rows['test']} held-out {kind} rows")
+
+
+@app.command("add")
+def add(
+    path: Annotated[Path, typer.Argument(help="A .jsonl (chat), .json (alpaca) or .txt data file.")],
+    task: Annotated[Optional[str], typer.Option(
+        "--task", "-t", help="Checker for its rows: reasoning, code, automation, exact, contains, regex:PATTERN.")] = None,
+    held_out: Annotated[bool, typer.Option(
+        "--held-out", help="Every row is held out (test split): evaluation only, never trained on.")] = False,
+    name: NameOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Register your data file as a dataset, its rows checked for the checker's expected answers.
+
+    With --task, `llora eval` and `llora router collect|eval` score its rows like generated task data.
+    Example: llora data add tests/data/reasoning_handwritten.jsonl --task reasoning --held-out
+    """
+    from llora_cli.data import add_user_file
+
+    store = open_store()
+    art = add_user_file(store, path, task=task, held_out=held_out, name=name, command=command_line())
+    if json_:
+        print_json(store.describe(art.id).to_json())
+    else:
+        rows = art.meta["rows"]
+        err().print(f"dataset '{art.name}' ({art.id}): {rows['train']} train + {rows['test']} held-out rows"
+                    + (f", checker {task}" if task else ""))

@@ -96,7 +96,8 @@ def checked_queries(store: Store, data_refs: list[str], *, split: str, limit: in
         if data.task not in tasks.KINDS:
             raise BadInput(f"dataset '{data.artifact.name}' has no checker (task {data.task!r}): the router learns "
                            "from answers scored 1/0 by a task's checker, and this data cannot score them",
-                           hint="use generated task data: llora data make code|reasoning|automation|instruct")
+                           hint="use task data with a checker: llora data make code|reasoning|automation, "
+                                "or llora data add FILE --task reasoning|code|automation")
         if data.format != "chat":
             raise BadInput(f"dataset '{data.artifact.name}' is plain text, not chat rows; nothing to ask")
         rows = data.test if split == "test" else data.train
