@@ -12,14 +12,20 @@ so each way of choosing is scored on the same outcomes:
 Per domain and overall: routing accuracy (of the queries some candidate answers correctly, the fraction where the
 chosen one does) and end-to-end accuracy (of all queries, the fraction answered correctly), each with n and a 95%
 Wilson interval; and the router's overhead in ms per query at batch 1, encoder included. Queries the scenario set
-used are refused: held-out means never seen by collect or fit.
+used are refused: held-out means never seen by collect or fit. The candidates' scored answers are cached per
+engine, weights and query (``outcome_cache``): a second router of the same base and modifiers is scored on the
+same held-out queries without generating again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from llora_cli import tasks
 from llora_cli.router import collect as col
 from llora_cli.router.losses import NONE, best_index, rank
 from llora_cli.stats import wilson
@@ -63,6 +69,20 @@ def domain_centroids(encoder, scen_rows: list[dict], candidates: list[str]):
     return domains, np.stack(cents).astype(np.float32), picks
 
 
+def outcome_cache(store: Store, engine: str, base, mods: list) -> Path:
+    """``$LLORA_HOME/cache/router-eval/<key>.jsonl``: every candidate's scored answer to each held-out query, one
+    JSON row per query (as in a scenario set). Greedy answers on one engine are a function of the base's and the
+    modifiers' weights (content hashes), the generation length and the query, all in the key or the row's key
+    (dataset id, row; datasets are immutable), so evaluating a second router of the same base and modifiers on the
+    same queries measures nothing again, and an interrupted evaluation resumes."""
+    spec = {"engine": engine, "base_hash": base.content_hash, "modifiers": [[m.id, m.content_hash] for m in mods],
+            "max_tokens": {t: col.max_tokens_for(t) for t in sorted(tasks.KINDS)}, "greedy": True}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    directory = store.home / "cache" / "router-eval"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{key}.jsonl"
+
+
 def evaluate(store: Store, router_ref: str, data_refs: list[str], *, limit: int | None = None, engine: str = "auto",
              command: str = "", progress: Callable[[int, int], None] | None = None) -> dict:
     import numpy as np
@@ -95,18 +115,27 @@ def evaluate(store: Store, router_ref: str, data_refs: list[str], *, limit: int 
                        f"(scenario set '{scen.name}'), e.g. {overlap[0].text[:60]!r}; they are not held out",
                        hint="evaluate on datasets (or test splits) the scenario set did not use")
     chosen_engine = choose(store, base, engine)
-    runtime = open_engine(store, Deployment(base, mods), chosen_engine)
-    rows: list[dict] = []
+    cache = outcome_cache(store, chosen_engine, base, mods)
+    done = col._read_done(cache)
+    todo = [q for q in queries if q.key not in done]
     if progress:
-        progress(0, len(queries))
+        progress(len(queries) - len(todo), len(queries))
+    if todo:
+        runtime = open_engine(store, Deployment(base, mods), chosen_engine)
+        count = [len(queries) - len(todo)]
+        with open(cache, "a") as f:
+            def on_row(q, outcomes: dict) -> None:
+                row = {"query": q.text, "domain": q.task, "dataset": q.dataset.id, "row": q.row_index,
+                       "candidates": outcomes}
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+                f.flush()
+                done[q.key] = row
+                count[0] += 1
+                if progress:
+                    progress(count[0], len(queries))
 
-    def on_row(q, outcomes: dict) -> None:
-        rows.append({"query": q.text, "domain": q.task, "dataset": q.dataset.id, "row": q.row_index,
-                     "candidates": outcomes})
-        if progress:
-            progress(len(rows), len(queries))
-
-    col.measure(runtime, [None, *mods], queries, on_row)
+            col.measure(runtime, [None, *mods], todo, on_row)
+    rows = [done[q.key] for q in queries]
 
     texts = [r["query"] for r in rows]
     picked, probs = router.choose(texts)

@@ -136,15 +136,31 @@ def test_eval_against_oracle_fixed_choices_and_centroid(cli, store, catalog, fak
     assert ch["oracle"]["end_to_end"]["accuracy"] == 1.0 and ch["oracle"]["routing"]["n"] == 16
     assert ch["none (base alone)"]["end_to_end"]["correct"] == 4  # odd reasoning rows of 8
     assert ch["mod-automation for all"]["end_to_end"]["correct"] == 8
-    # the centroid router sends each domain to its modifier: always right. The fitted router may also send a
-    # reasoning query to the base alone, which wins the odd rows it was fitted on (an unlearnable parity)
-    assert ch["nearest centroid"]["routing"]["accuracy"] == 1.0 and ch["router"]["routing"]["accuracy"] >= 0.75
+    # the centroid router sends each domain to its modifier, but for automation's held-out no-tool arithmetic
+    # ("What is 7 times 9?"), nearer the reasoning centroid. The fitted router may also send a reasoning query to
+    # the base alone, which wins the odd rows it was fitted on (an unlearnable parity)
+    assert ch["nearest centroid"]["routing"]["accuracy"] >= 0.75 and ch["router"]["routing"]["accuracy"] >= 0.75
     # 16/16: Wilson 95% interval [0.806, 1.0]
-    assert ch["nearest centroid"]["routing"]["ci95"] == [pytest.approx(0.8064, abs=1e-3), 1.0]
+    assert ch["oracle"]["routing"]["ci95"] == [pytest.approx(0.8064, abs=1e-3), 1.0]
     assert rep["overhead_ms"]["n"] == 16 and rep["overhead_ms"]["median"] > 0
     assert rep["stored"] and cli.json("routers", "show", "r")["metadata"]["evaluation"]["overall"]["n"] == 16
     table = cli("router", "eval", "r", "--data", "auto", "--limit", "4")
     assert table.exit_code == 0 and "nearest centroid" in table.stdout and "overhead" in table.stdout
+
+
+def test_eval_measures_each_query_once_per_base_and_modifiers(cli, store, catalog, fake_engine):
+    collect(cli, "--name", "sc")
+    fake_engine.clear()
+    cli.json("router", "fit", "sc", "--method", "fbc", "--name", "r1", "steps=20")
+    cli.json("router", "fit", "sc", "--method", "orpo", "--name", "r2", "steps=20")
+    first = cli.json("router", "eval", "r1", "--data", "auto", "--limit", "6")
+    assert [len(m) for m in fake_engine] == [6]
+    second = cli.json("router", "eval", "r2", "--data", "auto", "--data", "reason", "--limit", "6")
+    assert [len(m) for m in fake_engine] == [6, 6]  # only the reasoning queries were new
+    assert second["overall"]["n"] == 12 and second["domains"]["automation"]["choices"]["oracle"] == \
+        first["domains"]["automation"]["choices"]["oracle"]
+    cli.json("router", "eval", "r1", "--data", "reason", "--limit", "6")
+    assert len(fake_engine) == 2  # all cached
 
 
 def test_eval_refuses_queries_the_router_was_fitted_on(cli, store, catalog, fake_engine):
