@@ -31,6 +31,8 @@ def collect(
     base: Annotated[str, typer.Argument(metavar="BASE", help="The base (id or name) the modifiers run on.")],
     data: DataOpt,
     limit: LimitOpt = None,
+    modifier: Annotated[Optional[list[str]], typer.Option(
+        "--modifier", "-m", help="Route only to these modifiers of BASE (repeat; default: every runnable one).")] = None,
     name: NameOpt = None,
     engine: EngineOpt = "auto",
     json_: JsonOpt = False,
@@ -45,7 +47,8 @@ def collect(
     with _bar("collecting") as bar:
         task = bar.add_task("collect", total=None)
         res = run_collect(open_store(), base, list(data), limit=limit, name=name, engine=engine,
-                          command=command_line(), progress=lambda d, t: bar.update(task, completed=d, total=t))
+                          modifiers=modifier or None, command=command_line(),
+                          progress=lambda d, t: bar.update(task, completed=d, total=t))
     if json_:
         print_json({"id": res.artifact.id, "name": res.artifact.name, "rows": res.rows, "resumed": res.resumed,
                     "figures": res.summary, "candidates": res.artifact.meta["candidates"]})

@@ -76,6 +76,21 @@ def base_and_modifiers(store: Store, base_ref: str) -> tuple[Artifact, list[Arti
     return base, mods
 
 
+def select_modifiers(store: Store, base: Artifact, runnable: list[Artifact], refs: list[str]) -> list[Artifact]:
+    """The modifiers ``refs`` names, in the order of ``runnable`` (every runnable modifier of ``base``)."""
+    by_id = {m.id: m for m in runnable}
+    chosen: set[str] = set()
+    for ref in refs:
+        m = store.resolve(ref, kinds=("modifier",))
+        if m.id not in by_id:
+            raise BadInput(f"modifier '{m.name}' ({m.state}) is not a runnable modifier of {base.kind} '{base.name}'",
+                           hint="runnable modifiers: " + ", ".join(x.name for x in runnable))
+        if m.id in chosen:
+            raise BadInput(f"modifier '{m.name}' is given twice")
+        chosen.add(m.id)
+    return [m for m in runnable if m.id in chosen]
+
+
 def checked_queries(store: Store, data_refs: list[str], *, split: str, limit: int | None,
                     command: str = "") -> list[Query]:
     """Queries of each dataset's ``split`` (first ``limit`` per dataset); a dataset without a checker is refused."""
@@ -186,14 +201,19 @@ class Collected:
 
 
 def collect(store: Store, base_ref: str, data_refs: list[str], *, limit: int | None = None, name: str | None = None,
-            engine: str = "auto", command: str = "",
+            engine: str = "auto", modifiers: list[str] | None = None, command: str = "",
             progress: Callable[[int, int], None] | None = None) -> Collected:
-    """Measure every candidate on every training query of ``data_refs`` and register the scenario set."""
+    """Measure every candidate on every training query of ``data_refs`` and register the scenario set.
+
+    The candidates are the base alone and every runnable modifier of the base, or only ``modifiers`` (ids or
+    names; BadInput for one that does not run on the base or cannot run)."""
     from llora_cli.data import write_jsonl
     from llora_cli.engine import Deployment, choose, open_engine
     from llora_store.catalog import new_id, validate_name
 
     base, mods = base_and_modifiers(store, base_ref)
+    if modifiers:
+        mods = select_modifiers(store, base, mods, modifiers)
     queries = checked_queries(store, data_refs, split="train", limit=limit, command=command)
     if name is not None and any(a.name == validate_name(name) for a in store.artifacts()):
         raise BadInput(f"the name '{name}' is already taken", hint="choose another with --name")

@@ -126,6 +126,17 @@ def test_fit_refuses_one_candidate_and_no_winner(cli, store, catalog):
     assert store.list(kind="router") == []
 
 
+def test_collect_routes_only_to_the_modifiers_named(cli, store, catalog, fake_engine):
+    base, mods = catalog
+    res = collect(cli, "--name", "only-r", "--modifier", mods["reasoning"].name)
+    assert res["candidates"] == ["none", mods["reasoning"].id]
+    bad = cli("router", "collect", "b", "--data", "auto", "--modifier", "b")
+    assert bad.exit_code != 0 and "no modifier matches 'b'" in bad.stderr and "Traceback" not in bad.output
+    twice = cli("router", "collect", "b", "--data", "auto", "-m", mods["reasoning"].name, "-m", mods["reasoning"].id)
+    assert twice.exit_code == 2 and "given twice" in twice.stderr
+    assert [a.name for a in store.list(kind="scenario-set")] == ["only-r"]
+
+
 def test_eval_against_oracle_fixed_choices_and_centroid(cli, store, catalog, fake_engine):
     collect(cli, "--name", "sc")
     cli.json("router", "fit", "sc", "--method", "orpo", "--name", "r", "steps=150")
