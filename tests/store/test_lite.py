@@ -9,6 +9,8 @@ import pytest
 
 from llora_store import lite
 
+pytestmark = pytest.mark.sqlite_only  # the light path reads SQLite; with LLORA_DB_URL it steps aside (tested below)
+
 
 def test_reads_match_the_store(store, llora_home):
     base = store.create("base", "b1")
