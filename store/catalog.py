@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlmodel import Session
 
 from llora_store import files as fs
 from llora_store import lifecycle, rules
-from llora_store.db import SchemaStatus, check_schema, database_url, default_home, make_engine
+from llora_store.db import SchemaStatus, cannot_open, check_schema, database_url, default_home, make_engine
 from llora_store.errors import Ambiguous, BadInput, Conflict, NotFound, RuleViolation, UserError
 from llora_store.models import (
     GROUPS,
@@ -199,10 +199,7 @@ class Store:
         try:
             self.schema: SchemaStatus = check_schema(self.engine, auto_create=auto_create)
         except OperationalError as e:
-            raise UserError(
-                f"cannot open the catalog at {self.engine.url.render_as_string(hide_password=True)}: {e.orig}",
-                hint="check that LLORA_HOME (or LLORA_DB_URL) points at a writable place",
-            ) from None
+            raise cannot_open(self.engine, e) from None
 
     # -- sessions ---------------------------------------------------------
     @contextmanager
@@ -212,10 +209,19 @@ class Store:
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
-        """One write transaction, begun IMMEDIATE, committed on success."""
-        with Session(self._write_engine, expire_on_commit=False) as s:
-            with s.begin():
-                yield s
+        """One write transaction, begun IMMEDIATE (PostgreSQL: under the advisory write lock), committed on success.
+
+        A value the database refuses (PostgreSQL enforces VARCHAR lengths, which SQLite ignores, and refuses
+        NUL characters in text) is BadInput: the transaction is rolled back, nothing was written.
+        """
+        try:
+            with Session(self._write_engine, expire_on_commit=False) as s:
+                with s.begin():
+                    yield s
+        except DataError as e:
+            reason = " ".join(str(getattr(e, "orig", e)).split())
+            raise BadInput(f"the catalog refused a value: {reason}; nothing was written",
+                           hint="shorten the name, domain or text (see the column sizes in llora_store.models)") from None
 
     # -- lookups ----------------------------------------------------------
     def resolve(self, ref: str, *, kinds: tuple[str, ...] | None = None, session: Session | None = None) -> Artifact:

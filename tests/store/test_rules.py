@@ -258,3 +258,25 @@ def test_gc_fails_runs_whose_process_died(store):
     store.gc()
     assert store.get(run.id).state == "failed" and store.get(live.id).state == "training"
     assert "is gone" in store.history(run.id)[-1].reason
+
+
+def test_values_postgresql_refuses_are_bad_input_and_nan_metadata_is_kept(store, catalog_db):
+    """PostgreSQL enforces column sizes and standard JSON, SQLite does not: a too-long domain is refused there with
+    a clear error (nothing written) and stored here; a NaN in metadata is null there and NaN here."""
+    import math
+
+    from llora_store import BadInput
+
+    long_domain = "d" * 65
+    if catalog_db == "postgresql":
+        with pytest.raises(BadInput, match="refused a value: value too long"):
+            store.create("modifier", "too-long", state="training", domain=long_domain)
+        assert store.list() == []
+    else:
+        assert store.create("modifier", "too-long", state="training", domain=long_domain).domain == long_domain
+    base = store.create("base", "nan-base", metadata={"loss": float("nan"), "curve": [1.5, float("inf")]})
+    meta = store.get(base.id).meta
+    if catalog_db == "postgresql":
+        assert meta == {"loss": None, "curve": [1.5, None]}
+    else:
+        assert math.isnan(meta["loss"]) and meta["curve"] == [1.5, math.inf]
