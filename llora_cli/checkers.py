@@ -37,12 +37,15 @@ MAX_NEW_TOKENS = {"reasoning": 80, "automation": 64, "code": 64, "instruct": 40,
 
 @dataclass(frozen=True)
 class Checker:
-    """A parsed ``--task``: its name as given, ``check(row, output) -> bool`` over prepared rows."""
+    """A parsed ``--task``: its name as given, ``check(row, output) -> bool`` over prepared rows, and
+    ``done(row, text) -> bool``, true once more generated text can no longer change the verdict (None: a reply
+    runs to its end)."""
 
     task: str
     kind: str  # exact | contains | regex | reasoning | code | automation | instruct
     check: Callable[[dict, str], bool]
     max_new_tokens: int
+    done: Callable[[dict, str], bool] | None = None
 
 
 def parse_task(spec: str) -> Checker:
@@ -50,7 +53,8 @@ def parse_task(spec: str) -> Checker:
     if spec == "exact":
         return Checker(spec, "exact", lambda row, out: out.strip() == row["check"]["expected"], MAX_NEW_TOKENS["exact"])
     if spec == "contains":
-        return Checker(spec, "contains", lambda row, out: row["check"]["expected"] in out, MAX_NEW_TOKENS["contains"])
+        return Checker(spec, "contains", lambda row, out: row["check"]["expected"] in out, MAX_NEW_TOKENS["contains"],
+                       done=lambda row, out: row["check"]["expected"] in out)
     if spec.startswith("regex:"):
         pattern = spec[len("regex:"):]
         if not pattern:
@@ -64,8 +68,44 @@ def parse_task(spec: str) -> Checker:
     if spec in TASK_CHECKERS:
         from llora_cli import tasks
 
-        return Checker(spec, spec, tasks.checker(spec), MAX_NEW_TOKENS[spec])
+        return Checker(spec, spec, tasks.checker(spec), MAX_NEW_TOKENS[spec], done=answer_done(spec))
     raise BadInput(f"unknown --task {spec!r}; choose from {', '.join(TASK_CHECKERS + GENERIC)}")
+
+
+_ANSWER_IS = re.compile(r"answer is\s*-?\d+\D")
+_FENCED = re.compile(r"```(?:python)?\n(.*?)```", re.S)
+
+
+def answer_done(task: str) -> Callable[[dict, str], bool]:
+    """``done(row, text so far)`` for a task checker: true once the text holds what the checker reads, so that
+    generating further cannot change the verdict (generation of that row may stop there).
+
+    reasoning: an "answer is N" followed by a non-digit (the checker takes the first such N); automation: the
+    object opened at the first "{" is complete (the checker compares the first object that parses, which is
+    then this one; with one present, a no-tool row fails whatever follows; an inner object closing first does
+    not count); code: a closed fenced block (the checker runs the first one); instruct: the reference already
+    appears (the checker looks for it anywhere).
+    """
+    if task == "reasoning":
+        return lambda row, text: _ANSWER_IS.search(text) is not None
+    if task == "automation":
+        return lambda row, text: _first_object_closed(text)
+    if task == "code":
+        return lambda row, text: _FENCED.search(text) is not None
+    if task == "instruct":
+        return lambda row, text: row["check"]["reference"].lower() in text.lower()
+    raise ValueError(f"no answer_done for task {task!r}")
+
+
+def _first_object_closed(text: str) -> bool:
+    start = text.find("{")
+    if start < 0:
+        return False
+    try:
+        json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def regex_check(pattern: re.Pattern, expected: str, output: str) -> bool:

@@ -170,12 +170,15 @@ def measure_quality(source_dir: Path, compressed_dir: Path, *, eval_n: int = 16,
     settings) a second compression of the same source reuses them.
     """
     from llora_cli import tasks
+    from llora_cli.checkers import answer_done
     from llora_cli.evaluate import MAX_NEW_TOKENS, generate_batch, mean_loss
     from llora_cli.loading import load_model
 
     cached = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    t0 = time.perf_counter()
     tok, src, _ = load_model(source_dir)
     _, cmp, plan = load_model(compressed_dir)
+    t1 = time.perf_counter()
     text_rows = tasks.make("instruct", 0, seed=QUALITY_SEED, n_test=PPL_ROWS).test
     loss_src = cached["loss"] if "loss" in cached else mean_loss(tok, src, text_rows)
     loss_cmp = mean_loss(tok, cmp, text_rows)
@@ -189,6 +192,7 @@ def measure_quality(source_dir: Path, compressed_dir: Path, *, eval_n: int = 16,
     }
     ppl = quality["perplexity"]
     ppl["delta_pct"] = round(100 * (ppl["compressed"] / ppl["source"] - 1), 3)
+    t2 = time.perf_counter()
     for task in QUALITY_TASKS if eval_n > 0 else ():
         rows = tasks.make(task, 0, seed=QUALITY_SEED, n_test=eval_n).test
         check = tasks.checker(task)
@@ -197,10 +201,13 @@ def measure_quality(source_dir: Path, compressed_dir: Path, *, eval_n: int = 16,
             if label == "source" and task in cached.get("accuracy", {}):
                 acc[label] = cached["accuracy"][task]
                 continue
-            outs = generate_batch(tok, model, rows, max_new_tokens=MAX_NEW_TOKENS.get(task, 64))
+            outs = generate_batch(tok, model, rows, max_new_tokens=MAX_NEW_TOKENS.get(task, 64),
+                                  done=answer_done(task))
             acc[label] = round(sum(check(r, o) for r, o in zip(rows, outs)) / len(rows), 4)
         acc["delta"] = round(acc["compressed"] - acc["source"], 4)
         quality["accuracy"][task] = acc
+    quality["seconds"] = {"load": round(t1 - t0, 2), "perplexity_kl": round(t2 - t1, 2),
+                          "accuracy": round(time.perf_counter() - t2, 2)}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         from llora_store.files import write_json_atomic

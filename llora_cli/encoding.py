@@ -78,3 +78,43 @@ def pad_batch(features: list[dict], pad_id: int):
         mask[i, :n] = 1
         labels[i, :n] = torch.tensor(f["labels"])
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def learned_positions(labels):
+    """``[batch, seq]`` bool: the positions whose next token is learned (``labels[:, 1:] != IGNORE``; the last
+    position never), the only logits a causal LM's loss reads. Given to a transformers causal LM as
+    ``logits_to_keep``, its output head projects only these (returning ``[n, vocab]`` logits, row-major): a reply is
+    a small part of a chat row (automation rows: ~23 of ~140 tokens), and SmolLM2's 49k-word head is 28M of the
+    134M multiply-adds per token."""
+    import torch
+
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    return keep
+
+
+def keeps_learned_logits(model) -> bool:
+    """Whether ``model`` (a transformers causal LM, PEFT-wrapped or not) projects only the positions of a boolean
+    ``logits_to_keep`` mask: its modeling module slices with transformers' ``slice_logits_to_keep`` (transformers 5;
+    older versions and a few architectures take only an int or positions, and then get full logits)."""
+    import sys
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = getattr(lm, "module", lm)  # DistributedDataParallel
+    return hasattr(sys.modules.get(type(lm).__module__), "slice_logits_to_keep")
+
+
+def learned_loss_sum(logits, labels):
+    """(summed cross-entropy, count) of ``logits`` computed at ``learned_positions(labels)`` against the next
+    tokens: the terms of transformers' causal LM loss (fp32 logits, labels shifted by one)."""
+    import torch
+
+    targets = labels[:, 1:][labels[:, 1:] != IGNORE]
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"), targets.numel()
+
+
+def learned_loss(outputs, labels, num_items_in_batch=None):
+    """A ``compute_loss_func`` for transformers' Trainer on logits kept at ``learned_positions``: the summed
+    cross-entropy over ``num_items_in_batch`` when given (what the model's own loss divides by), else the mean."""
+    total, count = learned_loss_sum(outputs.logits, labels)
+    return total / (num_items_in_batch if num_items_in_batch is not None else max(count, 1))

@@ -21,7 +21,7 @@ from pathlib import Path
 from llora_cli import checkers
 from llora_cli.checkers import MAX_NEW_TOKENS  # noqa: F401  (compress.py's held-out accuracy uses it)
 from llora_cli.data import load_data, parse_user_file_located
-from llora_cli.encoding import IGNORE, encode_row, pad_batch, prompt_text
+from llora_cli.encoding import encode_row, keeps_learned_logits, learned_loss_sum, learned_positions, pad_batch, prompt_text
 from llora_cli.stats import Accuracy, Paired
 from llora_store import Store
 from llora_store.errors import BadInput
@@ -49,6 +49,7 @@ class EvalReport:
     verdicts: list[bool] | None = None  # per row, in row order (for paired comparisons)
     ci95: list[float] | None = None  # Wilson 95% interval of the accuracy
     extra: dict = field(default_factory=dict)  # benchmark / comparison details
+    timing: dict = field(default_factory=dict)  # seconds: load (0 when reused), loss, generate
 
     def score(self, verdicts: list[bool]) -> None:
         acc = Accuracy(sum(verdicts), len(verdicts))
@@ -63,7 +64,7 @@ class EvalReport:
     def metrics(self) -> dict:
         m = {"n": self.n, "loss": self.loss, "perplexity": self.perplexity, "accuracy": self.accuracy,
              "correct": self.correct, "task": self.task, "seconds": self.seconds, "load": self.load,
-             "data": self.dataset}
+             "data": self.dataset, **({"timing": self.timing} if self.timing else {})}
         if self.verdicts is not None:
             m.update(ci95=self.ci95, ci_method="wilson", verdicts="".join("1" if v else "0" for v in self.verdicts))
         return {**m, **self.extra}
@@ -113,24 +114,26 @@ def mean_loss(tokenizer, model, rows: list[dict], *, max_len: int = 512, batch_s
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     total, count = 0.0, 0
     encoded = [encode_row(tokenizer, r, max_len) for r in rows]
+    kept = keeps_learned_logits(model)
     with torch.inference_mode():
         for i in range(0, len(encoded), batch_size):
             batch = pad_batch(encoded[i: i + batch_size], pad)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            labels = batch["labels"][:, 1:]
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
-            )
+            keep = learned_positions(batch["labels"])
+            # logits only where a learned token is predicted (the output head: 28M of SmolLM2's 134M multiply-adds)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           **({"logits_to_keep": keep} if kept else {})).logits
+            losses, n = learned_loss_sum(logits if kept else logits[keep], batch["labels"])
             total += float(losses)
-            count += int((labels != IGNORE).sum())
+            count += n
     return total / count if count else None
 
 
 def generate_texts(tokenizer, model, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16,
                    stop_strings: list[str] | None = None, strip: bool = True,
-                   add_special_tokens: bool = False, stop_when=None) -> list[str]:
+                   add_special_tokens: bool = False, stop_when=None, row_stops=None) -> list[str]:
     """Greedy continuations of prompt texts (left-padded batches); generation of a row may end at a stop string,
-    or once ``stop_when(text so far)`` is true for it (checked after every token)."""
+    or once ``stop_when(text so far)`` (or its own ``row_stops[i](text so far)``, one per prompt) is true for it
+    (checked after every token). A batch ends when all its rows have."""
     import torch
 
     tokenizer.padding_side = "left"
@@ -141,8 +144,9 @@ def generate_texts(tokenizer, model, prompts: list[str], *, max_new_tokens: int,
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[i: i + batch_size], return_tensors="pt", padding=True,
                         add_special_tokens=add_special_tokens)
-        if stop_when is not None:
-            extra["stopping_criteria"] = [_text_stop(tokenizer, enc["input_ids"].shape[1], stop_when)]
+        if stop_when is not None or row_stops is not None:
+            dones = row_stops[i: i + batch_size] if row_stops is not None else [stop_when] * len(enc["input_ids"])
+            extra["stopping_criteria"] = [_text_stop(tokenizer, enc["input_ids"].shape[1], dones)]
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, **extra)
@@ -152,26 +156,30 @@ def generate_texts(tokenizer, model, prompts: list[str], *, max_new_tokens: int,
     return outputs
 
 
-def _text_stop(tokenizer, prompt_len: int, done):
-    """A transformers StoppingCriteria: a row is finished once ``done(its decoded continuation)`` is true."""
+def _text_stop(tokenizer, prompt_len: int, dones: list):
+    """A transformers StoppingCriteria: row i is finished once ``dones[i](its decoded continuation)`` is true."""
     import torch
     from transformers import StoppingCriteria
 
     class TextStop(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             return torch.tensor([done(tokenizer.decode(row[prompt_len:], skip_special_tokens=True))
-                                 for row in input_ids], dtype=torch.bool, device=input_ids.device)
+                                 for done, row in zip(dones, input_ids)], dtype=torch.bool, device=input_ids.device)
 
     return TextStop()
 
 
-def generate_batch(tokenizer, model, rows: list[dict], *, max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy answers to each row's messages up to (not including) its final assistant reply."""
+def generate_batch(tokenizer, model, rows: list[dict], *, max_new_tokens: int, batch_size: int = 16,
+                   done=None) -> list[str]:
+    """Greedy answers to each row's messages up to (not including) its final assistant reply; with
+    ``done(row, text so far)`` (a checker's: ``checkers.answer_done``) a row's generation stops once it is true."""
     prompts = []
     for r in rows:
         msgs = r["messages"]
         prompts.append(prompt_text(tokenizer, msgs[:-1] if msgs[-1]["role"] == "assistant" else msgs))
-    return generate_texts(tokenizer, model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    row_stops = [(lambda text, r=r: done(r, text)) for r in rows] if done is not None else None
+    return generate_texts(tokenizer, model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          row_stops=row_stops)
 
 
 def _eval_rows(store: Store, data_ref: str, split: str, limit: int | None, checker, command: str):
@@ -204,18 +212,33 @@ def _eval_rows(store: Store, data_ref: str, split: str, limit: int | None, check
 
 def evaluate(store: Store, ref: str, data_ref: str, *, limit: int | None = None, split: str = "test",
              record: bool = True, command: str = "", task: str | None = None,
-             max_new_tokens: int | None = None) -> EvalReport:
+             max_new_tokens: int | None = None, models=None) -> EvalReport:
     """Loss and perplexity of ``ref`` on the rows of ``data_ref`` and, with a checker (``task``, or the
-    dataset's own task kind), accuracy of its greedy replies: k/n with the Wilson 95% interval."""
+    dataset's own task kind), accuracy of its greedy replies: k/n with the Wilson 95% interval. A reply's
+    generation stops once the checker's verdict can no longer change (``checkers.answer_done``; the stored
+    samples end there too). ``models`` (a ``loading.ModelCache``) reuses a base already loaded for an earlier
+    evaluation on the same weights."""
     art = store.resolve(ref)
     base_dir, adapter_dir, quant = model_source(store, art)
     checker = checkers.parse_task(task) if task is not None else None
     data, rows, used_split, checker, prepared = _eval_rows(store, data_ref, split, limit, checker, command)
     start = time.perf_counter()
-    from llora_cli.loading import load_model
+    from llora_cli.loading import ModelCache
 
-    tokenizer, model, plan = load_model(base_dir, adapter_dir, quant)
+    with (models or ModelCache()).use(base_dir, adapter_dir, quant) as (tokenizer, model, plan):
+        loaded = time.perf_counter()
+        report = _score(tokenizer, model, plan, art, data, rows, used_split, checker, prepared, max_new_tokens)
+    report.seconds = round(time.perf_counter() - start, 2)
+    report.timing = {"load": round(loaded - start, 2), **report.timing}
+    if record:
+        store.record_evaluation(art.id, report.metrics(), dataset_id=data.artifact.id, split=used_split)
+    return report
+
+
+def _score(tokenizer, model, plan, art, data, rows, used_split, checker, prepared, max_new_tokens) -> EvalReport:
+    t0 = time.perf_counter()
     loss = mean_loss(tokenizer, model, rows)
+    t1 = time.perf_counter()
     report = EvalReport(
         artifact={"id": art.id, "name": art.name, "kind": art.kind},
         dataset={"id": data.artifact.id, "name": data.artifact.name, "task": data.task,
@@ -226,14 +249,13 @@ def evaluate(store: Store, ref: str, data_ref: str, *, limit: int | None = None,
     )
     if checker is not None:
         report.task = checker.task
-        outs = generate_batch(tokenizer, model, prepared, max_new_tokens=max_new_tokens or checker.max_new_tokens)
+        outs = generate_batch(tokenizer, model, prepared, max_new_tokens=max_new_tokens or checker.max_new_tokens,
+                              done=checker.done)
         verdicts = [bool(checker.check(r, o)) for r, o in zip(prepared, outs)]
         report.score(verdicts)
         report.samples = [{"prompt": r["messages"][-1]["content"], "output": o, "correct": v}
                           for r, o, v in list(zip(prepared, outs, verdicts))[:3]]
-    report.seconds = round(time.perf_counter() - start, 2)
-    if record:
-        store.record_evaluation(art.id, report.metrics(), dataset_id=data.artifact.id, split=used_split)
+    report.timing = {"loss": round(t1 - t0, 2), "generate": round(time.perf_counter() - t1, 2)}
     return report
 
 

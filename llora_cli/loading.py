@@ -10,6 +10,7 @@ bf16 on an accelerator), ``full-bf16``, ``quantized-nf4``, or ``offload``
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -153,21 +154,55 @@ def load_tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
+_dequantized: dict | None = None  # inside reuse_dequantized(): the last GGUF file's dequantized tensors
+
+
+@contextmanager
+def reuse_dequantized():
+    """Within the block, a GGUF file is dequantized once: later loads of the same file copy the tensors kept from
+    the first (transformers' GGUF loader dequantizes every tensor again on each load). Memory: one model's
+    fp32 tensors are held until the block ends. The demo loads its compressed base four times (quality
+    measurement, two modifiers' training, their evaluations).
+    """
+    global _dequantized
+    outer, _dequantized = _dequantized, {}
+    try:
+        yield
+    finally:
+        _dequantized = outer
+
+
+def _file_identity(path: Path) -> tuple:
+    # the same file, unchanged: compress measures a GGUF file in its staging directory, and publishing renames that
+    # directory, which keeps the inode, size and modification time
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def load_gguf_dequantized(model_dir: Path, dtype):
     """The GGUF model with its dequantized weights as a plain transformers model.
 
     transformers marks a GGUF-loaded model as quantized (its Trainer refuses to train it, and
     ``save_pretrained`` refuses to save it), although the weights are ordinary dequantized tensors. They
-    are moved into a model built from the same config without ``quantization_config``.
+    are copied into a model built from the same config without ``quantization_config``.
     """
+    import copy
+
     from transformers import AutoModelForCausalLM
 
-    loaded = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=GGUF_NAME, dtype=dtype)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
+    key = (_file_identity(Path(model_dir) / GGUF_NAME), str(dtype))
+    if _dequantized is not None and _dequantized.get("key") == key:
+        config, state = copy.deepcopy(_dequantized["config"]), _dequantized["state"]
+    else:
+        loaded = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=GGUF_NAME, dtype=dtype)
+        config, state = loaded.config, loaded.state_dict()
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        if _dequantized is not None:
+            _dequantized.clear()
+            _dequantized.update(key=key, config=copy.deepcopy(config), state=state)
     plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing, unexpected = plain.load_state_dict(state, strict=False)  # copies: the kept tensors stay as loaded
     missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
         raise Corrupt(f"{model_dir / GGUF_NAME}: weights do not fit the architecture (missing {missing[:3]}, "
@@ -266,3 +301,49 @@ def load_model(base_dir: Path, adapter_dir: Path | None = None, qlora: str | Non
 
         model = PeftModel.from_pretrained(model, adapter_dir)
     return tokenizer, model.eval(), plan
+
+
+class ModelCache:
+    """Loads a base once for several evaluations on the same weights (the demo's stages evaluate the compressed
+    base and each modifier trained on it): ``with cache.use(base_dir, adapter_dir, qlora) as (tok, model, plan)``
+    gives what ``load_model`` gives. It keeps the last base loaded (one at a time: memory stays that of one model);
+    an adapter is attached through PEFT for the ``with`` block and removed after it (``unload``: the LoRA layers
+    are taken out, the base's weights were never changed), so the next use sees the plain base again.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._loaded: tuple | None = None
+        self.loads = 0  # bases actually loaded (the rest were reused)
+
+    def clear(self) -> None:
+        """Free the base held (before stages that need the memory)."""
+        self._key = self._loaded = None
+
+    @contextmanager
+    def use(self, base_dir: Path, adapter_dir: Path | None = None, qlora: str | None = None):
+        key = (str(Path(base_dir).resolve()), qlora)
+        if key != self._key:
+            self._key = self._loaded = None  # the previous base is freed before the next one loads
+            self._loaded = load_model(Path(base_dir), None, qlora)
+            self._key = key
+            self.loads += 1
+        tokenizer, model, plan = self._loaded
+        if adapter_dir is None:
+            yield tokenizer, model, plan
+            return
+        from peft import PeftModel
+
+        try:
+            with_adapter = PeftModel.from_pretrained(model, adapter_dir).eval()
+        except BaseException:
+            self._key = self._loaded = None  # possibly half-attached: never reused
+            raise
+        try:
+            yield tokenizer, with_adapter, plan
+        finally:
+            try:
+                with_adapter.unload()
+            except BaseException:
+                self._key = self._loaded = None
+                raise

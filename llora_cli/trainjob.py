@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llora_cli.encoding import encode_row, pad_batch
+from llora_cli.encoding import encode_row, keeps_learned_logits, learned_loss, learned_positions, pad_batch
 from llora_cli.trainconfig import TrainConfig
 
 METRICS = "metrics.jsonl"
@@ -189,16 +189,19 @@ class TrainJob:
         model.eval()
         total, correct, count = 0.0, 0, 0
         device = next(model.parameters()).device
+        kept = keeps_learned_logits(model)
         with torch.no_grad():
             for i in range(0, len(self.heldout), 8):
                 batch = pad_batch(self.heldout[i: i + 8], self.tokenizer.pad_token_id)
-                logits = model(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device)).logits.float()[:, :-1]
+                keep = learned_positions(batch["labels"]).to(device)
+                logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                               **({"logits_to_keep": keep} if kept else {})).logits.float()
+                logits = logits if kept else logits[keep]
                 labels = batch["labels"][:, 1:].to(device)
-                keep = labels != IGNORE
-                total += float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
-                correct += int((logits.argmax(-1)[keep] == labels[keep]).sum())
-                count += int(keep.sum())
+                targets = labels[labels != IGNORE]  # row-major, as the kept logits
+                total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+                correct += int((logits.argmax(-1) == targets).sum())
+                count += int(targets.numel())
         if was_training:
             model.train()
         return {"step": step, "loss": round(total / count, 5), "token_accuracy": round(correct / count, 5),
@@ -268,9 +271,11 @@ class TrainJob:
             ddp_backend="gloo" if self.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         )
         pad_id = self.tokenizer.pad_token_id
+        kept = keeps_learned_logits(self.model)
         trainer = Trainer(
             model=self.model, args=args, train_dataset=self.dataset,
-            data_collator=lambda feats: pad_batch(feats, pad_id), callbacks=[Progress()],
+            data_collator=(lambda feats: _collate(feats, pad_id)) if kept else (lambda feats: pad_batch(feats, pad_id)),
+            compute_loss_func=learned_loss if kept else None, callbacks=[Progress()],
         )
         from transformers.trainer_callback import PrinterCallback
 
@@ -301,6 +306,14 @@ class TrainJob:
         out = Path(self.spec.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out, safe_serialization=True)
+
+
+def _collate(features: list[dict], pad_id: int) -> dict:
+    """Padded batch plus ``logits_to_keep``: the model's output head projects only the positions the loss reads
+    (``learned_loss``, the same cross-entropy as the model's own loss on full logits)."""
+    batch = pad_batch(features, pad_id)
+    batch["logits_to_keep"] = learned_positions(batch["labels"])
+    return batch
 
 
 def main(argv: list[str]) -> int:

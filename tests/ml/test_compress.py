@@ -238,3 +238,25 @@ def test_source_figures_are_cached_per_source_and_settings(cli, store, base):
     b = cli.json("compress", "tiny", "--method", "gguf-q4_0", "--eval-n", "1")["quality"]
     assert a["perplexity"]["source"] == b["perplexity"]["source"]
     assert {t: x["source"] for t, x in a["accuracy"].items()} == {t: x["source"] for t, x in b["accuracy"].items()}
+
+
+def test_reuse_dequantized_dequantizes_a_gguf_file_once_and_gives_the_same_weights(cli, store, base, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from llora_cli import loading
+
+    res = cli.json("compress", "tiny", "--method", "gguf-q8_0", "--eval-n", "0")
+    d = store.path_of(res["compressed"]["id"])
+    want = loading.load_gguf_dequantized(d, torch.float32).state_dict()
+    calls = []
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: calls.append(a) or real(*a, **k))
+    with loading.reuse_dequantized():
+        first = loading.load_gguf_dequantized(d, torch.float32)
+        with torch.no_grad():
+            next(first.parameters()).add_(1.0)  # a change to one loaded model must not reach the next load
+        second = loading.load_gguf_dequantized(d, torch.float32)
+    loading.load_gguf_dequantized(d, torch.float32)  # outside the block: loaded again
+    assert len(calls) == 2
+    got = second.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

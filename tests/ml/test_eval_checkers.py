@@ -183,3 +183,26 @@ def test_against_pairs_two_artifacts_on_the_same_rows(cli, tiny, other_tiny_mode
     assert same.exit_code == 2 and "two different artifacts" in same.stderr
     no_task = cli("eval", "tiny", "--data", f, "--against", "other")
     assert no_task.exit_code == 2 and "give --task" in no_task.stderr
+
+
+@pytest.mark.parametrize("task,row,text,done", [
+    ("reasoning", {"check": {"answer": 12}}, "3 + 9 = 12. The answer is 1", False),  # the number may go on
+    ("reasoning", {"check": {"answer": 12}}, "3 + 9 = 12. The answer is 12.", True),
+    ("reasoning", {"check": {"answer": 12}}, "so the answer is clear: 12 and", False),
+    ("automation", {"check": {"call": None}}, 'Call {"name": "t", "arguments": {"a": 1}', False),  # inner object only
+    ("automation", {"check": {"call": None}}, 'Call {"name": "t", "arguments": {"a": 1}} and', True),
+    ("automation", {"check": {"call": None}}, "No tool fits this request.", False),
+    ("code", {"check": {}}, "```python\ndef f():\n    return 1\n", False),
+    ("code", {"check": {}}, "```python\ndef f():\n    return 1\n```", True),
+    ("instruct", {"check": {"reference": "Paris"}}, "The capital is paris", True),
+    ("instruct", {"check": {"reference": "Paris"}}, "The capital is", False),
+])
+def test_answer_done_marks_where_more_text_cannot_change_the_verdict(task, row, text, done):
+    from llora_cli import checkers, tasks
+
+    assert checkers.answer_done(task)(row, text) is done
+    if done and task != "code":  # once done, any continuation keeps the checker's verdict
+        check = tasks.checker(task)
+        verdict = check(row, text)
+        assert all(check(row, text + more) == verdict
+                   for more in (" The answer is 99", ' {"name": "x", "arguments": {}}', " 7", "\nParis"))

@@ -61,3 +61,25 @@ def test_eval_records_the_loading_choice(cli, store, tiny_model_dir, monkeypatch
     low = cli.json("eval", "tiny", "--data", "auto", "--limit", "2")
     assert low["load"] == {"strategy": "full-bf16", "dtype": "bf16", "device": "cpu"}
     assert low["loss"] == pytest.approx(rep["loss"], rel=0.05) and low["loss"] != rep["loss"]
+
+
+def test_model_cache_loads_a_base_once_and_adapter_runs_match_fresh_loads(tiny_model_dir, tiny_adapter_dir,
+                                                                          fp32_logits):
+    import torch
+    from peft import PeftModel
+
+    ids, ref = fp32_logits
+    _, fresh, _ = loading.load_model(tiny_model_dir, tiny_adapter_dir)
+    with torch.inference_mode():
+        want = fresh(**ids).logits
+    cache = loading.ModelCache()
+    for _ in range(2):  # attached, removed, attached again: the same numbers each time
+        with cache.use(tiny_model_dir, tiny_adapter_dir) as (_, model, _):
+            assert isinstance(model, PeftModel)
+            with torch.inference_mode():
+                assert torch.equal(model(**ids).logits, want)
+        with cache.use(tiny_model_dir) as (_, model, plan):
+            assert not isinstance(model, PeftModel) and plan.strategy == "full"
+            with torch.inference_mode():
+                assert torch.equal(model(**ids).logits, ref)  # the adapter left no trace in the base
+    assert cache.loads == 1

@@ -295,3 +295,30 @@ def test_runs_show_writes_a_png(cli, setup, tmp_path):
     png = tmp_path / "loss.png"
     assert cli("runs", "show", "p", "--plot", png).exit_code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+
+def test_logits_kept_at_learned_positions_give_the_models_own_loss(tiny_model_dir, tiny_adapter_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llora_cli.encoding import encode_row, keeps_learned_logits, learned_loss, learned_positions, pad_batch
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [{"messages": [{"role": "user", "content": "What is 2 plus 2?"},
+                          {"role": "assistant", "content": "2 plus 2 is 4."}]},
+            {"messages": [{"role": "system", "content": "Tools: timer(minutes), weather(city)."},
+                          {"role": "user", "content": "Set a timer for five minutes, please, right now."},
+                          {"role": "assistant", "content": '{"name": "timer", "arguments": {"minutes": 5}}'}]}]
+    batch = pad_batch([encode_row(tok, r, 512) for r in rows], tok.pad_token_id or 0)  # two lengths: padding
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir)
+    assert keeps_learned_logits(model) and keeps_learned_logits(model.get_base_model())
+    keep = learned_positions(batch["labels"])
+    assert int(keep.sum()) == int((batch["labels"][:, 1:] != -100).sum()) < keep.numel() / 2
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        kept = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    assert kept.logits.shape == (int(keep.sum()), full.logits.shape[-1])
+    assert torch.allclose(learned_loss(kept, batch["labels"]), full.loss, rtol=1e-5)
+    n = int(keep.sum())
+    assert torch.allclose(learned_loss(kept, batch["labels"], num_items_in_batch=2 * n), full.loss / 2, rtol=1e-5)
