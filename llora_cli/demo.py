@@ -31,11 +31,11 @@ MODIFIER_DOMAINS = ("automation", "reasoning")
 @dataclass
 class DemoOptions:
     adapter_steps: int = 12
-    modifier_steps: int = 30
+    modifier_steps: int = 12
     rows: int = 240
     eval_rows: int = 12
     compress_method: str = "gguf-q8_0"
-    compress_eval_rows: int = 8
+    compress_eval_rows: int = 4
     router_rows: int = 12  # training queries per domain the router's scenarios are collected on
     routed_requests: int = 6  # held-out requests answered with --modifier auto (alternating domains)
     router: bool = True
@@ -138,12 +138,16 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
     report.steps.append(f"trained adapter '{adapter.artifact.name}': {adapter.outcome['steps']} steps, "
                         f"{adapter.outcome['tokens_per_s']:.0f} tokens/s, final loss {adapter.outcome['final_loss']:.3f}")
 
+    from llora_cli.loading import ModelCache
+
+    models = ModelCache()  # evaluations on the same weights share one load (base + adapter; compressed + modifiers)
+
     def evaluate_on(ref: str, data: str) -> None:
         with _timed(report, "evaluate"):
             say(f"evaluating {ref} on held-out {data} rows")
-            r = evaluate(store, ref, datasets[data].id, command="llora demo")
+            r = evaluate(store, ref, datasets[data].id, command="llora demo", models=models)
         report.evaluations.append({"artifact": r.artifact, "task": data, "n": r.n, "loss": r.loss,
-                                   "accuracy": r.accuracy})
+                                   "accuracy": r.accuracy, "seconds": r.seconds, "timing": r.timing})
 
     evaluate_on(base_id, "instruct")
     evaluate_on(adapter.artifact.id, "instruct")
@@ -159,8 +163,30 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
         f"{m.tensor_check['max_rel_error']:.1e}, logits check {m.full_check.get('max_rel_error', float('nan')):.1e}; "
         f"the adapter is now '{m.adapter_state}' (its weights deleted, row and lineage kept)")
     evaluate_on(m.merged.id, "instruct")
+    models.clear()  # compressing and training need the memory more
 
+    from llora_cli.loading import reuse_dequantized
+
+    # compress, the two trainings and four evaluations load the compressed base: dequantized once
+    with reuse_dequantized():
+        c, modifiers = _compressed_stage(store, m, datasets, opts, report, say, evaluate_on)
+    models.clear()
+    report.steps.append("evaluated base, adapter, merged, compressed and modifiers on held-out rows "
+                        "(stored on each artifact)")
+    with _timed(report, "deploy and serve"):
+        _serve_stage(store, c.compressed, modifiers["automation"], datasets["automation"].id, report, say)
+    if opts.router:
+        with _timed(report, "router"):
+            _router_stage(store, c.compressed, modifiers, datasets, opts, report, say)
+    report.lineage = store.lineage(modifiers["automation"].id)  # after deploying: the states shown are current
+
+
+def _compressed_stage(store: Store, m, datasets: dict, opts: DemoOptions, report: DemoReport, say, evaluate_on):
+    """Compress the merged checkpoint, train the modifiers on the compressed base, evaluate both on held-out rows;
+    returns (the compress report, modifier artifact per domain)."""
     from llora_cli.compress import compress
+    from llora_cli.train import train
+    from llora_cli.trainconfig import MODIFIER_DEFAULTS, load_config
 
     with _timed(report, "compress"):
         say(f"compressing '{m.merged.name}' with {opts.compress_method} and measuring its quality")
@@ -183,19 +209,14 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
                         config=load_config(None, [f"max_steps={opts.modifier_steps}", "batch_size=4"]))
         modifiers[domain] = mod.artifact
         report.steps.append(f"trained modifier '{mod.artifact.name}' (domain {domain}) on '{c.compressed.name}', "
-                            f"the weights it will run on: {mod.outcome['steps']} steps, "
-                            f"{mod.outcome['tokens_per_s']:.0f} tokens/s, final loss {mod.outcome['final_loss']:.3f}")
+                            f"the weights it will run on: {mod.outcome['steps']} steps of 4 rows (llora train's "
+                            f"default: {MODIFIER_DEFAULTS['max_steps']} of {MODIFIER_DEFAULTS['batch_size']}; fewer "
+                            f"to keep the demo under 10 minutes), {mod.outcome['tokens_per_s']:.0f} tokens/s, "
+                            f"final loss {mod.outcome['final_loss']:.3f}")
     for domain in MODIFIER_DOMAINS:
         evaluate_on(c.compressed.id, domain)
         evaluate_on(modifiers[domain].id, domain)
-    report.steps.append("evaluated base, adapter, merged, compressed and modifiers on held-out rows "
-                        "(stored on each artifact)")
-    with _timed(report, "deploy and serve"):
-        _serve_stage(store, c.compressed, modifiers["automation"], datasets["automation"].id, report, say)
-    if opts.router:
-        with _timed(report, "router"):
-            _router_stage(store, c.compressed, modifiers, datasets, opts, report, say)
-    report.lineage = store.lineage(modifiers["automation"].id)  # after deploying: the states shown are current
+    return c, modifiers
 
 
 def _system_of(row: dict) -> str | None:
