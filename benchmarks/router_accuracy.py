@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/router_accuracy.py --home DIR --base NAME
         --modifier code=NAME --modifier reasoning=NAME --modifier automation=NAME
-        [--collect-rows 40] [--test-rows 40] [--engine auto] [--methods fbc,dpo,orpo]
+        [--collect-rows 40] [--test-rows 40] [--eval-limit N] [--engine auto] [--methods fbc,dpo,orpo]
 
 The commands a user runs (`llora router collect|fit|eval`), through their library functions, on a home
 where the Q8_0 compressed base and one modifier per domain exist (``benchmarks/domain_accuracy.py`` makes
@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--modifier", action="append", default=[], metavar="DOMAIN=NAME", required=True)
     ap.add_argument("--collect-rows", type=int, default=40, help="training queries per domain for the scenarios")
     ap.add_argument("--test-rows", type=int, default=40, help="family-level held-out queries per domain")
+    ap.add_argument("--eval-limit", type=int, default=None,
+                    help="first N queries of each held-out set (the split and each hand-written file; default all)")
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--methods", default="fbc,dpo,orpo")
     args = ap.parse_args()
@@ -79,7 +81,8 @@ def main() -> None:
         fitted = fit(store, scen.artifact.id, method=method, command="benchmarks/router_accuracy.py")
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rep = evaluate(store, fitted.artifact.id, eval_data, engine=args.engine, command="benchmarks/router_accuracy.py")
+        rep = evaluate(store, fitted.artifact.id, eval_data, limit=args.eval_limit, engine=args.engine,
+                       command="benchmarks/router_accuracy.py")
         entry = {"method": method, "router": fitted.artifact.name, "fit_seconds": round(fit_s, 1),
                  "eval_seconds": round(time.perf_counter() - t0, 1), "report": rep}
         run["routers"].append(entry)
