@@ -46,6 +46,7 @@ def main() -> None:
                     help="first N queries of each held-out set (the split and each hand-written file; default all)")
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--methods", default="fbc,dpo,orpo")
+    ap.add_argument("--scenarios", default=None, help="fit on this existing scenario set instead of collecting")
     args = ap.parse_args()
     os.environ["LLORA_HOME"] = args.home
 
@@ -70,15 +71,20 @@ def main() -> None:
         eval_data.append(add_user_file(store, REPO / f"tests/data/{d}_handwritten.jsonl", task=d, held_out=True,
                                        command="benchmarks/router_accuracy.py").name)
     t0 = time.perf_counter()
-    scen = collect(store, args.base, collect_data, limit=args.collect_rows, engine=args.engine,
-                   modifiers=[m.id for m in mods], command="benchmarks/router_accuracy.py")
-    run["collect"] = {"scenario_set": scen.artifact.name, "rows": scen.rows, "resumed": scen.resumed,
-                      "seconds": round(time.perf_counter() - t0, 1), "engine": scen.summary["engine"],
-                      "figures": scen.summary["figures"]}
+    if args.scenarios:
+        scen_art = store.resolve(args.scenarios, kinds=("scenario-set",))
+        run["collect"] = {"scenario_set": scen_art.name, "reused": True}
+    else:
+        scen = collect(store, args.base, collect_data, limit=args.collect_rows, engine=args.engine,
+                       modifiers=[m.id for m in mods], command="benchmarks/router_accuracy.py")
+        scen_art = scen.artifact
+        run["collect"] = {"scenario_set": scen_art.name, "rows": scen.rows, "resumed": scen.resumed,
+                          "seconds": round(time.perf_counter() - t0, 1), "figures": scen.summary}
+    run["collect"]["engine"] = scen_art.meta.get("engine")
     print(json.dumps(run["collect"]), flush=True)
     for method in args.methods.split(","):
         t0 = time.perf_counter()
-        fitted = fit(store, scen.artifact.id, method=method, command="benchmarks/router_accuracy.py")
+        fitted = fit(store, scen_art.id, method=method, command="benchmarks/router_accuracy.py")
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         rep = evaluate(store, fitted.artifact.id, eval_data, limit=args.eval_limit, engine=args.engine,
