@@ -180,7 +180,8 @@ def resume_dir(store: Store, command: str, key: str) -> Path:
     return d
 
 
-def _read_done(path: Path) -> dict[str, dict]:
+def read_done(path: Path) -> dict[str, dict]:
+    """The rows already measured in a JSONL file written by ``measure_appending``, by query key."""
     done: dict[str, dict] = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -190,6 +191,25 @@ def _read_done(path: Path) -> dict[str, dict]:
                 continue
             done[f"{row['dataset']}:{row['row']}"] = row
     return done
+
+
+def measure_appending(engine, mods: list[Artifact], todo: list[Query], path: Path, done: dict[str, dict], *,
+                      total: int, progress: Callable[[int, int], None] | None = None) -> None:
+    """``measure`` the base alone and ``mods`` on ``todo``, appending each query's row to ``path`` (flushed, so a
+    killed run keeps what it measured: ``read_done`` reads it back) and to ``done``; ``progress(done, total)``."""
+    count = [total - len(todo)]
+    with open(path, "a") as f:
+        def on_row(q: Query, outcomes: dict) -> None:
+            row = {"query": q.text, "domain": q.task, "dataset": q.dataset.id, "row": q.row_index,
+                   "candidates": outcomes}
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            done[q.key] = row
+            count[0] += 1
+            if progress:
+                progress(count[0], total)
+
+        measure(engine, [None, *mods], todo, on_row)
 
 
 @dataclass
@@ -225,7 +245,7 @@ def collect(store: Store, base_ref: str, data_refs: list[str], *, limit: int | N
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     resume = _resume_dir(store, key)
     partial = resume / "rows.jsonl"
-    done = _read_done(partial)
+    done = read_done(partial)
     resumed = sum(q.key in done for q in queries)
     todo = [q for q in queries if q.key not in done]
     if progress:
@@ -238,19 +258,7 @@ def collect(store: Store, base_ref: str, data_refs: list[str], *, limit: int | N
             raise BadInput("the " + chosen + " engine cannot run " + "; ".join(
                 f"modifier '{names[i]}': {w}" for i, w in unrunnable.items()),
                 hint="collect with --engine transformers, or retire/discard those modifiers")
-        count = [resumed]
-        with open(partial, "a") as f:
-            def on_row(q: Query, outcomes: dict) -> None:
-                row = {"query": q.text, "domain": q.task, "dataset": q.dataset.id, "row": q.row_index,
-                       "candidates": outcomes}
-                f.write(json.dumps(row, sort_keys=True) + "\n")
-                f.flush()
-                done[q.key] = row
-                count[0] += 1
-                if progress:
-                    progress(count[0], len(queries))
-
-            measure(runtime, [None, *mods], todo, on_row)
+        measure_appending(runtime, mods, todo, partial, done, total=len(queries), progress=progress)
     rows = [done[q.key] for q in queries]
     summary = {"base": {"id": base.id, "name": base.name, "kind": base.kind}, "engine": chosen,
                "candidates": candidates,

@@ -116,25 +116,13 @@ def evaluate(store: Store, router_ref: str, data_refs: list[str], *, limit: int 
                        hint="evaluate on datasets (or test splits) the scenario set did not use")
     chosen_engine = choose(store, base, engine)
     cache = outcome_cache(store, chosen_engine, base, mods)
-    done = col._read_done(cache)
+    done = col.read_done(cache)
     todo = [q for q in queries if q.key not in done]
     if progress:
         progress(len(queries) - len(todo), len(queries))
     if todo:
         runtime = open_engine(store, Deployment(base, mods), chosen_engine)
-        count = [len(queries) - len(todo)]
-        with open(cache, "a") as f:
-            def on_row(q, outcomes: dict) -> None:
-                row = {"query": q.text, "domain": q.task, "dataset": q.dataset.id, "row": q.row_index,
-                       "candidates": outcomes}
-                f.write(json.dumps(row, sort_keys=True) + "\n")
-                f.flush()
-                done[q.key] = row
-                count[0] += 1
-                if progress:
-                    progress(count[0], len(queries))
-
-            col.measure(runtime, [None, *mods], todo, on_row)
+        col.measure_appending(runtime, mods, todo, cache, done, total=len(queries), progress=progress)
     rows = [done[q.key] for q in queries]
 
     texts = [r["query"] for r in rows]
