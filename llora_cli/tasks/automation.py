@@ -6,7 +6,8 @@ its own tool among 3 to 10 tools in random order (a short list keeps rows cheap,
 ~105 SmolLM2 tokens for three tools; the whole list of ten, as in the hand-written
 set's ``SYSTEM``, ~190), a no-tool row as many tools none of which fits. An
 optional argument is in the expected call only when the request states it; values
-are copied from the request (a currency named "yen" is called as ``JPY``).
+are copied from the request (a currency named "yen" is called as ``JPY``). A tool
+request whose tool is not in the list expects no tool (``UNLISTED_SHARE`` of them).
 Requests no tool can serve expect the fixed answer ``NO_TOOL_ANSWER`` (and no JSON
 object). The held-out families (every fifth) are kinds of requests no tool serves,
 so every tool is trained and the held-out split asks for each tool in a phrasing
@@ -37,6 +38,8 @@ SIGNATURES = {  # short names: the whole list is in every row's system prompt
 TOOLS = {name: [p.split(":")[0].rstrip("?").strip() for p in sig[len(name) + 1:-1].split(", ")]
          for name, sig in SIGNATURES.items()}
 TOOLS_PER_PROMPT = 3  # a generated row lists 3..10 tools, its own among them
+OPTIONAL_SHARE = 0.3  # chance that a request states a given optional argument (0.5 taught the model to add them)
+UNLISTED_SHARE = 0.15  # chance that a tool request's tool is left off the list: the answer is then no tool
 
 
 def system_prompt(tools: list[str]) -> str:
@@ -66,7 +69,7 @@ DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sun
 ARTISTS = ["Miles Davis", "Adele", "Bach", "Nina Simone", "Daft Punk", "Queen", "Fela Kuti", "Bjork", "Coldplay",
            "Taylor Swift", "Bob Marley", "Mozart", "Radiohead", "Shakira", "Kendrick Lamar", "ABBA", "Norah Jones"]
 TASKS = ["buy milk", "call the bank", "water the plants", "pay rent", "fix the bike", "renew my passport",
-         "book a haircut", "return the library books", "clean the fridge", "send the invoice", "walk the dog",
+         "book a haircut", "return the rented skis", "clean the fridge", "send the invoice", "walk the dog",
          "back up my laptop", "order new glasses", "mow the lawn", "reply to Maria"]
 QUERIES = ["cheap flights to Rome", "banana bread recipe", "how tides work", "best hiking boots",
            "python list comprehension", "opening hours of the museum", "symptoms of the flu", "used bikes for sale",
@@ -296,7 +299,10 @@ FAMILIES = [
         "Thanks a lot, you've been helpful.",
         "Good night!",
         "Hello there, who are you?",
-        "I'm bored, talk to me about {topic}.")),
+        "I'm bored, talk to me about {topic}.",
+        "Tell me something interesting about {topic}.",
+        "Sing me a song about {topic}.",
+        "Nothing else, cheers!")),
     Family("no_tool_knowledge", _no_tool(**_NT), (
         "What is the capital of {country}?",
         "Why is the sky blue?",
@@ -304,7 +310,11 @@ FAMILIES = [
         "Who invented the telephone?",
         "How far is the moon?",
         "Explain how rainbows form.",
-        "What is the population of {city}?")),
+        "What is the population of {city}?",
+        "What time is it in {city} now?",
+        "Who wrote Hamlet?",
+        "What does the word 'serendipity' mean?",
+        "How deep is the Pacific Ocean?")),
     Family("no_tool_advice", _no_tool(**_NT), (
         "Which is better for a beginner, guitar or piano?",
         "Suggest a name for my new dog.",
@@ -319,14 +329,20 @@ FAMILIES = [
         "Cancel my {day} meeting.",
         "Buy two tickets for the {artist} concert.",
         "Get me a table at a restaurant in {city} on {day}.",
-        "Rent a car in {city} for {day}.")),
+        "Rent a car in {city} for {day}.",
+        "Pay my electricity bill.",
+        "Book me a hotel in {city} from {day}.",
+        "Order groceries to be delivered on {day}.",
+        "Buy a birthday present for {person} online.")),
     Family("no_tool_calls", _no_tool(**_NT), (
         "Call {person}.",
         "Text {person} that I'm on my way.",
         "Start a video call with {person}.",
         "Send a WhatsApp message to {person}.",
         "Phone {person} at {hour}:00.",
-        "Call a taxi to the airport in {city}.")),
+        "Call a taxi to the airport in {city}.",
+        "Leave a voicemail for {person}.",
+        "Send an SMS to {person} saying I'll be late.")),
 ]
 
 
@@ -334,14 +350,17 @@ def generate(rng: random.Random, family: int | None = None, phrasing: int | None
     """A request of ``FAMILIES[family]`` worded by its ``phrasing`` (random when not given).
 
     The system prompt lists the family's tool among ``TOOLS_PER_PROMPT``..10 tools in random order (a
-    no-tool row lists as many), so the model learns to read the list, short or long.
+    no-tool row lists as many), so the model learns to read the list, short or long; in ``UNLISTED_SHARE``
+    of tool requests the tool is left off the list and the expected answer is no tool, so a model has to
+    find the tool in the list rather than name the one the request suggests. Each optional argument is
+    stated with probability ``OPTIONAL_SHARE``.
     """
     fam = FAMILIES[rng.randrange(len(FAMILIES)) if family is None else family]
     text = fam.phrasings[rng.randrange(len(fam.phrasings)) if phrasing is None else phrasing]
     fields, args = fam.draw(rng)
     for arg, (values, clauses) in fam.optional.items():
         slot = f"o_{arg}"
-        if slot not in fields and rng.random() < 0.5:
+        if slot not in fields and rng.random() < OPTIONAL_SHARE:
             if callable(values):  # (value in the call, its wording in the request), e.g. ("JPY", "yen")
                 args[arg], surface = values(rng)
             else:
@@ -350,9 +369,12 @@ def generate(rng: random.Random, family: int | None = None, phrasing: int | None
         else:
             fields.setdefault(slot, "")
     call = {"name": fam.tool, "arguments": {p: args[p] for p in TOOLS[fam.tool] if p in args}} if fam.tool else None
+    others = [t for t in SIGNATURES if t != fam.tool]
     n_listed = rng.randint(TOOLS_PER_PROMPT, len(SIGNATURES))
-    listed = [fam.tool] if fam.tool else []
-    listed += rng.sample([t for t in SIGNATURES if t != fam.tool], n_listed - len(listed))
+    if call is not None and rng.random() < UNLISTED_SHARE:  # the right tool is not offered: answer no tool
+        listed, call = rng.sample(others, min(n_listed, len(others))), None
+    else:
+        listed = ([fam.tool] if fam.tool else []) + rng.sample(others, n_listed - bool(fam.tool))
     rng.shuffle(listed)
     return {
         "messages": [
