@@ -1,8 +1,9 @@
 """Arithmetic word problems (1-3 steps, integer answers) from many families, checked by the final number.
 
 Each family draws its numbers (so that every division is exact) and writes the
-worked solution as short steps, one ``a op b = c.`` per step, ending
-``The answer is N.``. Its phrasings are different wordings of the same problem;
+worked solution as short steps, one ``<quantity> is a op b = c.`` per step (the
+quantity named in the problem's words: a small model learns the setup from the
+names, not only a chain of numbers), ending ``The answer is N.``. Its phrasings are different wordings of the same problem;
 names, items and numbers are drawn independently of the phrasing.
 """
 
@@ -25,25 +26,38 @@ FRACTIONS = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}
 
 
 class Work:
-    """The worked solution: each operation is done and written as one step."""
+    """The worked solution: each operation is done and written as one step, ``<what> is a op b = c.``
+
+    ``what`` names the quantity the step computes, in the problem's words (a template over the problem's
+    values, e.g. ``"the {item} each friend gets"``), so a model learns to set up each step from the text,
+    not only to chain numbers.
+    """
 
     def __init__(self) -> None:
-        self.steps: list[str] = []
+        self.steps: list[tuple[str, str]] = []  # (what, "a op b = c.")
 
-    def do(self, a: int, op: str, b: int) -> int:
+    def do(self, a: int, op: str, b: int, what: str) -> int:
         value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
         assert op != "/" or a % b == 0, (a, b)
-        self.steps.append(f"{a} {op} {b} = {value}.")
+        self.steps.append((what, f"{a} {op} {b} = {value}."))
         return value
 
-    def add3(self, a: int, b: int, c: int) -> int:
-        self.steps.append(f"{a} + {b} + {c} = {a + b + c}.")
+    def add3(self, a: int, b: int, c: int, what: str) -> int:
+        self.steps.append((what, f"{a} + {b} + {c} = {a + b + c}."))
         return a + b + c
 
-    def divmod(self, a: int, b: int) -> tuple[int, int]:
+    def divmod(self, a: int, b: int, what: str) -> tuple[int, int]:
         q, r = divmod(a, b)
-        self.steps.append(f"{a} / {b} = {q} remainder {r}.")
+        self.steps.append((what, f"{a} / {b} = {q} remainder {r}."))
         return q, r
+
+    def text(self, values: dict) -> str:
+        """The steps with their quantities named from ``values``, one sentence each."""
+        out = []
+        for what, equation in self.steps:
+            what = what.format(**values)
+            out.append(f"{what[0].upper()}{what[1:]} is {equation}")
+        return " ".join(out)
 
 
 @dataclass(frozen=True)
@@ -61,136 +75,136 @@ def _people(rng: random.Random, n: int) -> dict:
 def _share_equally(rng, w):
     k, each = rng.randint(2, 9), rng.randint(2, 15)
     return {**_people(rng, 1), "item": rng.choice(ITEMS), "k": k, "total": k * each,
-            "answer": w.do(k * each, "/", k)}
+            "answer": w.do(k * each, "/", k, "each share")}
 
 
 def _keep_then_share(rng, w):
     k, each, keep = rng.randint(2, 8), rng.randint(2, 12), rng.randint(1, 20)
     total = keep + k * each
-    rest = w.do(total, "-", keep)
+    rest = w.do(total, "-", keep, "what is left to share")
     return {**_people(rng, 1), "item": rng.choice(ITEMS), "k": k, "keep": keep, "total": total,
-            "answer": w.do(rest, "/", k)}
+            "answer": w.do(rest, "/", k, "each share")}
 
 
 def _speed_distance(rng, w):
     s, h = rng.choice([40, 45, 50, 60, 70, 80, 90, 12, 15, 18]), rng.randint(2, 9)
-    return {**_people(rng, 1), "s": s, "h": h, "answer": w.do(s, "*", h)}
+    return {**_people(rng, 1), "s": s, "h": h, "answer": w.do(s, "*", h, "the distance in {h} hours")}
 
 
 def _production(rng, w):
     r, h, s = rng.randint(3, 25), rng.randint(2, 8), rng.randint(5, 90)
-    made = w.do(r, "*", h)
-    return {**_people(rng, 1), "item": rng.choice(ITEMS), "r": r, "h": h, "s": s, "answer": w.do(s, "+", made)}
+    made = w.do(r, "*", h, "the number made in {h} hours")
+    return {**_people(rng, 1), "item": rng.choice(ITEMS), "r": r, "h": h, "s": s, "answer": w.do(s, "+", made, "the total")}
 
 
 def _difference(rng, w):
     b = rng.randint(3, 60)
     a = b + rng.randint(1, 40)
-    return {**_people(rng, 2), "item": rng.choice(ITEMS), "a": a, "b": b, "answer": w.do(a, "-", b)}
+    return {**_people(rng, 2), "item": rng.choice(ITEMS), "a": a, "b": b, "answer": w.do(a, "-", b, "the difference")}
 
 
 def _three_people(rng, w):
     a, m = rng.randint(2, 15), rng.randint(2, 4)
-    b = w.do(a, "*", m)
+    b = w.do(a, "*", m, "what {name2} has")
     c = rng.randint(1, b - 1)
-    cc = w.do(b, "-", c)
-    return {**_people(rng, 3), "item": rng.choice(ITEMS), "a": a, "m": m, "c": c, "answer": w.add3(a, b, cc)}
+    cc = w.do(b, "-", c, "what {name3} has")
+    return {**_people(rng, 3), "item": rng.choice(ITEMS), "a": a, "m": m, "c": c, "answer": w.add3(a, b, cc, "the total of all three")}
 
 
 def _buy_change(rng, w):
     n, p = rng.randint(2, 9), rng.randint(1, 9)
-    cost = w.do(n, "*", p)
+    cost = w.do(n, "*", p, "the cost")
     bill = next(b for b in (10, 20, 50, 100) if b > cost)
     return {**_people(rng, 1), "item": rng.choice(ITEMS), "n": n, "p": p, "bill": bill,
-            "answer": w.do(bill, "-", cost)}
+            "answer": w.do(bill, "-", cost, "the change")}
 
 
 def _two_kinds(rng, w):
     item, item2 = rng.choice(FOODS)
     a, p, b, q = rng.randint(2, 9), rng.randint(1, 9), rng.randint(2, 9), rng.randint(1, 9)
-    x, y = w.do(a, "*", p), w.do(b, "*", q)
+    x, y = w.do(a, "*", p, "the cost of the {item}"), w.do(b, "*", q, "the cost of the {item2}")
     return {**_people(rng, 1), "item": item, "item2": item2, "a": a, "p": p, "b": b, "q": q,
-            "answer": w.do(x, "+", y)}
+            "answer": w.do(x, "+", y, "the total cost")}
 
 
 def _hours_minutes(rng, w):
     h, m = rng.randint(1, 5), rng.randint(5, 55)
-    x = w.do(h, "*", 60)
-    return {**_people(rng, 1), "h": h, "m": m, "answer": w.do(x, "+", m)}
+    x = w.do(h, "*", 60, "{h} hours in minutes")
+    return {**_people(rng, 1), "h": h, "m": m, "answer": w.do(x, "+", m, "the total in minutes")}
 
 
 def _metres_cut(rng, w):
     length, cut = rng.randint(2, 9), rng.randint(5, 95)
-    x = w.do(length, "*", 100)
-    return {**_people(rng, 1), "L": length, "c": cut, "answer": w.do(x, "-", cut)}
+    x = w.do(length, "*", 100, "{L} metres in centimetres")
+    return {**_people(rng, 1), "L": length, "c": cut, "answer": w.do(x, "-", cut, "what is left")}
 
 
 def _kilograms(rng, w):
     kg, g = rng.randint(1, 9), rng.choice([100, 200, 250, 500])
-    x = w.do(kg, "*", 1000)
-    return {**_people(rng, 1), "K": kg, "g": g, "answer": w.do(x, "/", g)}
+    x = w.do(kg, "*", 1000, "{K} kg in grams")
+    return {**_people(rng, 1), "K": kg, "g": g, "answer": w.do(x, "/", g, "the number of {g} g portions")}
 
 
 def _leftover(rng, w):
     k = rng.randint(3, 12)
     n = k * rng.randint(2, 12) + rng.randint(1, k - 1)
-    _, r = w.divmod(n, k)
+    _, r = w.divmod(n, k, "{n} in groups of {k}")
     return {**_people(rng, 1), "item": rng.choice(ITEMS), "n": n, "k": k, "answer": r}
 
 
 def _containers_needed(rng, w):
     k = rng.randint(3, 12)
     n = k * rng.randint(2, 12) + rng.randint(1, k - 1)
-    q, _ = w.divmod(n, k)
-    return {**_people(rng, 1), "item": rng.choice(ITEMS), "n": n, "k": k, "answer": w.do(q, "+", 1)}
+    q, _ = w.divmod(n, k, "{n} in groups of {k}")
+    return {**_people(rng, 1), "item": rng.choice(ITEMS), "n": n, "k": k, "answer": w.do(q, "+", 1, "the full ones plus one for the rest")}
 
 
 def _weekly_savings(rng, w):
     a, s, weeks = rng.randint(5, 80), rng.randint(2, 20), rng.randint(2, 12)
-    x = w.do(s, "*", weeks)
-    return {**_people(rng, 1), "a": a, "s": s, "w": weeks, "answer": w.do(a, "+", x)}
+    x = w.do(s, "*", weeks, "the savings in {w} weeks")
+    return {**_people(rng, 1), "a": a, "s": s, "w": weeks, "answer": w.do(a, "+", x, "the total")}
 
 
 def _savings_goal(rng, w):
     a, s, weeks = rng.randint(5, 60), rng.randint(3, 15), rng.randint(2, 12)
     goal = a + s * weeks
-    x = w.do(goal, "-", a)
-    return {**_people(rng, 1), "G": goal, "a": a, "s": s, "answer": w.do(x, "/", s)}
+    x = w.do(goal, "-", a, "the amount still needed")
+    return {**_people(rng, 1), "G": goal, "a": a, "s": s, "answer": w.do(x, "/", s, "the number of weeks")}
 
 
 def _rows_seats(rng, w):
     r, c = rng.randint(3, 15), rng.randint(4, 20)
-    x = w.do(r, "*", c)
+    x = w.do(r, "*", c, "the number of seats")
     e = rng.randint(1, x - 1)
-    return {**_people(rng, 1), "r": r, "c": c, "e": e, "answer": w.do(x, "-", e)}
+    return {**_people(rng, 1), "r": r, "c": c, "e": e, "answer": w.do(x, "-", e, "the number taken")}
 
 
 def _give_then_buy(rng, w):
     s = rng.randint(10, 80)
     g, b = rng.randint(1, s - 1), rng.randint(1, 30)
-    x = w.do(s, "-", g)
-    return {**_people(rng, 2), "item": rng.choice(ITEMS), "s": s, "g": g, "b": b, "answer": w.do(x, "+", b)}
+    x = w.do(s, "-", g, "what is left after giving")
+    return {**_people(rng, 2), "item": rng.choice(ITEMS), "s": s, "g": g, "b": b, "answer": w.do(x, "+", b, "the number at the end")}
 
 
 def _pages_left(rng, w):
     r, d = rng.randint(5, 30), rng.randint(2, 9)
     pages = r * d + rng.randint(10, 200)
-    x = w.do(r, "*", d)
-    return {**_people(rng, 1), "P": pages, "r": r, "d": d, "answer": w.do(pages, "-", x)}
+    x = w.do(r, "*", d, "the number of pages read in {d} days")
+    return {**_people(rng, 1), "P": pages, "r": r, "d": d, "answer": w.do(pages, "-", x, "the number of pages left")}
 
 
 def _age_future(rng, w):
     a, k, y = rng.randint(4, 40), rng.randint(1, 30), rng.randint(1, 20)
-    b = w.do(a, "+", k)
-    return {**_people(rng, 2), "a": a, "k": k, "y": y, "answer": w.do(b, "+", y)}
+    b = w.do(a, "+", k, "the age of {name2} now")
+    return {**_people(rng, 2), "a": a, "k": k, "y": y, "answer": w.do(b, "+", y, "the age of {name2} in {y} years")}
 
 
 def _fraction_of_group(rng, w):
     d = rng.choice(sorted(FRACTIONS))
     total = d * rng.randint(2, 15)
-    part = w.do(total, "/", d)
+    part = w.do(total, "/", d, "{frac} of {T}")
     return {**_people(rng, 1), "item": rng.choice(ITEMS), "T": total, "frac": FRACTIONS[d],
-            "answer": w.do(total, "-", part)}
+            "answer": w.do(total, "-", part, "the rest")}
 
 
 def _pool_and_share(rng, w):
@@ -199,42 +213,42 @@ def _pool_and_share(rng, w):
     c = 3 * each - a - b
     if c < 1:
         a, b, c = each, each, each
-    t = w.add3(a, b, c)
-    return {**_people(rng, 3), "item": rng.choice(ITEMS), "a": a, "b": b, "c": c, "answer": w.do(t, "/", 3)}
+    t = w.add3(a, b, c, "the total")
+    return {**_people(rng, 3), "item": rng.choice(ITEMS), "a": a, "b": b, "c": c, "answer": w.do(t, "/", 3, "each share")}
 
 
 def _unit_price(rng, w):
     n, p, m = rng.randint(2, 8), rng.randint(2, 12), rng.randint(2, 12)
-    unit = w.do(n * p, "/", n)
-    return {**_people(rng, 1), "item": rng.choice(ITEMS), "n": n, "T": n * p, "m": m, "answer": w.do(unit, "*", m)}
+    unit = w.do(n * p, "/", n, "the price of one")
+    return {**_people(rng, 1), "item": rng.choice(ITEMS), "n": n, "T": n * p, "m": m, "answer": w.do(unit, "*", m, "the price of {m}")}
 
 
 def _temperature(rng, w):
     t, r = rng.randint(0, 25), rng.randint(1, 15)
-    x = w.do(t, "+", r)
+    x = w.do(t, "+", r, "the temperature after rising")
     f = rng.randint(1, x)
-    return {**_people(rng, 1), "t": t, "r": r, "f": f, "answer": w.do(x, "-", f)}
+    return {**_people(rng, 1), "t": t, "r": r, "f": f, "answer": w.do(x, "-", f, "the temperature at the end")}
 
 
 def _legs(rng, w):
     c, d = rng.randint(2, 20), rng.randint(2, 20)
-    x, y = w.do(c, "*", 2), w.do(d, "*", 4)
+    x, y = w.do(c, "*", 2, "the number of legs of the {two}"), w.do(d, "*", 4, "the number of legs of the {four}")
     return {**_people(rng, 1), "c": c, "d": d, "two": rng.choice(TWO_LEGS), "four": rng.choice(FOUR_LEGS),
-            "answer": w.do(x, "+", y)}
+            "answer": w.do(x, "+", y, "the total number of legs")}
 
 
 def _wage(rng, w):
     pay, h, d = rng.randint(8, 25), rng.randint(2, 8), rng.randint(2, 6)
-    x = w.do(pay, "*", h)
-    return {**_people(rng, 1), "w": pay, "h": h, "d": d, "answer": w.do(x, "*", d)}
+    x = w.do(pay, "*", h, "the pay for one day")
+    return {**_people(rng, 1), "w": pay, "h": h, "d": d, "answer": w.do(x, "*", d, "the pay for {d} days")}
 
 
 def _packs_shared(rng, w):
     p, each = rng.randint(2, 6), rng.randint(2, 10)
     n = rng.choice([d for d in range(2, 9) if p * each % d == 0 and p * each // d >= 2])
-    total = w.do(n, "*", p * each // n)
+    total = w.do(n, "*", p * each // n, "the number of {item}")
     return {**_people(rng, 1), "item": rng.choice(ITEMS), "n": n, "k": p * each // n, "p": p,
-            "answer": w.do(total, "/", p)}
+            "answer": w.do(total, "/", p, "each share")}
 
 
 FAMILIES = [
@@ -376,7 +390,7 @@ def generate(rng: random.Random, family: int | None = None, phrasing: int | None
     work = Work()
     values = fam.draw(rng, work)
     answer = values["answer"]
-    solution = " ".join(work.steps) + f" The answer is {answer}."
+    solution = work.text(values) + f" The answer is {answer}."
     return {"messages": [{"role": "user", "content": text.format(**values)},
                          {"role": "assistant", "content": solution}],
             "check": {"answer": answer}}
