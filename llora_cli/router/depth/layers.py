@@ -80,8 +80,9 @@ def decoder_layers(model) -> nn.ModuleList:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else getattr(inner, "model", inner)
     layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not all(hasattr(getattr(m, "self_attn", None), "layer_idx")
-                                                        for m in layers if not isinstance(m, ReplacedLayer)):
+    if not isinstance(layers, nn.ModuleList) or not all(
+            hasattr(getattr(getattr(m, "layer", m), "self_attn", None), "layer_idx")  # a search.MixedLayer wraps one
+            for m in layers if not isinstance(m, ReplacedLayer)):
         raise BadInput(f"{type(inner).__name__} does not lay out its decoder as .layers[i].self_attn.layer_idx "
                        "(Llama-style); dynamic depth supports Llama-architecture models")
     return layers
