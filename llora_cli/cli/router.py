@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from llora_cli.cli.options import ArtifactRef, JsonOpt, NameOpt, command_line, err, open_store, out, print_json
+from llora_store.errors import BadInput
 
 app = typer.Typer(help="Routers that pick a modifier per query: collect scenarios, distill layer adapters, fit, eval.",
                   no_args_is_help=True)
@@ -35,14 +36,46 @@ def collect(
         "--modifier", "-m", help="Route only to these modifiers of BASE (repeat; default: every runnable one).")] = None,
     name: NameOpt = None,
     engine: EngineOpt = "auto",
+    depth: Annotated[Optional[str], typer.Option(
+        "--depth", metavar="LAYERSET", help="Collect depth scenarios instead: seed 002's greedy search of which "
+        "layers this layer-adapter set can replace per query (transformers engine).")] = None,
+    threshold: Annotated[float, typer.Option(
+        "--threshold", help="With --depth: the lowest teacher-forced agreement a layer set may score.")] = 0.99,
+    max_fraction: Annotated[float, typer.Option(
+        "--max-fraction", help="With --depth: replace at most this fraction of the decoder layers.")] = 0.5,
     json_: JsonOpt = False,
 ) -> None:
     """Measure the base alone and each of its modifiers on every training query of the datasets (greedy, scored
-    by the task's checker) and register the outcomes as a scenario set. Interrupted, the same command resumes.
+    by the task's checker) and register the outcomes as a scenario set. With --depth LAYERSET: for each query, the
+    path of layer sets (greedy, one layer added per step) whose replacement by their adapters keeps the base's
+    answer (teacher-forced agreement >= --threshold). Interrupted, the same command resumes.
 
     Example: llora router collect smollm2-q8 --data code-n200 --data reasoning-n200 --limit 100
+    Example: llora router collect smollm2 --depth layers-smollm2 --data reasoning-n200 --limit 50
     """
     from llora_cli.router.collect import collect as run_collect
+
+    if depth is not None:
+        if modifier or engine not in ("auto", "transformers"):
+            raise BadInput("--depth searches layer sets of the base alone on the transformers engine: "
+                           "--modifier and --engine llamacpp do not apply")
+        from llora_cli.router.depth.scenarios import collect_depth
+
+        with _bar("collecting depth scenarios") as bar:
+            task = bar.add_task("collect", total=None)
+            res = collect_depth(open_store(), base, depth, list(data), limit=limit, name=name, threshold=threshold,
+                                max_fraction=max_fraction, command=command_line(),
+                                progress=lambda d, t: bar.update(task, completed=d, total=t))
+        if json_:
+            print_json({"id": res.artifact.id, "name": res.artifact.name, "rows": res.rows, "resumed": res.resumed,
+                        "figures": res.summary})
+            return
+        f = res.summary["overall"]
+        err().print(f"depth scenario set '{res.artifact.name}' ({res.artifact.id}): {res.rows} queries"
+                    f"{f' ({res.resumed} resumed)' if res.resumed else ''}; layers replaced per query: mean "
+                    f"{f['layers_replaced_mean']} ({f['fraction_replaced_mean']:.1%}), histogram "
+                    f"{f['layers_replaced_histogram']}; full depth correct {f['correct']}/{f['n']}")
+        return
 
     with _bar("collecting") as bar:
         task = bar.add_task("collect", total=None)

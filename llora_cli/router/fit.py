@@ -126,6 +126,10 @@ def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = Non
     scen = store.resolve(scenarios_ref, kinds=("scenario-set",))
     if scen.state != "ready":
         raise BadInput(f"scenario set '{scen.name}' is '{scen.state}'; fit on a ready one")
+    if "depth" in scen.meta:
+        raise BadInput(f"scenario set '{scen.name}' holds depth scenarios (layer sets), not modifier outcomes: the "
+                       "layer and ratio heads that fit them are not built yet (issue 14)",
+                       hint="fit on a scenario set from `llora router collect BASE --data D` (without --depth)")
     candidates = list(scen.meta["candidates"])
     if len(candidates) < 2:
         raise BadInput(f"scenario set '{scen.name}' has one candidate ({candidates[0]}): there is nothing to choose",
