@@ -64,8 +64,7 @@ HELP = {
     "router": "Routers (pick a modifier per query): list, show.",
     "dataset": "Datasets: list, show.",
     "scenario-set": "Scenario sets (measured answers of a base and its modifiers, or layer-set paths with --depth, made "
-                    "by `llora router collect`): "
-                 "list, show.",
+                    "by `llora router collect`): list, show.",
     "layer-adapters": "Layer-adapter sets (one small adapter per decoder layer of a base, made by `llora router "
                       "distill`): list, show.",
 }
