@@ -179,6 +179,14 @@ class GcReport:
     orphans_removed: list[str]
     discarded_files_removed: list[str]
     dead_runs_failed: list[str] = field(default_factory=list)
+    temp_files_removed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    path: str  # relative to the artifact directory ("" for the directory itself)
+    kind: str  # missing, size, changed, unrecorded, discarded_present, directory_missing
+    text: str
 
 
 class Store:
@@ -701,76 +709,86 @@ class Store:
     def verify(self, ref: str) -> VerifyReport:
         """Re-hash every recorded file; report missing, changed, resized and unexpected files."""
         detail = self.describe(ref)
+        problems = self.file_problems(detail.summary.id, detail=detail)
+        checked = sum(not f.deleted for f in detail.files)
+        return VerifyReport(detail.summary.id, detail.summary.name, checked, [p.text for p in problems])
+
+    def file_count(self, artifact_id: str) -> int:
+        """How many recorded files of the artifact are meant to be on disk (not deleted by discard)."""
+        with self.reading() as s:
+            q = select(ArtifactFile).where(ArtifactFile.artifact_id == artifact_id, ArtifactFile.deleted_at.is_(None))
+            return len(s.execute(q).scalars().all())
+
+    def file_problems(self, artifact_id: str, *, detail: ArtifactDetail | None = None) -> list[FileProblem]:
+        """Each difference between the artifact's recorded files and its directory, by kind: ``missing``,
+        ``size``, ``changed`` (sha256), ``unrecorded``, ``discarded_present``, ``directory_missing``.
+
+        Raises NotFound for an unknown artifact.
+        """
+        detail = detail or self.describe(artifact_id)
         directory = detail.directory
-        problems: list[str] = []
-        checked = 0
+        problems: list[FileProblem] = []
         recorded = {f.path for f in detail.files}
         for f in detail.files:
             p = directory / f.path
             if f.deleted:
                 if p.exists():
-                    problems.append(f"{f.path}: discarded but still on disk")
+                    problems.append(FileProblem(f.path, "discarded_present", f"{f.path}: discarded but still on disk"))
                 continue
-            checked += 1
             if not p.is_file():
-                problems.append(f"{f.path}: missing")
+                problems.append(FileProblem(f.path, "missing", f"{f.path}: missing"))
                 continue
             size = p.stat().st_size
             if size != f.bytes:
-                problems.append(f"{f.path}: size {size} bytes, recorded {f.bytes}")
+                problems.append(FileProblem(f.path, "size", f"{f.path}: size {size} bytes, recorded {f.bytes}"))
                 continue
             if fs.sha256_file(p) != f.sha256:
-                problems.append(f"{f.path}: content changed (sha256 differs from the catalog)")
+                problems.append(FileProblem(f.path, "changed",
+                                            f"{f.path}: content changed (sha256 differs from the catalog)"))
         if directory.exists():
             for p in sorted(directory.rglob("*")):
                 rel = p.relative_to(directory).as_posix()
                 if p.is_file() and rel not in fs.INTERNAL and rel not in recorded:
-                    problems.append(f"{rel}: not recorded in the catalog")
+                    problems.append(FileProblem(rel, "unrecorded", f"{rel}: not recorded in the catalog"))
         elif detail.files and any(not f.deleted for f in detail.files):
-            problems.append(f"artifact directory {directory} is missing")
-        return VerifyReport(detail.summary.id, detail.summary.name, checked, problems)
+            problems = [FileProblem("", "directory_missing", f"artifact directory {directory} is missing")]
+        return problems
 
     def gc(self, *, dry_run: bool = False) -> GcReport:
-        """Remove debris of interrupted commands (R10): dead staging dirs, orphans, discarded files."""
-        removed, in_use, orphans, discarded, dead = [], [], [], [], []
+        """Repair the debris of interrupted commands (R10), as ``health.find_debris`` lists it, and nothing else:
+        runs whose process died go from their transient state to ``failed`` (with an event row); dead staging
+        dirs, artifact dirs without a row, files of discarded artifacts and dead writers' temporary files go.
+
+        Raises Conflict, changing nothing, when the catalog has no artifact at all but artifacts/ has published
+        directories (with a sidecar): a lost catalog, whose files wait for ``llora db restore``, not orphans.
+        """
+        from llora_store import health
+
         with self.writing() as s:  # holds the write lock: no create can be half-way meanwhile
-            # runs left in 'training' by a killed process on this host become 'failed' (they can be resumed)
-            for art in s.execute(select(Artifact).where(Artifact.state == "training")).scalars():
-                run = art.meta.get("run") or {}
-                if run.get("host") == socket.gethostname() and run.get("pid") and not fs.pid_alive(run["pid"]):
-                    dead.append(art.id)
-                    if not dry_run:
-                        lifecycle.transition(s, art, "fail", command="llora db gc",
-                                             reason=f"the training process {run['pid']} is gone (killed?)")
-            known = {r[0]: r[1] for r in s.execute(select(Artifact.id, Artifact.state)).all()}
-            for p in self.layout.leftovers():
-                if _owner_alive(p):
-                    in_use.append(p.name)
-                    continue
-                removed.append(p.name)
-                if not dry_run:
+            if self.schema.state == "empty":  # no tables yet (a fresh or lost catalog): only files to look at
+                debris = health.files_only_debris(self)
+            else:
+                debris = health.find_debris(self, s)
+            published = [p for p in debris.orphan_dirs if (p / fs.SIDECAR).is_file()]
+            if published and (self.schema.state == "empty" or s.execute(select(Artifact.id).limit(1)).first() is None):
+                raise Conflict(
+                    f"the catalog is empty but {self.layout.artifacts} holds {len(published)} published artifact "
+                    "directories (with their llora.json); gc would delete them all, so it changed nothing",
+                    hint="restore the catalog first: llora db restore FILE (or move those directories away yourself)")
+            if not dry_run:
+                for d in debris.dead_runs:
+                    art = s.get(Artifact, d.id)
+                    lifecycle.transition(s, art, "fail", command="llora db gc", reason=d.reason)
+                for p in [*debris.staging_dead, *debris.orphan_dirs, *debris.temp_files]:
                     fs.remove_tree(p)
-            if self.layout.artifacts.exists():
-                for p in sorted(self.layout.artifacts.iterdir()):
-                    if p.name not in known:
-                        orphans.append(p.name)
-                        if not dry_run:
-                            fs.remove_tree(p)
-                    elif known[p.name] == "discarded" and any(c.name != fs.SIDECAR for c in p.iterdir()):
-                        discarded.append(p.name)
-                        if not dry_run:
-                            self._delete_payload(p.name)
-        return GcReport(removed, in_use, orphans, discarded, dead)
-
-
-def _owner_alive(staging: Path) -> bool:
-    try:
-        host, pid = (staging / fs.OWNER).read_text().split()
-    except (OSError, ValueError):
-        return False
-    if host != socket.gethostname():
-        return True  # another machine's process: not ours to judge
-    return fs.pid_alive(pid)
+                for aid in debris.discarded_with_files:
+                    self._delete_payload(aid)
+        if not dry_run:
+            for d in debris.dead_runs:
+                self._refresh_sidecar(d.id)  # only where a directory exists (a run publishes at finish)
+        return GcReport([p.name for p in debris.staging_dead], [p.name for p in debris.staging_in_use],
+                        [p.name for p in debris.orphan_dirs], debris.discarded_with_files,
+                        [d.id for d in debris.dead_runs], [f"{p.parent.name}/{p.name}" for p in debris.temp_files])
 
 
 def open_store(home: Path | str | None = None, *, auto_create: bool = True) -> Store:

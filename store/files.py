@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,8 @@ def content_hash(records: list[FileRecord]) -> str:
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON next to ``path`` and rename it over ``path``: readers see old or new."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # the writer's tag in the name: `llora db gc` removes the file only once its writer is gone
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{socket.gethostname()}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True, default=str)
@@ -128,4 +130,8 @@ def pid_alive(pid) -> bool:
 
 
 def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """Delete a directory tree, or a single file (a stray file in tmp/ is debris too); missing is fine."""
+    if path.is_file() or path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
