@@ -1,14 +1,15 @@
-"""``llora db``: schema status, upgrade and clean-up of interrupted writes."""
+"""``llora db``: schema status, upgrade, clean-up of interrupted writes, backup and restore of the catalog."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from llora_cli.cli.options import JsonOpt, err, out, print_json
 
-app = typer.Typer(help="Catalog database: status, upgrade, gc.", no_args_is_help=True)
+app = typer.Typer(help="Catalog database: status, upgrade, gc, backup, restore.", no_args_is_help=True)
 
 
 def _store_no_create():
@@ -65,7 +66,9 @@ def upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = 
 
 @app.command("gc")
 def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False, json_: JsonOpt = False) -> None:
-    """Remove debris of interrupted commands: dead staging dirs, orphan dirs, files of discarded artifacts.
+    """Repair debris of interrupted commands, and nothing else: runs whose process died (left in 'training') are
+    marked failed with an event row; dead staging dirs, artifact dirs without a catalog row, files of discarded
+    artifacts and dead writers' temporary files are removed. `llora doctor` lists them first.
 
     Example: llora db gc --dry-run
     """
@@ -76,3 +79,44 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] 
     else:
         for k, v in data.items():
             err().print(f"{k}: {v}")
+
+
+BackupFile = Annotated[Path, typer.Argument(metavar="FILE", help="The backup file.")]
+
+
+@app.command("backup")
+def backup(file: BackupFile, json_: JsonOpt = False) -> None:
+    """Write a consistent copy of the catalog to FILE while llora keeps running (SQLite's backup API; pg_dump
+    for a PostgreSQL catalog). The catalog only: artifact files are carried by `llora export` (or a copy of
+    the home's artifacts/ directory), not by the backup.
+
+    Example: llora db backup ~/llora-catalog-2026-11-30.db
+    """
+    from llora_store.backup import backup as run_backup
+    from llora_store.db import default_home
+
+    res = run_backup(default_home(), file)
+    if json_:
+        print_json(res.to_json())
+    else:
+        err().print(f"backed up {res.url} ({res.artifacts} artifacts, {res.events} events, schema {res.schema}) "
+                    f"to {res.path} ({res.bytes} bytes)")
+
+
+@app.command("restore")
+def restore(file: BackupFile, json_: JsonOpt = False) -> None:
+    """Restore a backup written by `llora db backup` into an empty catalog (a new home, or an empty
+    PostgreSQL database); a catalog with any artifact is refused. All or nothing. Then run `llora doctor`:
+    it reports artifacts whose files are not in the home (bring them with `llora import` or a copy).
+
+    Example: llora --home ~/llora-restored db restore ~/llora-catalog-2026-11-30.db
+    """
+    from llora_store.backup import restore as run_restore
+    from llora_store.db import default_home
+
+    res = run_restore(default_home(), file)
+    if json_:
+        print_json(res.to_json())
+    else:
+        err().print(f"restored {res.path} into {res.url}: {res.artifacts} artifacts, {res.events} events, "
+                    f"schema {res.schema}; check it with: llora doctor")

@@ -15,6 +15,7 @@ from llora_cli.cli import (
     data,
     db,
     demo,
+    doctor,
     evalcmd,
     experiment,
     kinds,
@@ -98,5 +99,6 @@ app.command("plan")(plan.plan)
 app.command("export")(transfer.export)
 app.command("import")(transfer.import_)
 artifacts.register(app)
+app.command("doctor")(doctor.doctor)
 app.command("demo")(demo.demo)
 
