@@ -21,6 +21,7 @@ def test_catalog_commands_do_not_import_heavy_modules(llora_home, store):
         ["show", "b"], ["lineage", "b"], ["history", "b", "--json"], ["verify", "b"], ["deploy", "b"],
         ["retire", "b"], ["db", "status"], ["--help"], ["train", "--help"], ["data", "--help"],
         ["runs", "--help"], ["eval", "--help"], ["experiment", "--help"],
+        ["doctor", "--json"], ["db", "gc", "--dry-run"], ["db", "backup", str(llora_home / "backup.db")],
     ]
     code = textwrap.dedent(f"""
         import json, sys
