@@ -66,9 +66,11 @@ def upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = 
 
 @app.command("gc")
 def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False, json_: JsonOpt = False) -> None:
-    """Repair debris of interrupted commands, and nothing else: runs whose process died (left in 'training') are
-    marked failed with an event row; dead staging dirs, artifact dirs without a catalog row, files of discarded
-    artifacts and dead writers' temporary files are removed. `llora doctor` lists them first.
+    """Repair debris of interrupted commands, and nothing else.
+
+    Runs whose process died (left in 'training') are marked failed with an event row; dead staging dirs,
+    artifact dirs without a catalog row, files of discarded artifacts and dead writers' temporary files
+    are removed. `llora doctor` lists them first.
 
     Example: llora db gc --dry-run
     """
@@ -86,9 +88,11 @@ BackupFile = Annotated[Path, typer.Argument(metavar="FILE", help="The backup fil
 
 @app.command("backup")
 def backup(file: BackupFile, json_: JsonOpt = False) -> None:
-    """Write a consistent copy of the catalog to FILE while llora keeps running (SQLite's backup API; pg_dump
-    for a PostgreSQL catalog). The catalog only: artifact files are carried by `llora export` (or a copy of
-    the home's artifacts/ directory), not by the backup.
+    """Write a consistent copy of the catalog to FILE, online.
+
+    SQLite's backup API, or pg_dump for a PostgreSQL catalog; other processes go on writing.
+    The catalog only: artifact files are carried by `llora export` (or a copy of the home's
+    artifacts/ directory), not by the backup.
 
     Example: llora db backup ~/llora-catalog-2026-11-30.db
     """
@@ -105,9 +109,11 @@ def backup(file: BackupFile, json_: JsonOpt = False) -> None:
 
 @app.command("restore")
 def restore(file: BackupFile, json_: JsonOpt = False) -> None:
-    """Restore a backup written by `llora db backup` into an empty catalog (a new home, or an empty
-    PostgreSQL database); a catalog with any artifact is refused. All or nothing. Then run `llora doctor`:
-    it reports artifacts whose files are not in the home (bring them with `llora import` or a copy).
+    """Restore a backup written by `llora db backup` into an empty catalog.
+
+    A new home, or an empty PostgreSQL database (LLORA_DB_URL); a catalog with any artifact is
+    refused. All or nothing. Then run `llora doctor`: it reports artifacts whose files are not in
+    the home (bring them with `llora import` or a copy).
 
     Example: llora --home ~/llora-restored db restore ~/llora-catalog-2026-11-30.db
     """

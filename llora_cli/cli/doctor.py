@@ -8,10 +8,12 @@ from llora_cli.cli.options import JsonOpt, err, out, print_json
 
 
 def doctor(json_: JsonOpt = False) -> None:
-    """Check the whole home and report every inconsistency with the command that fixes it (exit 1 if any):
-    usable artifacts with missing or changed files (sha256), runs stuck in 'training' whose process is gone,
-    lineage, file or event rows pointing at no artifact, state changes without an event row, and debris of
-    interrupted commands (dead staging dirs, orphan artifact dirs, files of discarded artifacts, temporary files).
+    """Check the catalog against the files; report every inconsistency and its fix (exit 1 if any).
+
+    Checks: usable artifacts with missing or changed files (sha256), runs stuck in 'training'
+    whose process is gone, lineage, file or event rows pointing at no artifact, state changes
+    without an event row, and debris of interrupted commands (dead staging dirs, orphan artifact
+    dirs, files of discarded artifacts, temporary files). See docs/reliability.md.
 
     Example: llora doctor --json
     """
