@@ -86,6 +86,14 @@ def _sqlite_counts(con: sqlite3.Connection) -> tuple[str | None, dict[str, int]]
 def _sqlite_backup(source: Path, tmp: Path) -> tuple[str | None, dict[str, int]]:
     if not source.is_file():
         raise NotFound(f"there is no catalog at {source} to back up", hint="check LLORA_HOME (or --home)")
+    try:
+        return _sqlite_copy(source, tmp)
+    except sqlite3.DatabaseError as e:
+        raise Corrupt(f"the catalog at {source} cannot be read ({e}); no backup was written",
+                      hint="copy the file aside and check it with: sqlite3 FILE 'PRAGMA integrity_check'") from None
+
+
+def _sqlite_copy(source: Path, tmp: Path) -> tuple[str | None, dict[str, int]]:
     src = sqlite3.connect(source, timeout=60)  # read-write open: a read-only one cannot read a WAL database reliably
     try:
         dst = sqlite3.connect(tmp)
@@ -122,19 +130,23 @@ def _sqlite_restore(backup: Path, target: Path) -> tuple[str | None, dict[str, i
     os.close(fd)
     tmp = Path(name)
     try:
-        src = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
         try:
-            dst = sqlite3.connect(tmp)
+            src = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
             try:
-                src.backup(dst)
-                dst.execute("PRAGMA journal_mode=DELETE")
-                if dst.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
-                    raise Corrupt(f"{backup} fails SQLite's integrity check; nothing was restored")
-                schema, counts = _sqlite_counts(dst)
+                dst = sqlite3.connect(tmp)
+                try:
+                    src.backup(dst)
+                    dst.execute("PRAGMA journal_mode=DELETE")
+                    if dst.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+                        raise Corrupt(f"{backup} fails SQLite's integrity check; nothing was restored")
+                    schema, counts = _sqlite_counts(dst)
+                finally:
+                    dst.close()
             finally:
-                dst.close()
-        finally:
-            src.close()
+                src.close()
+        except sqlite3.DatabaseError as e:  # truncated or overwritten pages
+            raise Corrupt(f"{backup} is a damaged SQLite file ({e}); nothing was restored",
+                          hint="restore an older backup") from None
         _check_schema(schema, backup)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -194,6 +194,17 @@ def test_restore_refuses_a_non_empty_home_and_bad_files(llora_home, tmp_path):
         assert message in text, (args, text)
     assert not (fresh / "catalog.db").exists() or ok_json("doctor", home=fresh)["checked"]["artifacts"] == 0
 
+    # a damaged backup (pages overwritten) into an empty, migrated home: refused, the home exactly as it was
+    assert llora("db", "upgrade", home=fresh).returncode == 0
+    data = backup.read_bytes()
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(data[:4096] + b"\xff" * 8192 + data[12288:])
+    empty = {p.name: p.read_bytes() for p in fresh.iterdir() if p.is_file()}
+    r = llora("db", "restore", damaged, home=fresh)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "is a damaged SQLite file" in " ".join(r.stderr.split()) and "nothing was restored" in r.stderr
+    assert {p.name: p.read_bytes() for p in fresh.iterdir() if p.is_file()} == empty  # no temp file, no change
+
 
 def test_backup_and_restore_on_postgresql(postgres_cluster, llora_home, tmp_path):
     src = postgres_cluster.url(postgres_cluster.create_database())
