@@ -230,6 +230,12 @@ def test_backup_and_restore_on_postgresql(postgres_cluster, llora_home, tmp_path
 
     dst_env = {"LLORA_DB_URL": dst}
     assert llora("db", "upgrade", home=llora_home, env=dst_env).returncode == 0  # empty but migrated: still empty
+    cut = tmp_path / "cut.pgdump"  # a dump cut short: pg_restore fails part-way, its one transaction rolls back
+    cut.write_bytes(backup.read_bytes()[: backup.stat().st_size * 4 // 5])
+    failed = llora("db", "restore", cut, home=llora_home, env=dst_env)
+    assert failed.returncode == 1 and "pg_restore failed" in failed.stderr and "Traceback" not in failed.stderr
+    assert ok_json("db", "status", home=llora_home, env=dst_env)["state"] == "current"
+    assert catalog_rows(llora_home, dst_env) == []
     restored = ok_json("db", "restore", backup, home=llora_home, env=dst_env)
     assert (restored["artifacts"], restored["schema"]) == (4, "0003")
     assert catalog_rows(llora_home, dst_env) == before
