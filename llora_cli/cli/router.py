@@ -134,17 +134,23 @@ def fit(
     name: NameOpt = None,
     config: Annotated[Optional[list[str]], typer.Argument(
         metavar="[KEY=VALUE]...", help="hidden, steps, lr, weight_decay, holdout, seed, beta (dpo), lam (orpo).")] = None,
+    depth: Annotated[Optional[str], typer.Option(
+        "--depth", metavar="DEPTHSCENARIOS", help="Also fit the layer and ratio heads (which decoder layers to "
+        "replace, and how many) on this depth scenario set of the same base.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Fit a router (a small head on the frozen sentence embedding) on a scenario set.
+    """Fit a router (a small head on the frozen sentence embedding) on a scenario set; with --depth also the
+    layer and ratio heads, by the same method.
 
     Example: llora router fit scenarios-smollm2-q8 --method orpo lam=0.5
+    Example: llora router fit scenarios-smollm2 --depth depth-scenarios-smollm2 --method fbc
     """
     from llora_cli.router.fit import fit as run_fit
 
     with _bar("fitting") as bar:
         task = bar.add_task("fit", total=None)
-        res = run_fit(open_store(), scenarios, method=method, name=name, config=config or [], command=command_line(),
+        res = run_fit(open_store(), scenarios, method=method, name=name, config=config or [], depth=depth,
+                      command=command_line(),
                       progress=lambda stage, s, t: bar.update(task, completed=s, total=t, description=stage))
     if json_:
         print_json({"id": res.artifact.id, "name": res.artifact.name, "method": method, "training": res.training})
@@ -153,6 +159,13 @@ def fit(
     held = f"{h['accuracy']:.1%} of {h['n']}" if h["n"] else "no held-out query with a winner"
     err().print(f"router '{res.artifact.name}' ({res.artifact.id}) fitted by {method}: final loss "
                 f"{res.training['loss_curve'][-1]['loss']:.4f}, held-out routing accuracy {held}")
+    d = res.training.get("depth")
+    if d:
+        h = d["heldout"]
+        err().print(f"depth heads: held-out {h['n']} queries" + (
+            f", predicted layer set measured safe on {h.get('safe', 0)}/{h['n']}, exactly the target on "
+            f"{h.get('exact', 0)}; mean k {h.get('k_predicted_mean')} (target {h.get('k_target_mean')})"
+            if h["n"] else ""))
 
 
 @app.command("eval")

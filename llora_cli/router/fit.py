@@ -66,6 +66,25 @@ def routing_accuracy(chosen, rows: list[dict], candidates: list[str]) -> dict:
     return {"correct": k, "n": n, "accuracy": round(k / n, 4) if n else None}
 
 
+def adam_stage(params: list, stage: str, loss_at: Callable[[int], object], cfg: FitConfig, curve: list[dict],
+               progress: Callable[[str, int, int], None] | None = None) -> None:
+    """``cfg.steps`` full-batch Adam steps on ``loss_at(step)`` (step 1..steps), the loss appended to ``curve``
+    at ``CURVE_POINTS`` points; ``progress(stage, step, steps)``."""
+    import torch
+
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    every = max(1, cfg.steps // CURVE_POINTS)
+    for step in range(1, cfg.steps + 1):
+        opt.zero_grad()
+        loss = loss_at(step)
+        loss.backward()
+        opt.step()
+        if step % every == 0 or step == cfg.steps:
+            curve.append({"stage": stage, "step": step, "loss": round(loss.item(), 6)})
+        if progress:
+            progress(stage, step, cfg.steps)
+
+
 def train_head(emb, rows: list[dict], candidates: list[str], method: str, cfg: FitConfig,
                progress: Callable[[str, int, int], None] | None = None):
     """Fit the choice head. ``emb [n, 384]`` float32 (numpy) of ``rows``. Returns (head, loss curve)."""
@@ -84,17 +103,7 @@ def train_head(emb, rows: list[dict], candidates: list[str], method: str, cfg: F
     curve: list[dict] = []
 
     def run(stage: str, loss_fn) -> None:
-        opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        every = max(1, cfg.steps // CURVE_POINTS)
-        for step in range(1, cfg.steps + 1):
-            opt.zero_grad()
-            loss = loss_fn(head(x))
-            loss.backward()
-            opt.step()
-            if step % every == 0 or step == cfg.steps:
-                curve.append({"stage": stage, "step": step, "loss": round(loss.item(), 6)})
-            if progress:
-                progress(stage, step, cfg.steps)
+        adam_stage(list(head.parameters()), stage, lambda step: loss_fn(head(x)), cfg, curve, progress)
 
     head.train()
     run("fbc", lambda logits: fbc_loss(logits[best_rows], best_idx))
@@ -111,8 +120,11 @@ def train_head(emb, rows: list[dict], candidates: list[str], method: str, cfg: F
 
 
 def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = None, config: list[str] = (),
-        command: str = "", progress: Callable[[str, int, int], None] | None = None) -> Fitted:
-    """Fit a router on a scenario set and register it (kind ``router``, state ``trained``)."""
+        depth: str | None = None, command: str = "",
+        progress: Callable[[str, int, int], None] | None = None) -> Fitted:
+    """Fit a router on a scenario set and register it (kind ``router``, state ``trained``). With ``depth`` (a depth
+    scenario set of the same base, ``llora router collect --depth``) the router also gets the layer and ratio heads
+    (``depth/fitting.py``), fitted by the same method. BadInput for unusable inputs (each says why)."""
     import numpy as np
     import torch
 
@@ -127,9 +139,9 @@ def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = Non
     if scen.state != "ready":
         raise BadInput(f"scenario set '{scen.name}' is '{scen.state}'; fit on a ready one")
     if "depth" in scen.meta:
-        raise BadInput(f"scenario set '{scen.name}' holds depth scenarios (layer sets), not modifier outcomes: the "
-                       "layer and ratio heads that fit them are not built yet (issue 14)",
-                       hint="fit on a scenario set from `llora router collect BASE --data D` (without --depth)")
+        raise BadInput(f"scenario set '{scen.name}' holds depth scenarios (layer sets), not modifier outcomes",
+                       hint=f"fit on a scenario set from `llora router collect BASE --data D` and give this one "
+                            f"as --depth {scen.name}")
     candidates = list(scen.meta["candidates"])
     if len(candidates) < 2:
         raise BadInput(f"scenario set '{scen.name}' has one candidate ({candidates[0]}): there is nothing to choose",
@@ -158,6 +170,7 @@ def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = Non
             for m in changed), hint="collect again on the base's current modifiers")
     if name is not None and any(a.name == validate_name(name) for a in store.artifacts()):
         raise BadInput(f"the name '{name}' is already taken", hint="choose another with --name")
+    dscen, layer_set = _depth_inputs(store, depth, base) if depth is not None else (None, None)
     heldout = np.array([is_heldout(r["query"], cfg.holdout) for r in rows])
     train_rows = [r for r, h in zip(rows, heldout) if not h]
     test_rows = [r for r, h in zip(rows, heldout) if h]
@@ -174,19 +187,26 @@ def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = Non
                 "train": routing_accuracy(chosen[~heldout], train_rows, candidates),
                 "heldout": routing_accuracy(chosen[heldout], test_rows, candidates),
                 "seconds": round(time.perf_counter() - start, 2)}
+    heads = {}
+    if dscen is not None:
+        heads, training["depth"] = _fit_depth(store, dscen, layer_set, encoder, method, cfg, progress)
     aid = new_id()
     staging = store.new_staging(aid)
     try:
         extra = {"candidates": candidates, "method": method, "config": asdict(cfg)}
-        rmodel.save(staging, {rmodel.CHOICE: (head, extra)}, encoder.identity)
+        rmodel.save(staging, {rmodel.CHOICE: (head, extra), **heads}, encoder.identity)
         meta = {"method": method, "config": asdict(cfg), "candidates": candidates,
                 # the content hashes it was fitted on: deploy and load refuse the router when they change
                 "modifiers": {m.id: {"name": m.name, "domain": m.domain, "content_hash": m.content_hash}
                               for m in mods},
                 "base": {"id": base.id, "name": base.name, "kind": base.kind, "content_hash": base.content_hash},
                 "scenarios": scen.id,
+                **({"depth": {"scenarios": dscen.id, "layer_set": layer_set.id,
+                              "layers": dscen.meta["depth"]["layers"]}} if dscen is not None else {}),
                 "encoder": {k: v for k, v in encoder.identity.items()}, "training": training}
         parents = [(base.id, "runs_on")] + [(m.id, "routes_to") for m in mods] + [(scen.id, "uses")]
+        if dscen is not None:
+            parents += [(dscen.id, "uses"), (layer_set.id, "uses")]
         art = store.create("router", name or store.unique_name(f"router-{base.name}-{method}"), state="trained",
                            staging=staging, parents=parents, metadata=meta, base_hash=base.content_hash,
                            command=command, artifact_id=aid,
@@ -194,3 +214,49 @@ def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = Non
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Fitted(art, training)
+
+
+def _depth_inputs(store: Store, ref: str, base: Artifact) -> tuple[Artifact, Artifact]:
+    """The depth scenario set ``ref`` and its layer-adapter set, checked to belong to ``base`` and to be usable."""
+    dscen = store.resolve(ref, kinds=("scenario-set",))
+    if "depth" not in dscen.meta:
+        raise BadInput(f"scenario set '{dscen.name}' holds modifier outcomes, not depth scenarios",
+                       hint="give --depth a set made by: llora router collect BASE --depth LAYERSET --data D")
+    if dscen.state != "ready":
+        raise BadInput(f"depth scenario set '{dscen.name}' is '{dscen.state}'; fit on a ready one")
+    if dscen.meta["base"]["id"] != base.id or dscen.base_hash != base.content_hash:
+        raise BadInput(f"depth scenario set '{dscen.name}' was collected on another base than the scenario set's "
+                       f"({base.kind} '{base.name}')", hint="collect both on the same base")
+    layer_set = store.get(dscen.meta["depth"]["layer_set"]["id"])
+    if layer_set.state != "ready" or layer_set.content_hash != dscen.meta["depth"]["layer_set"]["content_hash"]:
+        raise BadInput(f"the layer-adapter set '{layer_set.name}' the depth scenarios were measured with is "
+                       f"{'no longer the same content' if layer_set.state == 'ready' else layer_set.state}",
+                       hint="distill and collect the depth scenarios again")
+    return dscen, layer_set
+
+
+def _fit_depth(store: Store, dscen: Artifact, layer_set: Artifact, encoder, method: str, cfg: FitConfig,
+               progress) -> tuple[dict, dict]:
+    """The layer and ratio heads ({name: (module, spec extra)}) and their training figures."""
+    import numpy as np
+    import torch
+
+    from llora_cli.router.depth import fitting
+    from llora_cli.router.depth.heads import LAYERS, RATIO
+
+    count = int(dscen.meta["depth"]["layers"])
+    rows = col.load_rows(store, dscen)
+    heldout = np.array([is_heldout(r["query"], cfg.holdout) for r in rows])
+    train_rows = [r for r, h in zip(rows, heldout) if not h]
+    test_rows = [r for r, h in zip(rows, heldout) if h]
+    emb = encoder.encode([r["query"] for r in rows])
+    layer_head, ratio_head, curve = fitting.train_depth_heads(emb[~heldout], train_rows, count, method, cfg, progress)
+    x, held = torch.from_numpy(emb), torch.from_numpy(heldout)
+    predicted = fitting.predict(layer_head, ratio_head, x, count)
+    figures = {"loss_curve": curve, "rows": {"train": len(train_rows), "heldout": len(test_rows)},
+               "train": {**fitting.figures([p for p, h in zip(predicted, heldout) if not h], train_rows),
+                         "pairs": fitting.pairs_ordered(layer_head, ratio_head, x[~held], train_rows, count)},
+               "heldout": {**fitting.figures([p for p, h in zip(predicted, heldout) if h], test_rows),
+                           "pairs": fitting.pairs_ordered(layer_head, ratio_head, x[held], test_rows, count)}}
+    extra = {"layers": count, "layer_set": layer_set.id, "scenarios": dscen.id, "method": method}
+    return {LAYERS: (layer_head, extra), RATIO: (ratio_head, {**extra, "outputs": ["mu", "log_std"]})}, figures

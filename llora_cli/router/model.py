@@ -9,8 +9,9 @@
                           "candidates": ["none", <modifier id>, ...],
                           "method": "orpo", "config": {...}}}}
 
-More heads (issue 14: which decoder layers to replace, and how many) are more entries of ``heads`` and more
-tensor prefixes; a reader ignores heads it does not know. Loading checks the encoder identity and the file.
+The depth heads (issue 14, ``router fit --depth``) are two more entries: ``layers`` (``out`` = L, one score per
+decoder layer, plus ``"layers": L``, ``"layer_set"``, ``"scenarios"``) and ``ratio`` (``out`` = 2: mu, log_std);
+a reader ignores heads it does not know. Loading checks the encoder identity and the file.
 The heads are fitted with torch (``make_head``) and run with numpy, so routing a request never imports torch.
 """
 
@@ -27,6 +28,7 @@ VERSION = 1
 WEIGHTS_FILE = "router.safetensors"
 SPEC_FILE = "router.json"
 CHOICE = "choice"
+DEPTH_LAYERS, DEPTH_RATIO = "layers", "ratio"  # the depth heads (router/depth/heads.py), when fitted with --depth
 
 
 def make_head(dim: int, hidden: int, out: int):
@@ -111,16 +113,51 @@ class Router:
                  for name, h in spec["heads"].items() if h.get("type") == "mlp"}  # others: heads this version ignores
         return cls(spec, heads, encoder if encoder is not None else enc.shared())
 
-    def probabilities(self, embeddings):
-        """``[n, 384]`` float32 embeddings -> ``[n, C]`` probabilities over the candidates (numpy)."""
+    def forward(self, name: str, embeddings):
+        """Head ``name`` on ``[n, 384]`` float32 embeddings -> ``[n, out]`` raw outputs (numpy)."""
         import numpy as np
 
         x = embeddings
-        layers = self.heads[CHOICE]
+        layers = self.heads[name]
         for i, (w, b) in enumerate(layers):
             x = x @ w.T + b
             if i < len(layers) - 1:
                 x = np.maximum(x, 0)
+        return x
+
+    @property
+    def depth_layers(self) -> int | None:
+        """The decoder layer count of the depth heads, or None when the router has none (fitted without --depth)."""
+        h = self.spec["heads"].get(DEPTH_LAYERS)
+        return int(h["layers"]) if h and DEPTH_LAYERS in self.heads and DEPTH_RATIO in self.heads else None
+
+    def layer_sets(self, embeddings, *, k: int | None = None) -> list[list[int]]:
+        """Per query, the decoder layers to replace: ``k`` (default ``round(mu * L)``, seed 002's deterministic
+        choice, at most L - 1) layers of highest score (ties: the lower index). ``[n, 384]`` -> n sorted lists.
+        ValueError when the router has no depth heads or ``k`` is outside ``0..L-1``."""
+        import numpy as np
+
+        from llora_cli.router.depth.heads import choose_k
+
+        count = self.depth_layers
+        if count is None:
+            raise ValueError("this router has no depth heads (it was fitted without --depth)")
+        if k is not None and not 0 <= k < count:
+            raise ValueError(f"k={k} layers: must be in 0..{count - 1}")
+        scores = self.forward(DEPTH_LAYERS, embeddings)
+        mu = self.forward(DEPTH_RATIO, embeddings)[:, 0]
+        out = []
+        for row, m in zip(scores, mu):
+            kk = k if k is not None else choose_k(float(m), count)
+            order = np.argsort(-row, kind="stable")[:kk]
+            out.append(sorted(int(i) for i in order))
+        return out
+
+    def probabilities(self, embeddings):
+        """``[n, 384]`` float32 embeddings -> ``[n, C]`` probabilities over the candidates (numpy)."""
+        import numpy as np
+
+        x = self.forward(CHOICE, embeddings)
         x = x - x.max(axis=1, keepdims=True)
         e = np.exp(x)
         return e / e.sum(axis=1, keepdims=True)

@@ -22,7 +22,8 @@ three methods (for DPO the two differ by about the same ``log L`` on both sides 
 
 Losses (means over rows / pairs; ``alpha`` weighs the layer terms as seed 002's ``alpha``):
 
-- **FBC** on scenarios with score >= ``good`` (0.99) and at least one layer replaced: ``MSE(mu, r) + alpha *
+- **FBC** on scenarios with score >= ``good`` (0.99) and at least one layer replaced (``fitting.py`` takes each
+  query's largest such set): ``MSE(mu, r) + alpha *
   (MSE(s, z) + MSE(soft_topk(logits, |z|), z))``. The last term is where gradients pass through the selection
   (``topk.soft_topk``, Sinkhorn with annealed epsilon): it trains the scores so that the top-|z| layers, which
   inference takes, are the set, not only each score toward its indicator.

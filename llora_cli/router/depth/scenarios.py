@@ -22,8 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llora_cli.router.collect import (BASE_KINDS, ROWS_FILE, SUMMARY_FILE, Query, checked_queries, max_tokens_for,
-                                      read_done, resume_dir)
+from llora_cli.router.collect import BASE_KINDS, ROWS_FILE, SUMMARY_FILE, Query, checked_queries, max_tokens_for, read_done, resume_dir
 from llora_cli.router.depth import search
 from llora_store import Store, rules
 from llora_store.errors import BadInput
