@@ -27,7 +27,7 @@ from llora_cli.formats.shards import BufferPool, ShardReader, ShardWriter
 from llora_cli.loading import available_memory, quantized_by_bnb, save_dequantized, stored_format
 from llora_store import Store, rules
 from llora_store.catalog import new_id, validate_name
-from llora_store.errors import BadInput, RuleViolation
+from llora_store.errors import BadInput, Conflict, RuleViolation
 from llora_store.models import Artifact
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -401,6 +401,16 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
                               known_hashes={r.path: r for r in result["records"]},
                               parents=[(base.id, "merge_base"), (adapter.id, "adapter")],
                               reason=f"merged {adapter.name} into {base.name}", transitions=[(adapter.id, "merge")])
+    except Exception:
+        # Another command that changed the adapter meanwhile (the same merge run twice at once, a discard) makes this
+        # one fail in whatever it was doing (its files vanish mid-read, the auto name is taken, the transition is
+        # refused): say that, not the symptom.
+        now = store.get(adapter.id)
+        if now.state != adapter.state:
+            raise Conflict(f"{adapter.kind} '{adapter.name}' ({adapter.id}) went from '{adapter.state}' to "
+                           f"'{now.state}' while this merge ran (another command merged or discarded it first); "
+                           "nothing was written", hint=f"see what happened: llora history {adapter.id}") from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if dequantized is not None:

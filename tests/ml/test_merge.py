@@ -120,6 +120,28 @@ def test_merge_above_tolerance_changes_nothing(cli, store, base, tmp_path, tiny_
     assert store.layout.leftovers() == []
 
 
+def test_merge_that_loses_a_race_says_so(cli, store, base, tmp_path, tiny_model_dir, monkeypatch):
+    """Two `llora merge` of one adapter at once: the loser, whose adapter files vanish under it when the winner
+    discards them, is refused with what happened (found by tests/faults/test_concurrency.py: it was 'unexpected error:
+    ValueError: Can't find adapter_config.json ... this is a bug in llora')."""
+    from llora_cli import merge
+
+    import_adapter(cli, tmp_path, tiny_model_dir, "ad")
+    real_check = merge.full_check
+
+    def winner_first(*args, **kwargs):  # the other merge commits and discards the adapter mid-way through this one
+        store.discard("ad", command="llora merge ad (the other one)")
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(merge, "full_check", winner_first)
+    result = cli("merge", "ad")
+    assert result.exit_code == 1, result.stderr
+    err = " ".join(result.stderr.split())
+    assert "adapter 'ad'" in err and "went from 'trained' to 'discarded' while this merge ran" in err
+    assert "unexpected error" not in err and "Traceback" not in err
+    assert store.list(kind="merged") == [] and store.layout.leftovers() == []
+
+
 def test_killed_merge_leaves_the_old_state(cli, store, base, tmp_path, tiny_model_dir, llora_home):
     ad = import_adapter(cli, tmp_path, tiny_model_dir, "ad")
     script = textwrap.dedent(f"""
