@@ -748,7 +748,7 @@ class Store:
         if directory.exists():
             for p in sorted(directory.rglob("*")):
                 rel = p.relative_to(directory).as_posix()
-                if p.is_file() and rel not in fs.INTERNAL and rel not in recorded:
+                if p.is_file() and rel not in fs.INTERNAL and rel not in recorded and not _sidecar_in_flight(rel):
                     problems.append(FileProblem(rel, "unrecorded", f"{rel}: not recorded in the catalog"))
         elif detail.files and any(not f.deleted for f in detail.files):
             problems = [FileProblem("", "directory_missing", f"artifact directory {directory} is missing")]
@@ -789,6 +789,15 @@ class Store:
         return GcReport([p.name for p in debris.staging_dead], [p.name for p in debris.staging_in_use],
                         [p.name for p in debris.orphan_dirs], debris.discarded_with_files,
                         [d.id for d in debris.dead_runs], [f"{p.parent.name}/{p.name}" for p in debris.temp_files])
+
+
+def _sidecar_in_flight(rel: str) -> bool:
+    """Whether ``rel`` is the temporary file of a sidecar write still in progress (``files.write_json_atomic``, by a
+    live process): about to be renamed over llora.json, not an unrecorded file. A dead writer's is debris (doctor)."""
+    from llora_store import health
+
+    owner = health.temp_file_owner(rel)
+    return owner is not None and health.owner_alive(*owner)
 
 
 def open_store(home: Path | str | None = None, *, auto_create: bool = True) -> Store:
