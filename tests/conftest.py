@@ -76,5 +76,5 @@ def pytest_collection_modifyitems(config, items):
     if os.environ.get("LLORA_SKIP_SLOW"):
         skip = pytest.mark.skip(reason="LLORA_SKIP_SLOW is set")
         for item in items:
-            if "slow" in item.keywords:
+            if "slow" in item.keywords or "faults" in item.keywords:
                 item.add_marker(skip)
