@@ -63,8 +63,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     took = time.time() - started
     print(f"machine: {machine()}; load average {load_before[0]:.2f} at start; {took / 60:.1f} min")
-    print(f"command: OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python scripts/crash_trials.py --trials {args.trials} "
-          f"--seed {args.seed}")
+    print(f"command: OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python scripts/crash_trials.py {' '.join(sys.argv[1:])}")
     print("| command | run (s) | trials killed | finished first | kill points reached | violations | stale sidecars |")
     print("|---|---|---|---|---|---|---|")
     total_v = 0
