@@ -233,6 +233,9 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
         stream_options: StreamOptions | None = None
         stop: str | list[str] | None = None
         n: int | None = Field(default=None, ge=1)
+        # llora's extension: dynamic depth, "full", "auto" (the deployed router's layer set) or a number of layers
+        depth: str | int | None = Field(default=None, description="llora: full, auto or K decoder layers replaced "
+                                        "by their layer adapters (transformers engine; llama.cpp runs full depth)")
 
     class ChatBody(Common):
         messages: list[ChatMessage] = Field(min_length=1)
@@ -333,7 +336,8 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
         log_prompt = json.dumps(messages) if messages is not None else prompt
         kwargs = dict(modifier=modifier, max_tokens=opts["max_tokens"], temperature=opts["temperature"],
                       top_p=opts["top_p"], seed=body.seed, messages=messages, raw=kind == "text",
-                      max_prompt_tokens=limits.max_prompt_tokens, stop=opts["stop"], logprobs=logprobs)
+                      max_prompt_tokens=limits.max_prompt_tokens, stop=opts["stop"], logprobs=logprobs,
+                      depth=body.depth)
         runtime = served.runtime
 
         def usage(replies) -> dict:

@@ -23,6 +23,9 @@ def run(
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
     engine: Annotated[str, typer.Option(help="auto (llama.cpp for a GGUF base when installed), llamacpp or "
                                              "transformers.")] = "auto",
+    depth: Annotated[Optional[str], typer.Option(
+        help="Dynamic depth: full, auto (the deployed router chooses which decoder layers its layer adapters "
+             "replace) or K (the router's K best layers). Transformers engine; llama.cpp runs full depth.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Answer one prompt with the deployed base, or with one of its deployed modifiers.
@@ -39,7 +42,7 @@ def run(
     stream = None if json_ else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     reply = run_request(open_store(), prompt, base_ref=base, modifier_ref=modifier, system=system,
                         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, on_text=stream,
-                        engine=engine)
+                        engine=engine, depth=depth)
     if json_:
         print_json(reply.to_json())
         return

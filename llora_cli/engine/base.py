@@ -204,8 +204,13 @@ class Engine(ABC):
                max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
                raw: bool = False, max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
-               logprobs: int | None = None, on_piece: Callable[[str, list[dict]], None] | None = None):
+               logprobs: int | None = None, on_piece: Callable[[str, list[dict]], None] | None = None,
+               depth: str | int | None = None):
         """Queue one request (checked first: a bad request never reaches a batch); returns its ``Job``.
+
+        ``depth``: None or "full" (every layer), "auto" (the deployed router's layer set for this prompt) or K (the
+        router's K highest-scored layers) replaced by their layer adapters (``depth_layers``); what was used goes
+        into the reply's and the log's ``params["depth"]``.
 
         ``stop``: up to 4 strings; the text ends before the first one generated (finish reason "stop").
         ``logprobs``: None, or k (0-20): each token's log-probability and the k most likely tokens, in the reply.
@@ -227,15 +232,68 @@ class Engine(ABC):
             raise BadInput(f"the prompt is {len(ids)} tokens; the limit is {max_prompt_tokens}")
         if not ids:
             raise BadInput("the prompt has no tokens")
+        layers, depth_info = self.depth_layers(prompt if prompt.strip() else _last_user(messages), depth)
         params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
-                  "system": system, **({"stop": list(stop)} if stop else {})}
+                  "system": system, **({"stop": list(stop)} if stop else {}),
+                  **({"depth": depth_info} if depth_info else {})}
         piece = None
         if on_piece is not None:
             def piece(text: str, raw_logprobs: list[tuple]) -> None:
                 on_piece(text, self.token_logprobs(raw_logprobs))
         job = Job(ids, modifier.id if modifier else None, max_tokens, temperature, top_p, seed, on_text,
-                  stop=stop, logprobs=logprobs, on_piece=piece, modifier=modifier, params=params)
+                  stop=stop, logprobs=logprobs, on_piece=piece, modifier=modifier, params=params,
+                  layers=tuple(layers))
         return self.batcher.submit(job)
+
+    supports_depth = False  # can this engine replace decoder layers (transformers: yes; llama.cpp: no)
+
+    def depth_layers(self, prompt: str, depth: str | int | None) -> tuple[list[int], dict | None]:
+        """The decoder layers a request replaces, and what to record: ``(layers, {"mode", "layers", ...})``.
+
+        ``None``/"full": none (nothing recorded for None). "auto": the deployed router's choice for ``prompt``
+        (``k = round(mu * L)`` top-k of its layer scores); an integer K (or its string): the router's K best layers.
+        An engine that cannot replace layers (llama.cpp) runs "auto" at full depth and says so, and refuses K > 0.
+        BadInput for another value, a K outside 0..L-1, or no deployed router with depth heads."""
+        if depth is None:
+            return [], None
+        mode = str(depth).strip().lower()
+        if mode == "full":
+            return [], {"mode": "full", "layers": []}
+        if mode != "auto":
+            try:
+                k = int(mode)
+            except ValueError:
+                raise BadInput(f"--depth must be full, auto or a number of layers to replace, got {depth!r}") from None
+            if k < 0:
+                raise BadInput(f"--depth {k}: the number of layers to replace cannot be negative")
+            if k == 0:
+                return [], {"mode": "0", "layers": []}
+        if not self.supports_depth:
+            if mode == "auto":
+                return [], {"mode": "auto", "layers": [],
+                            "note": f"the {self.engine} engine runs every layer (it cannot replace layers)"}
+            raise BadInput(f"the {self.engine} engine cannot replace decoder layers (--depth {mode})",
+                           hint="run with --engine transformers, or --depth full")
+        from llora_cli.router.serving import DeployedRouter
+
+        deployed = DeployedRouter.for_base(self.store, self.deployment.base)
+        router = deployed.router
+        count = router.depth_layers
+        if count is None:
+            raise BadInput(f"router '{deployed.art.name}' has no depth heads: it cannot choose layers",
+                           hint="fit one with: llora router fit SCENARIOS --depth DEPTHSCENARIOS, then deploy it")
+        if mode != "auto" and not 0 <= int(mode) < count:
+            raise BadInput(f"--depth {mode}: the base has {count} decoder layers; replace at most {count - 1}")
+        self.load_layer_adapters(deployed.art)
+        import time
+
+        start = time.perf_counter()
+        (layers,) = router.layer_sets(router.encoder.encode([prompt]), k=None if mode == "auto" else int(mode))
+        return layers, {"mode": mode, "layers": layers, "router": deployed.art.name,
+                        "router_ms": round((time.perf_counter() - start) * 1000, 2)}
+
+    def load_layer_adapters(self, router: Artifact) -> None:
+        """Load the layer-adapter set of ``router``'s depth heads (once); engines that replace layers override."""
 
     def submit_choices(self, prompt: str, *, n: int = 1, seed: int | None = None,
                        on_piece: Callable[[int, str, list[dict]], None] | None = None, **kwargs) -> list:
@@ -268,12 +326,12 @@ class Engine(ABC):
                  max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
                  raw: bool = False, max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
-                 logprobs: int | None = None) -> Reply:
+                 logprobs: int | None = None, depth: str | int | None = None) -> Reply:
         """One request, batched with whatever else is waiting; blocks until its own row is finished."""
         return self.reply(self.submit(prompt, modifier=modifier, system=system, max_tokens=max_tokens,
                                       temperature=temperature, top_p=top_p, seed=seed, on_text=on_text,
                                       messages=messages, raw=raw, max_prompt_tokens=max_prompt_tokens, stop=stop,
-                                      logprobs=logprobs))
+                                      logprobs=logprobs, depth=depth))
 
     def token_logprobs(self, raw: list[tuple]) -> list[dict]:
         """``(id, logprob, [(id, logprob)])`` per token -> OpenAI's ``{token, logprob, bytes, top_logprobs}``."""
@@ -323,3 +381,11 @@ class Engine(ABC):
         # its files are loaded once per process (router/serving.py)
         router = DeployedRouter.for_base(self.store, self.deployment.base)
         return router.route(prompt, list(self.adapters.values()), refused=self.refused)
+
+
+def _last_user(messages: list[dict] | None) -> str:
+    """The last user message's text (what a router reads), or ""."""
+    for m in reversed(messages or []):
+        if m.get("role") == "user" and isinstance(m.get("content"), str):
+            return m["content"]
+    return ""

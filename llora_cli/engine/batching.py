@@ -48,6 +48,7 @@ class Job:
     on_piece: Callable[[str, list[tuple]], None] | None = None
     modifier: object = None  # the caller's view of the request (the engine's Reply is built from it)
     params: dict = field(default_factory=dict)
+    layers: tuple[int, ...] = ()  # decoder layers replaced by their layer adapters (dynamic depth; () = full depth)
     # filled in by the model's thread
     result: object = None
     tokens: list[int] = field(default_factory=list)
@@ -64,11 +65,12 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
 
     def key(self) -> tuple:
+        """Jobs of equal keys can share a forward pass: same sampling settings and the same layer set."""
         if self.seed is not None:
             return ("seeded", id(self))
         if self.temperature <= 0:
-            return ("greedy",)
-        return ("sample", self.temperature, self.top_p)
+            return ("greedy", self.layers)
+        return ("sample", self.temperature, self.top_p, self.layers)
 
 
 class RowStreamer:
@@ -431,6 +433,7 @@ class TransformersBatches:
         self.row_lora = row_lora  # adapter -> can RowLora run it (else PEFT's set_adapter, one per batch)
         self.lora_path = lora_path  # "rows" (RowLora) or "peft" (set_adapter / adapter_names), for comparisons
         self.rows: RowLora | None = None  # built on the first batch with adapters, dropped when they change
+        self.layer_adapters: list | None = None  # one per decoder layer (dynamic depth), set by the engine
 
     def can_mix(self, adapters: set) -> bool:
         return len(adapters) <= 1 or all(self.row_lora(a) for a in adapters if a is not None)
@@ -451,6 +454,19 @@ class TransformersBatches:
             self.rows = RowLora(model)
         for a in ready:
             self.rows._layers((a,))
+
+    def _depth(self, model, layers: tuple[int, ...]):
+        """The batch's layer set replaced by its adapters for the whole generate (prefill and decode), or nothing.
+        Every job of a batch has the same set (``Job.key``)."""
+        from contextlib import nullcontext
+
+        if not layers:
+            return nullcontext()
+        if self.layer_adapters is None:
+            raise RuntimeError("a request asked for replaced layers but no layer adapters are loaded")
+        from llora_cli.router.depth.layers import replaced_layers
+
+        return replaced_layers(model, layers, self.layer_adapters)
 
     def run(self, jobs: list[Job]) -> None:
         import torch
@@ -478,7 +494,7 @@ class TransformersBatches:
             kwargs.update(temperature=head.temperature, top_p=head.top_p)
         rows = [j.adapter for j in jobs]
         named = {a for a in rows if a is not None}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._depth(model, head.layers):
             if head.seed is not None:
                 torch.manual_seed(head.seed)
             if not hasattr(model, "peft_config"):

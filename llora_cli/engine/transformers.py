@@ -50,6 +50,30 @@ class TransformersEngine(Engine):
         super().attach(modifier)
         self.batcher.call(lambda: self.runner.prepare(list(self.adapters)))
 
+    supports_depth = True
+
+    def load_layer_adapters(self, router: Artifact) -> None:
+        """The layer adapters of ``router``'s depth heads (its ``meta["depth"]["layer_set"]``), loaded once on the
+        model thread and checked against the base (R6); refused when their count differs from the model's layers."""
+        set_id = (router.meta.get("depth") or {}).get("layer_set")
+        if set_id is None or getattr(self, "_layer_set", None) == set_id:
+            return
+
+        def load() -> None:
+            from llora_cli.router.depth import distill
+            from llora_cli.router.depth.layers import decoder_layers
+            from llora_store.errors import BadInput
+
+            adapters = distill.load(self.store, set_id, self.deployment.base)
+            count = len(decoder_layers(self.model))
+            if len(adapters) != count:
+                raise BadInput(f"router '{router.name}' replaces layers of a {len(adapters)}-layer model; "
+                               f"'{self.deployment.base.name}' has {count}")
+            self.runner.layer_adapters = adapters
+            self._layer_set = set_id
+
+        self.batcher.call(load)
+
     def _detach(self, modifier_id: str) -> None:
         self.runner.adapters_changed()
         self.row_lora.pop(modifier_id, None)
