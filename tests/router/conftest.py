@@ -8,6 +8,17 @@ import pytest
 from llora_cli.router import collect as col
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tiny models: two threads on the two shared cores ran them ~20x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def catalog(cli, store):
     st = store.new_staging("b")

@@ -7,12 +7,6 @@ choice is known; the engines, the encoder and the served requests are real.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import pytest
 import tiny
 
@@ -66,29 +60,12 @@ def test_run_auto_routes_logs_and_shows_the_choice(cli, store, routed):
 
 
 def test_serve_model_base_auto_routes_per_request(cli, store, routed, llora_home):
-    import httpx
     import openai
+    from live_server import live_server
 
     from llora_cli.data import load_data
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "LLORA_HOME": str(llora_home)}
-    proc = subprocess.Popen([sys.executable, "-c", "from llora_cli.cli.entry import main; main()", "serve",
-                             "--port", str(port), "--engine", "transformers"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert time.time() < deadline, "server did not come up in 120 s"
-                time.sleep(0.3)
+    with live_server(llora_home, "--engine", "transformers") as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x")
         assert "b:auto" in [m.id for m in client.models.list().data]
         chosen = {}
@@ -99,6 +76,3 @@ def test_serve_model_base_auto_routes_per_request(cli, store, routed, llora_home
             chosen[name] = cli.json("logs", "list", "--limit", "1")[0]
         for name, log in chosen.items():
             assert log["modifier"]["name"] == name and log["params"]["route"]["modifier"] == name
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)

@@ -7,20 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from llora_cli.router.depth import distill as dd
 from llora_cli.router.depth import scenarios as ds
 from llora_cli.router.depth import search
 from llora_store.errors import BadInput, RuleViolation
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/router/conftest.py
 
 
 @pytest.fixture

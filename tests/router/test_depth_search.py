@@ -18,12 +18,7 @@ PROMPT = "The capital of France is"
 N_ANSWER = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/router/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -113,36 +113,14 @@ def test_run_depth_replaces_the_routers_layers(cli, store, deep):
 
 def test_serve_takes_depth_in_the_request_body(cli, store, deep, llora_home):
     """A real server on a loopback port, the official openai client sending llora's `depth` field."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-
     import httpx
     import openai
+    from live_server import live_server
 
     from llora_cli.data import load_data
     from llora_cli.tasks import prompt_of
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", "from llora_cli.cli.entry import main; main()", "serve",
-                             "--port", str(port), "--engine", "transformers"],
-                            env={**os.environ, "LLORA_HOME": str(llora_home)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert time.time() < deadline, "server did not come up in 120 s"
-                time.sleep(0.3)
+    with live_server(llora_home, "--engine", "transformers") as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x")
         prompt = prompt_of(load_data(store, "auto").train[0])
         client.chat.completions.create(model="b", messages=[{"role": "user", "content": prompt}], max_tokens=2,
@@ -151,11 +129,6 @@ def test_serve_takes_depth_in_the_request_body(cli, store, deep, llora_home):
         bad = httpx.post(f"{url}/v1/chat/completions", json={"model": "b", "depth": "9", "max_tokens": 2,
                                                              "messages": [{"role": "user", "content": "hi"}]})
         assert bad.status_code == 400 and "replace at most 1" in bad.text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
 
 
 def test_an_engine_that_cannot_replace_layers_runs_full_depth_and_says_so(store):
