@@ -9,7 +9,7 @@ row. Otherwise it returns None and the full CLI runs; so does every case it decl
 
 - options other than the prompt, ``--modifier NAME|none|auto`` (auto: the deployed router; its serving code
   reads the catalog through the same view), ``--system``, ``--max-tokens``, ``--temperature``,
-  ``--top-p``, ``--seed``, ``--engine auto|llamacpp``, ``--json`` (e.g. ``--base``, ``--help``,
+  ``--top-p``, ``--seed``, ``--engine auto|llamacpp``, ``--json`` (e.g. ``--base``, ``--depth``, ``--help``,
   the prompt on stdin, a value that does not parse);
 - PostgreSQL, no catalog, another schema version (``lite.open_catalog``);
 - a deployment the llama.cpp engine would not run (not a GGUF base, llama-cpp-python missing), or a file still

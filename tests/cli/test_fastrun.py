@@ -21,6 +21,7 @@ from llora_cli import fastrun
     (["run", "--modifier", "auto", "hi"], fastrun.Request("hi", modifier="auto")),  # the router, same view
     (["run", "--engine", "transformers", "hi"], None),
     (["run", "--base", "b", "hi"], None),
+    (["run", "--depth", "auto", "hi"], None),  # dynamic depth: the transformers engine, the full command
     (["run", "--help"], None),
     (["run"], None),  # the prompt on stdin
     (["run", "a", "b"], None),  # two prompts: Typer's usage error
@@ -39,5 +40,6 @@ def test_defaults_are_the_full_commands():
     params = inspect.signature(run).parameters
     for field in ("modifier", "system", "max_tokens", "temperature", "top_p", "seed", "engine"):
         assert getattr(fastrun.Request("x"), field) == params[field].default, field
-    assert set(fastrun.VALUE_OPTIONS.values()) | {"json"} == set(params) - {"prompt", "base", "json_"} | {"json"}
+    # --base and --depth are declined (the full command runs them)
+    assert set(fastrun.VALUE_OPTIONS.values()) | {"json"} == set(params) - {"prompt", "base", "depth", "json_"} | {"json"}
 
