@@ -167,10 +167,6 @@ def summarize(rows: list[dict], candidates: list[str]) -> dict:
     return {"overall": figures(rows), "domains": {d: figures([r for r in rows if r["domain"] == d]) for d in domains}}
 
 
-def _resume_dir(store: Store, key: str) -> Path:
-    return resume_dir(store, "collect", key)
-
-
 def resume_dir(store: Store, command: str, key: str) -> Path:
     """``$LLORA_HOME/tmp/<command>-<key>``, marked as owned by this process (``llora db gc`` leaves it alone while
     the process lives): where an interrupted collect or distill resumes from."""
@@ -178,6 +174,27 @@ def resume_dir(store: Store, command: str, key: str) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")  # gc leaves it alone while we run
     return d
+
+
+@dataclass
+class Resume:
+    """Where an interrupted collection resumes from: its directory, its rows file, the rows already measured (by
+    query key), how many of the queries they cover and the queries left to measure."""
+
+    dir: Path
+    rows: Path
+    done: dict[str, dict]
+    resumed: int
+    todo: list[Query]
+
+
+def resume_rows(store: Store, command: str, spec: dict, queries: list[Query]) -> Resume:
+    """The resume state of ``command`` for what ``spec`` describes (``$LLORA_HOME/tmp/<command>-<hash of spec>``)."""
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    d = resume_dir(store, command, key)
+    done = read_done(d / "rows.jsonl")
+    return Resume(d, d / "rows.jsonl", done, sum(q.key in done for q in queries),
+                  [q for q in queries if q.key not in done])
 
 
 def read_done(path: Path) -> dict[str, dict]:
@@ -242,12 +259,8 @@ def collect(store: Store, base_ref: str, data_refs: list[str], *, limit: int | N
     spec = {"base": base.id, "base_hash": base.content_hash, "candidates": candidates,
             "datasets": [d for d in dict.fromkeys(q.dataset.id for q in queries)], "limit": limit,
             "engine": chosen, "max_tokens": {t: max_tokens_for(t) for t in sorted({q.task for q in queries})}}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    resume = _resume_dir(store, key)
-    partial = resume / "rows.jsonl"
-    done = read_done(partial)
-    resumed = sum(q.key in done for q in queries)
-    todo = [q for q in queries if q.key not in done]
+    state = resume_rows(store, "collect", spec, queries)
+    resume, partial, done, resumed, todo = state.dir, state.rows, state.done, state.resumed, state.todo
     if progress:
         progress(resumed, len(queries))
     if todo:

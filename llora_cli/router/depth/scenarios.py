@@ -15,14 +15,13 @@ only when every row is done (R10); ``llora db gc`` removes a partial collection 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llora_cli.router.collect import BASE_KINDS, ROWS_FILE, SUMMARY_FILE, Query, checked_queries, max_tokens_for, read_done, resume_dir
+from llora_cli.router.collect import BASE_KINDS, ROWS_FILE, SUMMARY_FILE, Query, checked_queries, max_tokens_for, resume_rows
 from llora_cli.router.depth import search
 from llora_store import Store, rules
 from llora_store.errors import BadInput
@@ -91,12 +90,8 @@ def collect_depth(store: Store, base_ref: str, layer_set_ref: str, data_refs: li
             "layer_set_hash": layer_set.content_hash, "datasets": list(dict.fromkeys(q.dataset.id for q in queries)),
             "limit": limit, "threshold": threshold, "max_fraction": max_fraction,
             "max_tokens": {t: max_tokens_for(t) for t in sorted({q.task for q in queries})}}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    resume = resume_dir(store, "collect-depth", key)
-    partial = resume / "rows.jsonl"
-    done = read_done(partial)
-    resumed = sum(q.key in done for q in queries)
-    todo = [q for q in queries if q.key not in done]
+    state = resume_rows(store, "collect-depth", spec, queries)
+    resume, partial, done, resumed, todo = state.dir, state.rows, state.done, state.resumed, state.todo
     if progress:
         progress(resumed, len(queries))
     started = time.perf_counter()
