@@ -8,31 +8,13 @@ choice is known; the engines, the encoder and the served requests are real.
 from __future__ import annotations
 
 import pytest
-import tiny
-
-from llora_cli.router import collect as col
+from router_setup import tiny_base_with_modifiers
 
 
 @pytest.fixture
 def routed(cli, store, tiny_model_dir, tmp_path, monkeypatch):
     """A deployed tiny base, two deployed modifiers (automation, reasoning) and a deployed orpo router."""
-    cli.json("bases", "add", tiny_model_dir, "--name", "b")
-    mods = {}
-    for seed, domain in enumerate(("automation", "reasoning")):
-        d = tiny.build_tiny_adapter(tiny_model_dir, tmp_path / domain, seed=seed)
-        mods[domain] = cli.json("modifiers", "import", d, "--base", "b", "--domain", domain, "--name", f"mod-{domain}")
-    cli.json("data", "make", "automation", "--n", "40", "--n-test", "12", "--name", "auto")
-    cli.json("data", "make", "reasoning", "--n", "40", "--n-test", "12", "--name", "reason")
-    by_id = {m["id"]: d for d, m in mods.items()}
-
-    def measure(engine, candidates, queries, on_row):  # outcomes known: each modifier answers its own domain
-        for q in queries:
-            on_row(q, {(m.id if m else "none"): {"score": int(m is not None and by_id[m.id] == q.task),
-                                                  "tokens": 9, "text": "x"} for m in candidates})
-
-    with monkeypatch.context() as m:
-        m.setattr(col, "measure", measure)
-        cli.json("router", "collect", "b", "--data", "auto", "--data", "reason", "--limit", "20", "--name", "sc")
+    mods = tiny_base_with_modifiers(cli, tiny_model_dir, tmp_path, monkeypatch, n=40, n_test=12, limit=20)
     cli.json("router", "fit", "sc", "--method", "orpo", "--name", "r", "steps=150")
     for ref in ("b", "mod-automation", "mod-reasoning", "r"):
         assert cli(("deploy"), ref).exit_code == 0

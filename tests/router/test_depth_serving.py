@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import tiny
 import torch
+from router_setup import tiny_base_with_modifiers
 
-from llora_cli.router import collect as col
+from llora_cli.router.collect import ROWS_FILE
 from llora_cli.router.depth import distill as dd
 
 PATHS = {"automation": [{"added": 1, "layers": [1], "score": 1.0}],
@@ -25,23 +25,7 @@ def deep(cli, store, tiny_model_dir, tmp_path, monkeypatch):
     from llora_cli.data import load_data
 
     torch.set_num_threads(1)
-    cli.json("bases", "add", tiny_model_dir, "--name", "b")
-    mods = {}
-    for seed, domain in enumerate(("automation", "reasoning")):
-        d = tiny.build_tiny_adapter(tiny_model_dir, tmp_path / domain, seed=seed)
-        mods[domain] = cli.json("modifiers", "import", d, "--base", "b", "--domain", domain, "--name", f"mod-{domain}")
-    cli.json("data", "make", "automation", "--n", "20", "--n-test", "4", "--name", "auto")
-    cli.json("data", "make", "reasoning", "--n", "20", "--n-test", "4", "--name", "reason")
-    by_id = {m["id"]: d for d, m in mods.items()}
-
-    def measure(engine, candidates, queries, on_row):
-        for q in queries:
-            on_row(q, {(m.id if m else "none"): {"score": int(m is not None and by_id[m.id] == q.task),
-                                                  "tokens": 9, "text": "x"} for m in candidates})
-
-    with monkeypatch.context() as m:
-        m.setattr(col, "measure", measure)
-        cli.json("router", "collect", "b", "--data", "auto", "--data", "reason", "--limit", "20", "--name", "sc")
+    tiny_base_with_modifiers(cli, tiny_model_dir, tmp_path, monkeypatch, n=20, n_test=4, limit=20)
     layers = dd.distill(store, "b", ["reason"], limit=4, config=["width=8", "steps=1", "batch_tokens=64"],  # ~ skipping
                         check=lambda q, t: True).artifact
     base = store.resolve("b")
@@ -55,7 +39,7 @@ def deep(cli, store, tiny_model_dir, tmp_path, monkeypatch):
                          "depth": {"layers": PATHS[domain][-1]["layers"], "score": 1.0, "steps": PATHS[domain],
                                    "passes": 2, "answer_tokens": 5, "limit": 1}})
     st = store.new_staging("depth")
-    (st / col.ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (st / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta = {"base": {"id": base.id, "name": base.name, "kind": base.kind},
             "depth": {"layer_set": {"id": layers.id, "name": layers.name, "content_hash": layers.content_hash},
                       "layers": 2}}
