@@ -13,6 +13,7 @@ McNemar test. Checkers and where a row's expected answer comes from:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class EvalReport:
     ci95: list[float] | None = None  # Wilson 95% interval of the accuracy
     extra: dict = field(default_factory=dict)  # benchmark / comparison details
     timing: dict = field(default_factory=dict)  # seconds: load (0 when reused), loss, generate
+    outputs: list[dict] = field(default_factory=list)  # every row: index, prompt, expected, output, correct
 
     def score(self, verdicts: list[bool]) -> None:
         acc = Accuracy(sum(verdicts), len(verdicts))
@@ -253,10 +255,32 @@ def _score(tokenizer, model, plan, art, data, rows, used_split, checker, prepare
                               done=checker.done)
         verdicts = [bool(checker.check(r, o)) for r, o in zip(prepared, outs)]
         report.score(verdicts)
-        report.samples = [{"prompt": r["messages"][-1]["content"], "output": o, "correct": v}
-                          for r, o, v in list(zip(prepared, outs, verdicts))[:3]]
+        report.outputs = [{"row": i, "prompt": r["messages"][-1]["content"], "expected": r["check"], "output": o,
+                           "correct": v} for i, (r, o, v) in enumerate(zip(prepared, outs, verdicts))]
+        report.samples = [{k: o[k] for k in ("prompt", "output", "correct")} for o in report.outputs[:3]]
     report.timing = {"loss": round(t1 - t0, 2), "generate": round(time.perf_counter() - t1, 2)}
     return report
+
+
+def write_outputs(path: Path, reports: list[EvalReport]) -> int:
+    """Write every scored row of ``reports`` to ``path`` as JSON lines (``artifact``, ``row`` index, ``prompt``,
+    ``expected`` check, ``output``, ``correct``; HumanEval adds ``error``), atomically: a temporary file in the
+    same directory renamed over ``path``. Returns the number of lines.
+
+    Raises BadInput when no report has per-row outputs (no checker) or the directory does not exist."""
+    lines = [{"artifact": r.artifact["name"], **o} for r in reports for o in r.outputs]
+    if not lines:
+        raise BadInput("--outputs needs scored rows: give --task (or task data, or --benchmark) so replies are "
+                       "generated and checked")
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise BadInput(f"--outputs {path}: directory {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        for line in lines:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return len(lines)
 
 
 def humaneval_completer(tokenizer, model, *, prompt_style: str, max_new_tokens: int, batch_size: int = 8):
@@ -314,8 +338,9 @@ def evaluate_benchmark(store: Store, ref: str, benchmark: str, *, limit: int | N
     report.extra = {"benchmark": {"name": benchmark, "metric": "pass@1", "decoding": "greedy",
                                   "prompt_style": prompt_style, "max_new_tokens": max_new_tokens,
                                   "problems": len(problems), "timeout_s": humaneval.TIMEOUT}}
-    report.samples = [{"prompt": r.task_id, "output": r.completion, "correct": r.passed, "error": r.error}
-                      for r in run.results[:3]]
+    report.outputs = [{"row": i, "prompt": r.task_id, "output": r.completion, "correct": r.passed, "error": r.error}
+                      for i, r in enumerate(run.results)]
+    report.samples = [{k: o[k] for k in ("prompt", "output", "correct", "error")} for o in report.outputs[:3]]
     report.seconds = round(time.perf_counter() - start, 2)
     if record:
         store.record_evaluation(art.id, report.metrics(), dataset_id=None, split=benchmark)

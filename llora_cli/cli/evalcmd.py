@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -23,6 +24,8 @@ def eval_(
                                                    "(continue the prompt text).")] = "chat",
     max_new_tokens: Annotated[Optional[int], typer.Option(
         help="Generation length (default per task; 384 for HumanEval).")] = None,
+    outputs: Annotated[Optional[str], typer.Option(
+        help="Write every scored row (prompt, expected, reply, verdict) to this JSONL file.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Evaluate a base, merged, compressed, adapter or modifier; the result is stored on the artifact.
@@ -33,7 +36,8 @@ def eval_(
 
     Examples: llora eval code-modifier --data code-n400-s0 --limit 40;
     llora eval my-adapter --data qa.jsonl --task exact --against smollm2;
-    llora eval smollm2 --benchmark humaneval --limit 20
+    llora eval smollm2 --benchmark humaneval --limit 20;
+    llora eval automation-modifier --data hand.jsonl --task automation --outputs replies.jsonl
     """
     from llora_store.errors import BadInput
 
@@ -41,6 +45,8 @@ def eval_(
         raise BadInput("give either --data FILE_OR_DATASET or --benchmark humaneval")
     if benchmark is not None and task is not None:
         raise BadInput("--task applies to --data; a benchmark has its own checker")
+    if outputs is not None and not Path(outputs).expanduser().parent.is_dir():
+        raise BadInput(f"--outputs {outputs}: directory {Path(outputs).expanduser().parent} does not exist")
     from llora_cli import evaluate as ev
 
     store = open_store()
@@ -50,6 +56,8 @@ def eval_(
     if against is not None:
         cmp = ev.compare(store, ref, against, data_ref=data, benchmark=benchmark, task=task, limit=limit,
                          command=command_line(), **gen)
+        if outputs is not None:
+            _write_outputs(ev, outputs, [cmp.a, cmp.b], json_)
         if json_:
             print_json(cmp.to_json())
             return
@@ -63,10 +71,18 @@ def eval_(
         report = ev.evaluate_benchmark(store, ref, benchmark, limit=limit, **gen)
     else:
         report = ev.evaluate(store, ref, data, limit=limit, task=task, command=command_line(), **gen)
+    if outputs is not None:
+        _write_outputs(ev, outputs, [report], json_)
     if json_:
         print_json(report.to_json())
         return
     render(report)
+
+
+def _write_outputs(ev, path: str, reports: list, json_: bool) -> None:
+    n = ev.write_outputs(path, reports)
+    if not json_:
+        out().print(f"[dim]  {n} scored rows written to {path}[/]")
 
 
 def render(report) -> None:

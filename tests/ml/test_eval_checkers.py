@@ -146,8 +146,18 @@ def test_eval_task_on_user_file_prints_and_stores_wilson_accuracy(cli, tiny, tmp
     assert res["data"]["sha256"] and res["accuracy_text"] == f"0/6 = 0.0% (95% CI 0.0-{wilson(0, 6)[1] * 100:.1f}%, Wilson)"
     stored = cli.json("show", "tiny")["evaluations"][0]["metrics"]
     assert stored["ci95"] == res["ci95"] and stored["task"] == "contains" and stored["n"] == 6
-    text = cli("eval", "tiny", "--data", f, "--task", "contains", "--max-new-tokens", "4")
+    replies = tmp_path / "replies.jsonl"
+    text = cli("eval", "tiny", "--data", f, "--task", "contains", "--max-new-tokens", "4", "--outputs", replies)
     assert text.exit_code == 0 and "accuracy (contains): 0/6 = 0.0% (95% CI 0.0-39.0%, Wilson)" in text.stdout
+    lines = [json.loads(x) for x in replies.read_text().splitlines()]  # every row, not the 3 samples
+    assert [x["row"] for x in lines] == list(range(6)) and {x["artifact"] for x in lines} == {"tiny"}
+    assert [x["prompt"] for x in lines] == [f"What is {i}?" for i in range(6)]
+    assert [x["expected"] for x in lines] == [{"expected": str(i)} for i in range(6)]
+    assert all(x["correct"] is False and isinstance(x["output"], str) for x in lines)
+    assert not list(tmp_path.glob(".replies.jsonl.tmp"))
+    nowhere = cli("eval", "tiny", "--data", f, "--task", "contains", "--outputs", tmp_path / "no" / "r.jsonl")
+    assert nowhere.exit_code == 2 and "directory" in nowhere.stderr and "does not exist" in nowhere.stderr
+    assert len(cli.json("show", "tiny")["evaluations"]) == 2  # refused before evaluating
 
 
 def test_eval_refuses_a_file_without_answers_and_stores_nothing(cli, store, tiny, tmp_path):
