@@ -10,6 +10,9 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from llora_cli import modelfiles
 from llora_cli.formats import peft
@@ -31,8 +34,9 @@ def read_adapter(peft_dir: Path) -> tuple[dict, dict[str, modelfiles.TensorInfo]
         raise BadInput(f"{peft_dir} is not a PEFT adapter directory: it has no adapter_config.json")
     try:
         config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{cfg_path} is not valid JSON: {e}") from None
+    check_config(cfg_path, config)
     if config.get("peft_type") != "LORA":
         raise BadInput(f"{peft_dir} holds a {config.get('peft_type')} adapter; llora handles LoRA (incl. DoRA, rsLoRA)")
     weights = peft_dir / "adapter_model.safetensors"
@@ -40,6 +44,44 @@ def read_adapter(peft_dir: Path) -> tuple[dict, dict[str, modelfiles.TensorInfo]
         hint = "re-save it with save_pretrained(safe_serialization=True)" if (peft_dir / "adapter_model.bin").exists() else None
         raise BadInput(f"{peft_dir} has no adapter_model.safetensors", hint=hint)
     return config, modelfiles.read_safetensors_header(weights)
+
+
+def check_config(path: Path, config) -> None:
+    """The keys of a PEFT ``LoraConfig`` that llora reads, type-checked (pydantic, strict: a string "8" is not a
+    rank); other keys pass through. Raises BadInput naming the file, the key and what it should be."""
+    if not isinstance(config, dict):
+        raise BadInput(f"{path} holds JSON {type(config).__name__}, not an object: not a PEFT adapter config")
+    try:
+        _LoraConfigKeys.model_validate(config)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise BadInput(f"{path}: {where} = {str(err.get('input'))[:60]!r}: {err['msg']}",
+                       hint="fix the value (see PEFT's LoraConfig) or re-save the adapter with PEFT") from None
+
+
+Number = Union[StrictInt, StrictFloat]
+
+
+class _LoraConfigKeys(BaseModel):
+    """The keys of PEFT's ``LoraConfig`` (peft/tuners/lora/config.py) llora reads, with their types."""
+
+    model_config = ConfigDict(extra="allow")
+    peft_type: Optional[StrictStr] = None
+    task_type: Optional[StrictStr] = None
+    r: Optional[StrictInt] = Field(default=None, gt=0, le=1 << 16)
+    lora_alpha: Optional[Number] = None
+    lora_dropout: Optional[Number] = None
+    target_modules: Union[StrictStr, list[StrictStr], None] = None
+    modules_to_save: Optional[list[StrictStr]] = None
+    layers_to_transform: Union[StrictInt, list[StrictInt], None] = None
+    rank_pattern: Optional[dict[StrictStr, StrictInt]] = None
+    alpha_pattern: Optional[dict[StrictStr, Number]] = None
+    use_dora: Optional[StrictBool] = None
+    use_rslora: Optional[StrictBool] = None
+    fan_in_fan_out: Optional[StrictBool] = None
+    bias: Optional[StrictStr] = None
+    base_model_name_or_path: Optional[StrictStr] = None
 
 
 def check_fits(config: dict, tensors: dict[str, modelfiles.TensorInfo], base_tensors: dict[str, modelfiles.TensorInfo],

@@ -68,9 +68,7 @@ def classify(source: str) -> Source:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise BadInput(f"{source} is a file but not a .gguf file", hint="pass a model directory or a .gguf file")
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise BadInput(f"{source} does not start with the GGUF magic bytes: not a GGUF file")
+        modelfiles.check_gguf_header(path)
         return Source("gguf", source, path.resolve())
     looks_like_path = source.startswith((".", "/", "~")) or source.endswith(".gguf") or source.count("/") > 1
     if not looks_like_path and HUB_ID_RE.match(source):

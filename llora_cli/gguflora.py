@@ -80,6 +80,7 @@ def _head_counts(base_dir: Path) -> tuple[int, int]:
     if gguf_path.is_file():
         import gguf
 
+        modelfiles.check_gguf_header(gguf_path)
         reader = gguf.GGUFReader(gguf_path)
 
         def field(key: str) -> int:

@@ -8,6 +8,7 @@ microseconds and lets catalog commands check shapes without loading weights.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,28 +37,91 @@ class TensorInfo:
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    """Tensor name -> dtype and shape, from the header only. Raises BadInput on a corrupt file."""
+    """Tensor name -> dtype and shape, from the header only (format: huggingface/safetensors' README: u64
+    little-endian header length, a JSON object of ``name -> {dtype, shape, data_offsets}``, then the data).
+
+    Every entry is checked before anything is allocated: a JSON object, a dtype string, a shape of
+    non-negative integers, ``data_offsets`` ``[begin, end]`` with ``0 <= begin <= end`` inside the file and,
+    for a known dtype, ``end - begin`` equal to the shape's byte size. Raises BadInput naming the file and
+    the first problem."""
     try:
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) != 8:
                 raise ValueError("file shorter than its 8-byte header length")
             (n,) = struct.unpack("<Q", raw)
-            if n > _MAX_HEADER:
-                raise ValueError(f"header length {n} is implausible")
+            size = path.stat().st_size
+            if n > _MAX_HEADER or 8 + n > size:
+                raise ValueError(f"header length {n} is implausible for a file of {size} bytes")
             header = json.loads(f.read(n))
-        size = path.stat().st_size
+        if not isinstance(header, dict):
+            raise ValueError(f"the header is JSON {type(header).__name__}, not an object")
         out = {}
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            start, end = info["data_offsets"]
-            if 8 + n + end > size:
-                raise ValueError(f"tensor {name} extends past the end of the file (truncated?)")
-            out[name] = TensorInfo(info["dtype"], tuple(info["shape"]))
+            out[name] = _tensor_entry(name, info, data_bytes=size - 8 - n)
         return out
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, json.JSONDecodeError) as e:
         raise BadInput(f"{path} is not a valid safetensors file: {e}") from None
+
+
+def _tensor_entry(name: str, info, *, data_bytes: int) -> TensorInfo:
+    if not isinstance(info, dict):
+        raise ValueError(f"tensor {name}: entry is {type(info).__name__}, not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or not dtype:
+        raise ValueError(f"tensor {name}: dtype {dtype!r} is not a dtype name")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise ValueError(f"tensor {name}: shape {shape!r} is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"tensor {name}: data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end")
+    if offsets[1] > data_bytes:
+        raise ValueError(f"tensor {name} extends past the end of the file (truncated?)")
+    width = _DTYPE_BYTES.get(dtype)
+    if width is not None and math.prod(shape) * width != offsets[1] - offsets[0]:
+        raise ValueError(f"tensor {name}: shape {shape} of {dtype} needs {math.prod(shape) * width} bytes, "
+                         f"its data_offsets span {offsets[1] - offsets[0]}")
+    return TensorInfo(dtype, tuple(shape))
+
+
+# The smallest a GGUF tensor-info and key-value entry can be on disk (gguf v2/v3, ggml's gguf.c): a tensor info is
+# a name (u64 length + >= 1 byte), u32 n_dims, >= 1 u64 dimension, u32 type and u64 offset; a key-value is a key
+# (u64 length + >= 1 byte), u32 type and a value of >= 1 byte.
+_GGUF_MIN_TENSOR_INFO = 8 + 1 + 4 + 8 + 4 + 8
+_GGUF_MIN_KV = 8 + 1 + 4 + 1
+GGUF_VERSIONS = (2, 3)
+
+
+def check_gguf_header(path: Path) -> tuple[int, int, int]:
+    """(version, tensor count, key-value count) of a GGUF file, read from its first 24 bytes, after checking
+    that the counts fit in the file: a file claiming 2**60 tensors is refused here, before a GGUF reader
+    allocates per-tensor structures for them. Layout: magic ``GGUF``, u32 version, u64 tensor count, u64
+    key-value count, little-endian (the GGUF spec in ggml's docs/gguf.md).
+
+    Raises BadInput naming what is wrong (magic, version, counts, truncation)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as e:
+        raise BadInput(f"cannot read {path}: {e.strerror}") from None
+    if head[:4] != b"GGUF":
+        raise BadInput(f"{path} does not start with the GGUF magic bytes: not a GGUF file")
+    if len(head) < 24:
+        raise BadInput(f"{path} is truncated: {size} bytes, shorter than a GGUF header (24 bytes)")
+    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
+    if version not in GGUF_VERSIONS:
+        raise BadInput(f"{path} is GGUF version {version}; llora reads versions {', '.join(map(str, GGUF_VERSIONS))}",
+                       hint="re-export it with a current llama.cpp (convert_hf_to_gguf.py)")
+    need = 24 + n_tensors * _GGUF_MIN_TENSOR_INFO + n_kv * _GGUF_MIN_KV
+    if need > size:
+        raise BadInput(f"{path} claims {n_tensors} tensors and {n_kv} metadata entries, which need at least "
+                       f"{need} bytes, but the file has {size}: truncated or damaged")
+    return version, n_tensors, n_kv
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -117,6 +181,7 @@ _GGUF_TO_HF = {
 def _gguf_tensors(path: Path) -> dict[str, TensorInfo]:
     import gguf
 
+    check_gguf_header(path)
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError, IndexError, KeyError) as e:
