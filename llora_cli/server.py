@@ -210,8 +210,11 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import StreamingResponse
     from pydantic import BaseModel, ConfigDict, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    app = FastAPI(title="llora", docs_url=None, redoc_url=None, openapi_url=None)
+    # The OpenAPI schema at /openapi.json (no docs UI): clients can be generated from it, and the fuzz test
+    # (tests/ml/test_serve_fuzz.py, schemathesis) draws its requests from it.
+    app = FastAPI(title="llora", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
 
     class ChatMessage(BaseModel):
         model_config = ConfigDict(extra="allow")  # extras: checked against NOOP_MESSAGE_FIELDS
@@ -264,6 +267,15 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return _error(400, f"invalid request body: {where or 'body'}: {first.get('msg', 'malformed')}",
                       "invalid_request_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # FastAPI's own refusals (a body that is not JSON, an unknown route, a wrong method) in the OpenAI shape too
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in detail:
+            detail = "invalid request body: not valid JSON (send a JSON object with Content-Type: application/json)"
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return _error(exc.status_code, detail, kind)
 
     @app.exception_handler(LloraError)
     async def llora_error(request: Request, exc: LloraError):
