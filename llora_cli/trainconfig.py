@@ -111,10 +111,15 @@ def load_config(path: Path | None, overrides: list[str]) -> TrainConfig:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as e:
             raise BadInput(f"cannot read config {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise BadInput(f"{path} is not UTF-8 text: {e}") from None
         except yaml.YAMLError as e:
             raise BadInput(f"{path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise BadInput(f"{path}: the config must be a mapping of keys to values")
+        bad = [k for k in data if not isinstance(k, str)]
+        if bad:
+            raise BadInput(f"{path}: config keys are names, got {', '.join(repr(k) for k in bad[:3])}")
     data.update(parse_overrides(overrides))
     try:
         return TrainConfig(**data)
