@@ -294,7 +294,9 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
         dep = served.sync()
         return {"status": "ok", "base": {"id": dep.base.id, "name": dep.base.name},
                 "modifiers": [m.name for m in dep.modifiers if m.id not in served.runtime.refused],
-                "engine": served.engine}
+                "engine": served.engine,
+                # jobs queued for the model thread, not yet taken: 0 when idle (the load test checks none leak)
+                "pending_jobs": len(served.runtime.batcher.pending)}
 
     @app.get("/v1/models")
     def models():
