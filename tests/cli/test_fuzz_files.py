@@ -64,6 +64,17 @@ def _tensor_entry_mutation():
     )
 
 
+def mutate_entry(data, header: dict) -> dict:
+    """``header`` with one field of one tensor's entry replaced or deleted (drawn from ``data``)."""
+    name = data.draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
+    field, value = data.draw(_tensor_entry_mutation())
+    if field == "<delete>":
+        del header[name][value]
+    else:
+        header[name][field] = value
+    return header
+
+
 @settings(FUZZ)
 @given(data=st.data())
 def test_fuzzed_safetensors_headers_are_refused_cleanly(cli, store, tiny_model_dir, tmp_path_factory, data):
@@ -73,13 +84,7 @@ def test_fuzzed_safetensors_headers_are_refused_cleanly(cli, store, tiny_model_d
     header, payload = read_header(model / "model.safetensors")
     how = data.draw(st.sampled_from(["entry", "header", "length", "truncate", "metadata"]))
     if how == "entry":
-        name = data.draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
-        field, value = data.draw(_tensor_entry_mutation())
-        if field == "<delete>":
-            del header[name][value]
-        else:
-            header[name][field] = value
-        blob = safetensors_bytes(header, payload)
+        blob = safetensors_bytes(mutate_entry(data, header), payload)
     elif how == "header":  # the whole header replaced by arbitrary JSON, or by bytes that are not JSON
         blob = safetensors_bytes(data.draw(JSON | st.binary(max_size=64)), payload)
     elif how == "length":  # a header length that lies
@@ -126,13 +131,7 @@ def test_fuzzed_adapter_configs_and_weights_are_refused_cleanly(cli, store, tiny
     if how == "weights":
         weights = adapter / "adapter_model.safetensors"
         header, payload = read_header(weights)
-        name = data.draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
-        field, value = data.draw(_tensor_entry_mutation())
-        if field == "<delete>":
-            del header[name][value]
-        else:
-            header[name][field] = value
-        weights.write_bytes(safetensors_bytes(header, payload))
+        weights.write_bytes(safetensors_bytes(mutate_entry(data, header), payload))
     before = len(store.artifacts(kind="adapter"))
     result = cli("adapters", "import", adapter, "--base", "tiny", "--name", f"a{before}-{os.urandom(3).hex()}")
     assert_clean(result, store, "adapter", before)
