@@ -88,8 +88,13 @@ def default_name(src: Source) -> str:
 
 
 def add_base(store: Store, source: str, *, name: str | None = None, command: str = "",
-             progress: Progress | None = None) -> Artifact:
-    """Register SOURCE as a base: convert or copy it into a staging dir, then publish atomically."""
+             progress: Progress | None = None, convert_bin: bool = False) -> Artifact:
+    """Register SOURCE as a base: convert or copy it into a staging dir, then publish atomically.
+
+    Only safetensors and GGUF weights are read as they are. A directory whose weights are pickles
+    (``pytorch_model*.bin``) is refused unless ``convert_bin``: then they are read with
+    ``torch.load(weights_only=True)`` (transformers), which refuses a pickle that would run code, and stored as
+    safetensors. Raises BadInput (refusals, unreadable files), Conflict (already registered)."""
     say = progress or (lambda _msg: None)
     src = classify(source)
     name = validate_name(default_name(src) if name is None else name)
@@ -106,7 +111,7 @@ def add_base(store: Store, source: str, *, name: str | None = None, command: str
             meta["dequantized_from"] = _convert_gguf(src.path, staging)
         elif src.kind == "directory":
             say(f"copying {src.path}")
-            _copy_hf_dir(src.path, staging)
+            _copy_hf_dir(src.path, staging, convert_bin=convert_bin)
         else:
             say(f"downloading {src.ref} from the Hugging Face Hub")
             _copy_hf_dir(_download(src.ref), staging)
@@ -131,7 +136,7 @@ def _refuse_known_source(store: Store, sha: str) -> None:
                 )
 
 
-def _copy_hf_dir(src: Path, dest: Path) -> None:
+def _copy_hf_dir(src: Path, dest: Path, *, convert_bin: bool = False) -> None:
     modelfiles.read_config(src)  # refuses a directory that is not a transformers model
     weights = modelfiles.weight_files(src)
     has_bin = any(src.glob("pytorch_model*.bin"))
@@ -153,15 +158,25 @@ def _copy_hf_dir(src: Path, dest: Path) -> None:
         index = src / "model.safetensors.index.json"
         if index.is_file():
             shutil.copy2(index, dest / index.name)
+    elif not convert_bin:
+        raise BadInput(f"{src} holds pickle weights (pytorch_model*.bin); llora reads only safetensors and GGUF "
+                       "as they are, since a pickle can run code when loaded",
+                       hint=f"convert them (read with torch.load(weights_only=True), which refuses code): "
+                            f"llora bases add {src} --convert-bin")
     else:
         _convert_bin(src, dest)
 
 
 def _convert_bin(src: Path, dest: Path) -> None:
-    """A pytorch_model*.bin checkpoint re-saved as safetensors through transformers."""
+    """A pytorch_model*.bin checkpoint re-saved as safetensors through transformers, loaded with
+    ``weights_only=True`` (tensors and plain containers only; a pickle that would import or call anything is an
+    error). Raises BadInput when it cannot be read."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")  # keep the checkpoint's own dtype
+    try:  # keep the checkpoint's own dtype
+        model = AutoModelForCausalLM.from_pretrained(src, dtype="auto", weights_only=True, use_safetensors=False)
+    except Exception as e:  # transformers and torch raise many types for a bad or unsafe pickle
+        raise BadInput(f"cannot convert the pickle weights in {src}: {type(e).__name__}: {str(e)[:300]}") from None
     model.save_pretrained(dest, safe_serialization=True)
 
 

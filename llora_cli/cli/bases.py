@@ -16,6 +16,9 @@ app = kind_app("base")
 def add(
     source: Annotated[str, typer.Argument(help="'smollm2', a local HF model directory, a .gguf file, or a hub id.")],
     name: NameOpt = None,
+    convert_bin: Annotated[bool, typer.Option(
+        "--convert-bin", help="Convert pickle weights (pytorch_model*.bin) to safetensors, read with "
+                              "torch.load(weights_only=True); without it they are refused.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Register a base model, stored once as safetensors + config + tokenizer with its content hash.
@@ -25,7 +28,8 @@ def add(
     from llora_cli.bases import add_base
 
     store = open_store()
-    art = add_base(store, source, name=name, command=command_line(), progress=progress_printer())
+    art = add_base(store, source, name=name, command=command_line(), progress=progress_printer(),
+                   convert_bin=convert_bin)
     if json_:
         print_json(store.describe(art.id).to_json())
     else:

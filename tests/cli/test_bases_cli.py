@@ -86,3 +86,48 @@ def test_hub_id_fails_cleanly_offline(cli, store, monkeypatch, tmp_path):
     assert "could not download HuggingFaceTB/SmolLM2-135M-Instruct" in result.stderr
     assert "Traceback" not in result.output
     assert catalog_is_empty(store)
+
+
+class _RunsCode:
+    """A pickle that calls os.system when loaded without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _bin_dir(tiny_model_dir, path, state):
+    import torch
+
+    path.mkdir()
+    for n in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (tiny_model_dir / n).is_file():
+            shutil.copy(tiny_model_dir / n, path / n)
+    torch.save(state, path / "pytorch_model.bin")
+    return path
+
+
+def test_pickle_weights_need_convert_bin_and_are_read_weights_only(cli, store, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tiny_model_dir / "model.safetensors"))
+    plain = _bin_dir(tiny_model_dir, tmp_path / "plain", weights)
+    refused = cli("bases", "add", plain)
+    assert refused.exit_code == 2 and "pickle weights (pytorch_model*.bin)" in refused.stderr
+    assert "--convert-bin" in refused.stderr and catalog_is_empty(store)
+    d = cli.json("bases", "add", plain, "--convert-bin", "--name", "converted")
+    assert {f["path"] for f in d["files"]} >= {"model.safetensors", "config.json"}
+    assert not any(f["path"].endswith(".bin") for f in d["files"])
+    stored = load_file(str(store.path_of("converted") / "model.safetensors"))
+    assert all((stored[k] == v).all() for k, v in weights.items() if k in stored) and len(stored) >= len(weights) - 1
+
+    marker = tmp_path / "pwned"
+    evil = _bin_dir(tiny_model_dir, tmp_path / "evil", {**weights, "x": _RunsCode(marker)})
+    result = cli("bases", "add", evil, "--convert-bin", "--name", "evil")
+    assert result.exit_code == 2 and "cannot convert the pickle weights" in result.stderr
+    assert not marker.exists() and "Traceback" not in result.output
+    assert [a.name for a in store.artifacts(kind="base")] == ["converted"] and store.layout.leftovers() == []
