@@ -346,6 +346,8 @@ def test_lifecycle_follows_the_model(catalog_db, request):
         max_examples=examples, stateful_step_count=40, deadline=None, derandomize=EXAMPLES is None, database=None,
         suppress_health_check=list(HealthCheck)))
     print("\n".join(f"{n:5d}  {k}" for k, n in sorted(SEEN.items())))
+    if catalog_db != "sqlite":
+        return  # the same model checks on PostgreSQL; its 20 sequences are too few to promise every path below
     must = ["refused deploy adapter: R5", "refused deploy modifier: R6", "refused deploy router: R8",
             "refused retire base: R7", "refused discard layer-adapters: R7", "accepted deploy router",
             "accepted merge adapter", "accepted discard modifier", "refused deploy base: table"]
