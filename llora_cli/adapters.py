@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
@@ -60,28 +59,28 @@ def check_config(path: Path, config) -> None:
                        hint="fix the value (see PEFT's LoraConfig) or re-save the adapter with PEFT") from None
 
 
-Number = Union[StrictInt, StrictFloat]
+Number = StrictInt | StrictFloat
 
 
 class _LoraConfigKeys(BaseModel):
     """The keys of PEFT's ``LoraConfig`` (peft/tuners/lora/config.py) llora reads, with their types."""
 
     model_config = ConfigDict(extra="allow")
-    peft_type: Optional[StrictStr] = None
-    task_type: Optional[StrictStr] = None
-    r: Optional[StrictInt] = Field(default=None, gt=0, le=1 << 16)
-    lora_alpha: Optional[Number] = None
-    lora_dropout: Optional[Number] = None
-    target_modules: Union[StrictStr, list[StrictStr], None] = None
-    modules_to_save: Optional[list[StrictStr]] = None
-    layers_to_transform: Union[StrictInt, list[StrictInt], None] = None
-    rank_pattern: Optional[dict[StrictStr, StrictInt]] = None
-    alpha_pattern: Optional[dict[StrictStr, Number]] = None
-    use_dora: Optional[StrictBool] = None
-    use_rslora: Optional[StrictBool] = None
-    fan_in_fan_out: Optional[StrictBool] = None
-    bias: Optional[StrictStr] = None
-    base_model_name_or_path: Optional[StrictStr] = None
+    peft_type: StrictStr | None = None
+    task_type: StrictStr | None = None
+    r: StrictInt | None = Field(default=None, gt=0, le=1 << 16)
+    lora_alpha: Number | None = None
+    lora_dropout: Number | None = None
+    target_modules: StrictStr | list[StrictStr] | None = None
+    modules_to_save: list[StrictStr] | None = None
+    layers_to_transform: StrictInt | list[StrictInt] | None = None
+    rank_pattern: dict[StrictStr, StrictInt] | None = None
+    alpha_pattern: dict[StrictStr, Number] | None = None
+    use_dora: StrictBool | None = None
+    use_rslora: StrictBool | None = None
+    fan_in_fan_out: StrictBool | None = None
+    bias: StrictStr | None = None
+    base_model_name_or_path: StrictStr | None = None
 
 
 def check_fits(config: dict, tensors: dict[str, modelfiles.TensorInfo], base_tensors: dict[str, modelfiles.TensorInfo],
