@@ -180,6 +180,7 @@ class GcReport:
     discarded_files_removed: list[str]
     dead_runs_failed: list[str] = field(default_factory=list)
     temp_files_removed: list[str] = field(default_factory=list)
+    sidecars_rewritten: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -757,7 +758,8 @@ class Store:
     def gc(self, *, dry_run: bool = False) -> GcReport:
         """Repair the debris of interrupted commands (R10), as ``health.find_debris`` lists it, and nothing else:
         runs whose process died go from their transient state to ``failed`` (with an event row); dead staging
-        dirs, artifact dirs without a row, files of discarded artifacts and dead writers' temporary files go.
+        dirs, artifact dirs without a row, files of discarded artifacts and dead writers' temporary files go;
+        sidecars (llora.json) recording another state than the catalog are rewritten from it.
 
         Raises Conflict, changing nothing, when the catalog has no artifact at all but artifacts/ has published
         directories (with a sidecar): a lost catalog, whose files wait for ``llora db restore``, not orphans.
@@ -784,11 +786,12 @@ class Store:
                 for aid in debris.discarded_with_files:
                     self._delete_payload(aid)
         if not dry_run:
-            for d in debris.dead_runs:
-                self._refresh_sidecar(d.id)  # only where a directory exists (a run publishes at finish)
+            for aid in {d.id for d in debris.dead_runs} | set(debris.stale_sidecars):
+                self._refresh_sidecar(aid)  # only where a directory exists (a run publishes at finish)
         return GcReport([p.name for p in debris.staging_dead], [p.name for p in debris.staging_in_use],
                         [p.name for p in debris.orphan_dirs], debris.discarded_with_files,
-                        [d.id for d in debris.dead_runs], [f"{p.parent.name}/{p.name}" for p in debris.temp_files])
+                        [d.id for d in debris.dead_runs], [f"{p.parent.name}/{p.name}" for p in debris.temp_files],
+                        list(debris.stale_sidecars))
 
 
 def _sidecar_in_flight(rel: str) -> bool:

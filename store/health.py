@@ -62,6 +62,7 @@ class Debris:
     orphan_dirs: list[Path] = field(default_factory=list)
     discarded_with_files: list[str] = field(default_factory=list)
     temp_files: list[Path] = field(default_factory=list)
+    stale_sidecars: list[str] = field(default_factory=list)  # artifact ids whose llora.json states another state
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ def find_debris(store: Store, session: Session) -> Debris:
     for p in leftovers:
         (staging_in_use if staging_alive(p) else staging_dead).append(p)
     known = dict(session.execute(select(Artifact.id, Artifact.state)).all())
-    orphans, discarded, temps = [], [], []
+    orphans, discarded, temps, stale = [], [], [], []
     if store.layout.artifacts.exists():
         for p in sorted(store.layout.artifacts.iterdir()):
             if p.name not in known:
@@ -185,10 +186,24 @@ def find_debris(store: Store, session: Session) -> Debris:
             if not p.is_dir():
                 continue
             temps.extend(_dead_temp_files(p))
+            if sidecar_state(p) not in (None, known[p.name]):
+                stale.append(p.name)
             if known[p.name] == "discarded" and any(
                     c.name != fs.SIDECAR and not c.name.startswith(TEMP_PREFIX) for c in p.iterdir()):
                 discarded.append(p.name)
-    return Debris(dead, staging_dead, staging_in_use, orphans, discarded, temps)
+    return Debris(dead, staging_dead, staging_in_use, orphans, discarded, temps, stale)
+
+
+def sidecar_state(directory: Path) -> str | None:
+    """The state an artifact directory's ``llora.json`` records, or None without a readable one. Every transition
+    rewrites the sidecar after its commit, so a process killed in between leaves it naming the old state."""
+    import json
+
+    try:
+        state = json.loads((directory / fs.SIDECAR).read_text()).get("state")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return state if isinstance(state, str) else None
 
 
 def files_only_debris(store: Store) -> Debris:
@@ -217,6 +232,10 @@ def _debris_findings(store: Store, debris: Debris, catalog_empty: bool) -> list[
                     f"{gc} (deletes them; the row and history stay, R9)", aid) for aid in debris.discarded_with_files]
     out += [Finding("orphan_temp_file", f"temporary file {p.name} was left by a writer that is gone",
                     f"{gc} (removes it)", p.parent.name, str(p)) for p in debris.temp_files]
+    out += [Finding("stale_sidecar", f"artifacts/{aid}/{fs.SIDECAR} records another state than the catalog (a "
+                    "command killed between its commit and the sidecar's rewrite); the catalog is the truth",
+                    f"{gc} (rewrites it from the catalog)", aid, str(store.layout.artifact_dir(aid) / fs.SIDECAR))
+            for aid in debris.stale_sidecars]
     return out
 
 

@@ -70,7 +70,8 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] 
 
     Runs whose process died (left in 'training') are marked failed with an event row; dead staging dirs,
     artifact dirs without a catalog row, files of discarded artifacts and dead writers' temporary files
-    are removed. `llora doctor` lists them first.
+    are removed; a sidecar (llora.json) left naming an old state is rewritten from the catalog.
+    `llora doctor` lists them first.
 
     Example: llora db gc --dry-run
     """

@@ -34,7 +34,8 @@ from pathlib import Path
 
 LLORA = str(Path(sys.executable).parent / "llora")
 USABLE = frozenset({"ready", "trained", "merged", "deployed", "retired"})
-DEBRIS_CHECKS = frozenset({"dead_transient", "orphan_staging", "orphan_dir", "discarded_files", "orphan_temp_file"})
+DEBRIS_CHECKS = frozenset({"dead_transient", "orphan_staging", "orphan_dir", "discarded_files", "orphan_temp_file",
+                           "stale_sidecar"})
 # The states each command may leave its target in when killed: the state before and the state after, nothing else
 # (None: the artifact does not exist). SIGKILL runs no handler, so a killed run is never 'failed' before gc.
 COMMANDS = ("train", "merge", "compress", "deploy", "retire", "discard", "export", "import")

@@ -251,3 +251,24 @@ def test_gc_refuses_to_delete_a_lost_catalogs_artifact_directories(store, llora_
     report = diagnose(lost)
     assert {f.check for f in report.findings} == {"orphan_dir"} and len(report.findings) == 4
     assert all("llora db restore" in f.fix for f in report.findings)
+
+
+def test_a_sidecar_left_naming_an_old_state_is_found_and_rewritten(store):
+    """A command killed between its commit and the sidecar's rewrite leaves llora.json naming the old state:
+    doctor reports it (the catalog is the truth), gc rewrites it from the catalog and changes nothing else."""
+    base = store.create("base", "b", staging=staged(store, {"model.safetensors": b"weights"}))
+    store.deploy(base.id)
+    sidecar = store.layout.artifact_dir(base.id) / "llora.json"
+    old = json.loads(sidecar.read_text())
+    old["state"] = "ready"  # as if the deploy's process died after its commit
+    sidecar.write_text(json.dumps(old))
+    assert checks(diagnose(store)) == [("stale_sidecar", base.id)]
+    finding = diagnose(store).findings[0]
+    assert "the catalog is the truth" in finding.message and finding.fix.startswith("llora db gc")
+    events = len(store.history(base.id))
+    report = store.gc()
+    assert report.sidecars_rewritten == [base.id] and report.dead_runs_failed == []
+    assert json.loads(sidecar.read_text())["state"] == "deployed" and store.get(base.id).state == "deployed"
+    assert len(store.history(base.id)) == events and diagnose(store).ok
+    sidecar.write_text("not json")  # an unreadable sidecar is not judged stale (verify does not record it either)
+    assert checks(diagnose(store)) == []
