@@ -352,6 +352,8 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
     rules.check_mergeable(adapter, base, naive_qlora=False)  # R1, R2, R3
     if naive_qlora and not qlora:
         raise BadInput("--naive-qlora is for adapters trained on a quantized base; this one was not")
+    if naive_qlora and verify != "full":
+        raise BadInput("--naive-qlora needs --verify full: a naive merge records its measured error (R4)")
     base_dir, adapter_dir = store.path_of(base.id), store.path_of(adapter.id)
     storage = stored_format(base_dir)
     if storage != "safetensors" and naive_qlora:
@@ -384,7 +386,11 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
             fc = {"level": "skipped", "reason": "--verify tensors"}
         naive_error = None
         if naive_qlora:
-            naive_error = {k: fc.get(k) for k in ("max_rel_error", "mean_abs_error")} if fc.get("level") == "full" else None
+            if fc.get("level") != "full":
+                raise RuleViolation("R4", f"a naive merge must record its measured error, but the full check was "
+                                          f"skipped ({fc.get('reason')}); nothing changed",
+                                    hint="merge without --naive-qlora (the quantization round trip needs no check)")
+            naive_error = {k: fc.get(k) for k in ("max_rel_error", "mean_abs_error")}
         elif fc.get("level") == "full" and not fc["passed"]:
             raise RuleViolation("R2", f"merged model logits differ from base + adapter by {fc['max_rel_error']:.2e} "
                                       f"(relative), above the tolerance {fc['tolerance']:.0e}; nothing changed",

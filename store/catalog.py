@@ -478,6 +478,11 @@ class Store:
                     other = s.get(Artifact, other_id)
                     if other is None:
                         raise NotFound(f"artifact {other_id} does not exist")
+                    if event == "merge" and kind == "merged":  # R1-R4 hold in the store, whoever calls it
+                        into = [s.get(Artifact, pid) for pid, role in parents if role == "merge_base"]
+                        if len(into) != 1:
+                            raise BadInput(f"a merged artifact names exactly one merge_base parent, got {len(into)}")
+                        rules.check_merge_record(other, into[0], metadata)
                     lifecycle.transition(s, other, event, command=command, reason=f"-> {kind} '{name}' ({artifact_id})")
                 s.flush()
                 target = staging if staging is not None else self.layout.new_staging(artifact_id)

@@ -59,6 +59,35 @@ def check_mergeable(adapter: Artifact, base: Artifact, *, naive_qlora: bool = Fa
         )
 
 
+QLORA_MERGES = frozenset({"round-trip", "dequantized-base"})  # merges that add the delta to the weights training saw
+
+
+def check_merge_record(adapter: Artifact, base: Artifact, metadata: dict | None) -> None:
+    """R1-R4 on the record of a merge about to be committed (``Store.create`` of a ``merged`` artifact with the
+    adapter's ``merge`` transition): R1-R3 as ``check_mergeable``; R4: when the adapter was trained on a quantized
+    base, ``metadata["merge"]["qlora_merge"]`` must say the delta was added to the weights training saw
+    ("round-trip": the quantize-dequantize round trip of the base, as axolotl's QLoRA merge does;
+    "dequantized-base": a compressed base dequantized), or be "naive" with its measured error recorded as
+    ``metadata["verification"]["naive_qlora_error"]["max_rel_error"]`` (a number). Raises RuleViolation otherwise."""
+    check_mergeable(adapter, base)
+    if not adapter.quantization or adapter.quantization == "none":
+        return
+    merge = (metadata or {}).get("merge") or {}
+    how = merge.get("qlora_merge") if isinstance(merge, dict) else None
+    if how in QLORA_MERGES:
+        return
+    if how == "naive":
+        error = (((metadata or {}).get("verification") or {}).get("naive_qlora_error") or {})
+        if isinstance(error, dict) and isinstance(error.get("max_rel_error"), (int, float)):
+            return
+        raise RuleViolation("R4", f"a naive merge of {_label(adapter)}, trained on a {adapter.quantization}-quantized "
+                                  "base, must record its measured error, and this one records none",
+                            hint="merge with --verify full (the error is measured against base + adapter)")
+    raise RuleViolation("R4", f"{_label(adapter)} was trained on a {adapter.quantization}-quantized base; the merge "
+                              f"records no quantization round trip (qlora_merge={how!r}), so it would be naive",
+                        hint="merge with llora merge, which reproduces the weights training saw")
+
+
 def check_runnable(artifact: Artifact) -> None:
     """R5: training adapters are never deployed, run or served."""
     if artifact.kind == "adapter":

@@ -212,6 +212,9 @@ def test_qlora_adapter_merge_and_naive_flag(cli, store, base):
     assert good["qlora"] == "nf4" and good["full_check"]["passed"]
     m = cli.json("show", good["merged"]["id"])
     assert m["metadata"]["merge"]["qlora_merge"] == "round-trip"
+    unmeasured = cli("merge", "q2", "--naive-qlora", "--verify", "tensors")  # R4: a naive merge records its error
+    assert unmeasured.exit_code != 0 and "--naive-qlora needs --verify full" in unmeasured.stderr
+    assert store.resolve("q2").state == "trained"
     naive = cli.json("merge", "q2", "--dtype", "fp32", "--naive-qlora")
     nm = cli.json("show", naive["merged"]["id"])
     assert nm["metadata"]["merge"]["qlora_merge"] == "naive"

@@ -243,6 +243,33 @@ def test_merge_hooks_r1_to_r4(store):
         rules.check_mergeable(store.get(q.id), store.get(base.id), naive_qlora=True)
 
 
+def test_the_store_refuses_a_merge_record_breaking_r1_to_r4(store):
+    """``Store.create`` of a merged artifact with the adapter's merge transition checks R1-R4 itself: a caller that
+    skips ``check_mergeable`` or merges a QLoRA adapter naively without its measured error changes nothing."""
+    base = store.create("base", "b", staging=staged(store, {"w": b"1"}))
+    other = store.create("base", "b2", staging=staged(store, {"w": b"2"}))
+    q = store.create("adapter", "q", state="trained", parents=[(base.id, "trained_on")], base_hash=base.content_hash,
+                     quantization="nf4")
+    mod = store.create("modifier", "m", state="trained", parents=[(base.id, "runs_on")], base_hash=base.content_hash)
+
+    def merged(ad, into, meta, name="mg"):
+        return store.create("merged", name, staging=staged(store, {"w": b"3"}), metadata=meta,
+                            parents=[(into.id, "merge_base"), (ad.id, "adapter")], transitions=[(ad.id, "merge")])
+
+    cases = [(mod, base, {}, "R1"), (q, other, {"merge": {"qlora_merge": "round-trip"}}, "R3"),
+             (q, base, {"merge": {"qlora_merge": None}}, "R4.*no quantization round trip"),
+             (q, base, {}, "R4"), (q, base, {"merge": {"qlora_merge": "naive"}}, "R4.*records none"),
+             (q, base, {"merge": {"qlora_merge": "naive"}, "verification": {"naive_qlora_error": None}}, "R4")]
+    for ad, into, meta, rule in cases:
+        with pytest.raises(RuleViolation, match=rule):
+            merged(ad, into, meta)
+        assert store.get(q.id).state == "trained" and store.get(mod.id).state == "trained"
+        assert [a.name for a in store.list() if a.kind == "merged"] == []
+    assert not list(store.layout.tmp.iterdir())  # each refused create removed its staging directory
+    naive = {"merge": {"qlora_merge": "naive"}, "verification": {"naive_qlora_error": {"max_rel_error": 0.02}}}
+    assert merged(q, base, naive).state == "ready" and store.get(q.id).state == "merged"
+
+
 def test_gc_fails_runs_whose_process_died(store):
     import socket
     import subprocess
