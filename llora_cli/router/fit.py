@@ -202,6 +202,7 @@ def fit(store: Store, scenarios_ref: str, *, method: str, name: str | None = Non
                 "base": {"id": base.id, "name": base.name, "kind": base.kind, "content_hash": base.content_hash},
                 "scenarios": scen.id,
                 **({"depth": {"scenarios": dscen.id, "layer_set": layer_set.id,
+                              "layer_set_content_hash": layer_set.content_hash,
                               "layers": dscen.meta["depth"]["layers"]}} if dscen is not None else {}),
                 "encoder": {k: v for k, v in encoder.identity.items()}, "training": training}
         parents = [(base.id, "runs_on")] + [(m.id, "routes_to") for m in mods] + [(scen.id, "uses")]
@@ -232,6 +233,13 @@ def _depth_inputs(store: Store, ref: str, base: Artifact) -> tuple[Artifact, Art
         raise BadInput(f"the layer-adapter set '{layer_set.name}' the depth scenarios were measured with is "
                        f"{'no longer the same content' if layer_set.state == 'ready' else layer_set.state}",
                        hint="distill and collect the depth scenarios again")
+    from llora_cli.router.serving import depth_mismatches
+
+    wrong = depth_mismatches(store, dscen.meta["depth"], base)
+    if wrong:
+        raise BadInput(f"depth scenario set '{dscen.name}' does not fit {base.kind} '{base.name}': {'; '.join(wrong)}",
+                       hint=f"distill layer adapters and collect depth scenarios on it: llora router distill {base.name} "
+                            "--data D; llora router collect BASE --depth LAYERSET --data D")
     return dscen, layer_set
 
 

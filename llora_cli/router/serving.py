@@ -65,7 +65,37 @@ def changes_since_fit(store: Store, art: Artifact) -> list[str]:
         fitted = recorded[m.id].get("content_hash")
         if fitted is not None and fitted != m.content_hash:
             changes.append(f"modifier '{m.name}' content hash {short(fitted)} -> {short(m.content_hash)}")
-    return changes + encoder.identity_changes(art.meta.get("encoder") or {})
+    return changes + depth_mismatches(store, art.meta.get("depth"), base) + encoder.identity_changes(
+        art.meta.get("encoder") or {})
+
+
+def depth_mismatches(store: Store, depth: dict | None, base: Artifact) -> list[str]:
+    """Why depth heads scoring ``depth["layers"]`` decoder layers with layer-adapter set ``depth["layer_set"]`` (an
+    id, or ``{"id", "content_hash"}`` as a depth scenario set records it; a router records the hash as
+    ``layer_set_content_hash``) cannot run on ``base``, one line each
+    (``[]``: they can; ``depth`` None: a router without depth heads). Checked: the base's decoder layer count
+    (``num_hidden_layers`` of its recorded architecture), the set's layer count, the set still ready (not discarded)
+    and, where recorded, its content hash. Router fit, deploy and load refuse on any of them."""
+    if not depth:
+        return []
+    out = []
+    layers = int(depth["layers"])
+    model_layers = ((base.meta or {}).get("architecture") or {}).get("num_hidden_layers")
+    if model_layers is not None and int(model_layers) != layers:
+        out.append(f"its depth heads score {layers} decoder layers; {base.kind} '{base.name}' has {model_layers}")
+    ref = depth.get("layer_set")
+    ref = ref if isinstance(ref, dict) else {"id": ref, "content_hash": depth.get("layer_set_content_hash")}
+    layer_set = store.get(ref["id"])
+    if layer_set.state != "ready":
+        out.append(f"layer-adapter set '{layer_set.name}' is '{layer_set.state}'")
+    elif ref.get("content_hash") and ref["content_hash"] != layer_set.content_hash:
+        out.append(f"layer-adapter set '{layer_set.name}' content hash {ref['content_hash'][:12]} -> "
+                   f"{str(layer_set.content_hash)[:12]}")
+    set_layers = (layer_set.meta or {}).get("layers")
+    if set_layers is not None and int(set_layers) != layers:
+        out.append(f"layer-adapter set '{layer_set.name}' has {set_layers} layer adapters; the depth heads score "
+                   f"{layers} layers")
+    return out
 
 
 def check_unchanged(store: Store, art: Artifact, *, action: str) -> None:
