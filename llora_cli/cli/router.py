@@ -3,6 +3,7 @@ measured on held-out queries."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -174,15 +175,41 @@ def eval_(
     data: DataOpt,
     limit: LimitOpt = None,
     engine: EngineOpt = "auto",
+    depth: Annotated[bool, typer.Option(
+        "--depth", help="Measure the depth heads instead: accuracy and decode speed of the router's layer sets vs "
+        "full depth and static pruning baselines (transformers engine).")] = False,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="With --depth: also write accuracy vs decode speed-up of every method as a PNG.")] = None,
+    config: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[KEY=VALUE]...", help="With --depth: pooled, sweep (0/1), sweep_every, speed_tokens, repeats, seed.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Measure a router on held-out queries (never used by collect or fit): routing and end-to-end accuracy per
     domain, against the oracle, each fixed choice and a nearest-centroid router, and its overhead per query.
+    With --depth: its layer sets against full depth, the best static set, static sets per domain, the last k,
+    ShortGPT, random sets, plain skipping and the per-query search, at the same number of replaced layers.
 
     Example: llora router eval router-smollm2-q8-orpo --data code-n200 --data reasoning-n200
+    Example: llora router eval router-smollm2-depth --data reasoning-n200 --depth --plot pareto.png
     """
     from llora_cli.router.evaluate import evaluate
 
+    if depth:
+        from llora_cli.router.depth.evaluation import evaluate_depth
+
+        if engine not in ("auto", "transformers"):
+            raise BadInput(f"--depth runs on the transformers engine, not {engine}: llama.cpp cannot replace layers")
+        with _bar("evaluating depth") as bar:
+            task = bar.add_task("depth", total=None)
+            report = evaluate_depth(open_store(), router, list(data), limit=limit, config=config or [], plot=plot,
+                                    command=command_line(), progress=lambda s: bar.update(task, description=s))
+        if json_:
+            print_json(report)
+            return
+        render_depth_eval(report)
+        return
+    if plot is not None or config:
+        raise BadInput("--plot and KEY=VALUE settings belong to --depth")
     with _bar("evaluating") as bar:
         task = bar.add_task("eval", total=None)
         report = evaluate(open_store(), router, list(data), limit=limit, engine=engine, command=command_line(),
@@ -212,3 +239,24 @@ def render_eval(report: dict) -> None:
     o = report["overhead_ms"]
     out().print(f"router overhead at batch 1 (encoder included): median {o['median']:.1f} ms, "
                 f"p90 {o['p90']:.1f} ms over {o['n']} queries")
+
+
+def render_depth_eval(report: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"router '{report['router']['name']}' depth on {report['n']} held-out queries "
+                        f"({report['layers']} layers, router k mean {report['router_k']['mean']})", title_justify="left")
+    for col in ("method", "layers", "accuracy [95% CI]", "vs full (bootstrap 95%)", "rel.", "decode x b1", "decode x b8"):
+        table.add_column(col, no_wrap=col == "method")
+    for name, m in report["methods"].items():
+        table.add_row(name, f"{m['layers_replaced_mean']:.2f}",
+                      f"{m['correct']}/{m['n']} {m['accuracy']:.1%} [{m['ci95'][0]:.0%}, {m['ci95'][1]:.0%}]",
+                      f"{m['vs_full']['difference']:+.1%} [{m['vs_full']['ci95'][0]:+.0%}, {m['vs_full']['ci95'][1]:+.0%}]",
+                      "-" if m["relative_to_full"] is None else f"{m['relative_to_full']:.2f}",
+                      f"{m['batch1']['decode_speedup']:.2f}", f"{m['batch8']['decode_speedup']:.2f}")
+    out().print(table)
+    g = report["goal"]
+    out().print(f"goal (>= {g['relative_accuracy']:.0%} of full-depth accuracy at >= {g['decode_speedup_batch1']}x "
+                f"decode, faster than the best static set): {'met' if g['met'] else 'not met'}")
+    if report.get("plot"):
+        err().print(f"wrote {report['plot']}")

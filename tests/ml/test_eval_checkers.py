@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llora_cli import checkers
-from llora_cli.stats import Paired, mcnemar_exact, wilson
+from llora_cli.stats import Paired, mcnemar_exact, paired_bootstrap, wilson
 from llora_store.errors import BadInput
 
 
@@ -59,6 +59,23 @@ def score(task, rows, outputs):
     c = checkers.parse_task(task)
     prepared = checkers.prepare(rows, [f"f.jsonl:{i}" for i in range(1, len(rows) + 1)], c)
     return [c.check(r, o) for r, o in zip(prepared, outputs)]
+
+
+def test_paired_bootstrap_interval_of_an_accuracy_difference():
+    """Identical verdicts: 0 with a zero-width interval. 30 rows where A is right on 15 more rows than B: the
+    difference is 0.5; resampling pairs keeps the interval around it, within the normal approximation's reach
+    (sd of the mean of d in {0, 1} at p = 0.5: 0.5 / sqrt(30) = 0.091, so about +-0.18), and never outside [0, 1]
+    as d >= 0 on every row. Deterministic per seed; unequal lengths refused."""
+    same = [True, False, True] * 10
+    assert paired_bootstrap(same, same) == {"difference": 0.0, "ci95": [0.0, 0.0], "resamples": 2000,
+                                            "method": "paired percentile bootstrap"}
+    a, b = [True] * 30, [False] * 15 + [True] * 15
+    r = paired_bootstrap(a, b, seed=3)
+    assert r["difference"] == 0.5 and 0.28 <= r["ci95"][0] <= 0.36 and 0.64 <= r["ci95"][1] <= 0.72
+    assert r == paired_bootstrap(a, b, seed=3)
+    assert paired_bootstrap(b, a, seed=3)["difference"] == -0.5
+    with pytest.raises(ValueError):
+        paired_bootstrap([True], [True, False])
 
 
 def test_generic_checkers_score_against_answer_or_reference():

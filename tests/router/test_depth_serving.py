@@ -135,3 +135,92 @@ def test_an_engine_that_cannot_replace_layers_runs_full_depth_and_says_so(store)
     assert e.depth_layers("hi", None) == ([], None)
     with pytest.raises(BadInput, match="llamacpp engine cannot replace decoder layers"):
         e.depth_layers("hi", "3")
+
+
+def test_a_router_whose_depth_does_not_fit_its_base_is_refused_at_fit_deploy_and_load(cli, store, deep):
+    """Depth heads scoring another number of layers than the base has, or a layer-adapter set gone or changed:
+    refused at deploy and at load (not only at the first request), and a depth scenario set of another layer count
+    at fit, each naming what does not match."""
+    from llora_cli.router import serving
+    from llora_store.errors import Conflict
+
+    router = store.resolve("r")
+    assert router.meta["depth"]["layer_set_content_hash"] == deep.content_hash
+    assert cli("retire", "r").exit_code == 0
+    store.update_metadata("r", {"depth": {**router.meta["depth"], "layers": 3}})
+    r = cli("deploy", "r")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "cannot deploy router 'r': what it was fitted on changed: its depth heads score 3 decoder layers; base 'b' " \
+           "has 2; layer-adapter set" in " ".join(r.stderr.split())
+    assert store.get(router.id).state == "retired"
+    serving._LOADED.clear()  # a new process loading it
+    with pytest.raises(Conflict, match="its depth heads score 3 decoder layers"):
+        serving.load(store, store.get(router.id))
+    store.update_metadata("r", {"depth": router.meta["depth"]})  # as fitted: deployable again
+    assert cli("deploy", "r").exit_code == 0 and cli("retire", "r").exit_code == 0
+
+    assert cli("discard", deep.id, "--yes").exit_code == 0  # nothing deployed uses it now (R7)
+    r = cli("deploy", "r")
+    assert r.exit_code == 1 and f"layer-adapter set '{deep.name}' is 'discarded'" in " ".join(r.stderr.split())
+
+    dscen = store.resolve("depth")
+    store.update_metadata("depth", {"depth": {**dscen.meta["depth"], "layers": 4}})
+    r = cli("router", "fit", "sc", "--depth", "depth", "--method", "fbc", "--name", "r2", "steps=5", "holdout=0")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "the layer-adapter set" in r.stderr  # the discarded set is named first
+    assert not [a for a in store.list() if a.name == "r2"]
+
+
+def test_router_eval_depth_measures_every_method_on_the_same_held_out_queries(cli, store, deep, tmp_path):
+    """`router eval --depth`: each method's answers are the base's greedy answers with that method's layers
+    replaced (checked against the model loaded afresh), scored against full depth on the same rows; the router's
+    sets are its heads' (automation: layer 1, reasoning: layer 0), the baselines use the router's k per query,
+    the cost is measured per k, the report is stored and plotted, and a router without depth heads is refused."""
+    from llora_cli.router.collect import max_tokens_for
+    from llora_cli.router.depth import evaluation as ev
+    from llora_cli.tasks import prompt_of
+
+    assert cli("retire", "r").exit_code == 0  # R7: a deployed router's metadata is immutable; a retired one is not
+    full_ref, seen = {}, []
+
+    def check(q, text):
+        if q.key not in full_ref:
+            full_ref[q.key] = _generate(store, prompt_of(q.row), [], deep.id, max_tokens_for(q.task)).strip()
+        seen.append((q, text))
+        return text == full_ref[q.key]
+
+    png = tmp_path / "pareto.png"
+    rep = ev.evaluate_depth(store, "r", ["auto", "reason"], limit=1, config=["speed_tokens=4", "repeats=1"],
+                            plot=png, check=check)
+    n = rep["n"]
+    assert n == 2 and rep["layers"] == 2 and rep["router_k"] == {"mean": 1.0, "histogram": {"1": 2}}
+    m = rep["methods"]
+    assert list(m) == [ev.FULL, ev.ROUTER, ev.SKIP, ev.STATIC, ev.DOMAIN, ev.LAST, ev.SHORTGPT, ev.RANDOM, ev.CEILING]
+    assert m[ev.FULL]["correct"] == 2 and m[ev.FULL]["relative_to_full"] == 1.0  # full depth = the fresh model
+    assert m[ev.FULL]["vs_full"]["difference"] == 0 and m[ev.FULL]["batch1"]["decode_speedup"] == 1.0
+    by_method = {name: seen[i * n:(i + 1) * n] for i, name in enumerate(m)}
+    for (q, text), layers in zip(by_method[ev.ROUTER], ([1], [0])):  # auto first, then reason
+        assert text == _generate(store, prompt_of(q.row), layers, deep.id, max_tokens_for(q.task)).strip()
+    for name, got in by_method.items():
+        assert m[name]["correct"] == sum(t == full_ref[q.key] for q, t in got), name
+        assert m[name]["n"] == 2 and m[name]["ci95"][0] <= m[name]["accuracy"] <= m[name]["ci95"][1]
+    for name in (ev.ROUTER, ev.SKIP, ev.STATIC, ev.DOMAIN, ev.LAST, ev.SHORTGPT, ev.RANDOM):
+        assert m[name]["layers_replaced_mean"] == 1.0, name  # the router's k on every query
+    assert len(rep["static_path"]) == 1 and len(rep["block_influence"]) == 2
+    assert set(rep["timing"]) >= {"0", "1"} and rep["timing"]["1"]["batch8"]["decode_tokens_per_s"] > 0
+    assert m[ev.ROUTER]["batch1"]["prefill_ms"] > m[ev.LAST]["batch1"]["prefill_ms"] - 1e-9  # router time added
+    assert set(rep["sweep"]) == set(ev.SWEPT) and set(rep["sweep"][ev.STATIC]) == {"0", "1"}
+    assert rep["sweep"][ev.STATIC]["0"]["correct"] == 2  # k = 0 is full depth
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert store.resolve("r").meta["evaluation_depth"]["n"] == 2 and rep["stored"] is True
+
+    # the CLI: a table and the goal verdict; refusals
+    r = cli("router", "eval", "r", "--data", "auto", "--limit", "1", "--depth", "sweep=0", "repeats=1", "speed_tokens=3")
+    assert r.exit_code == 0 and "best static" in r.output and "goal (>= 98%" in r.output
+    r = cli("router", "eval", "r", "--data", "auto", "--depth", "--engine", "llamacpp")
+    assert r.exit_code != 0 and "llama.cpp cannot replace layers" in r.stderr
+    cli.json("router", "fit", "sc", "--method", "fbc", "--name", "flat", "steps=5", "holdout=0")
+    r = cli("router", "eval", "flat", "--data", "auto", "--depth")
+    assert r.exit_code == 2 and "has no depth heads" in r.stderr and "Traceback" not in r.output
+    r = cli("router", "eval", "r", "--data", "auto", "--depth", "sweep=2")
+    assert r.exit_code != 0 and "sweep 0 or 1" in r.stderr
