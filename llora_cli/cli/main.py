@@ -47,6 +47,12 @@ class LloraGroup(TyperGroup):
                 raise
             report_error(LloraError("interrupted; nothing half-written was published"))
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # the reader went away (`llora ... | head`): no message
+            import os
+            import sys
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented recipe (signal module)
+            raise typer.Exit(1) from None  # as click does for a broken pipe outside a command
         except OSError as exc:  # disk full, permissions, a vanished file: the system's words, no traceback
             if debug():
                 raise

@@ -122,3 +122,20 @@ def test_unwritable_home_is_a_clear_error(cli, tmp_path):
     blocker.write_text("x")
     result = cli("--home", blocker / "home", "bases", "list")
     assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_a_reader_that_goes_away_is_not_reported_as_a_storage_error(store, llora_home):
+    """`llora bases list --json | head -0`: the pipe closes before llora writes. Exit 1 (as click does for a broken
+    pipe), nothing on stderr; it used to say 'error: Broken pipe; ... free space or fix the permissions'."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    seed(store)
+    exe = Path(sys.executable).with_name("llora")
+    p = subprocess.Popen([str(exe), "bases", "list", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "LLORA_HOME": str(llora_home)})
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 1 and err == "", err
