@@ -176,6 +176,7 @@ def test_router_eval_depth_measures_every_method_on_the_same_held_out_queries(cl
     replaced (checked against the model loaded afresh), scored against full depth on the same rows; the router's
     sets are its heads' (automation: layer 1, reasoning: layer 0), the baselines use the router's k per query,
     the cost is measured per k, the report is stored and plotted, and a router without depth heads is refused."""
+    from llora_cli.data import load_data
     from llora_cli.router.collect import max_tokens_for
     from llora_cli.router.depth import evaluation as ev
     from llora_cli.tasks import prompt_of
@@ -224,3 +225,9 @@ def test_router_eval_depth_measures_every_method_on_the_same_held_out_queries(cl
     assert r.exit_code == 2 and "has no depth heads" in r.stderr and "Traceback" not in r.output
     r = cli("router", "eval", "r", "--data", "auto", "--depth", "sweep=2")
     assert r.exit_code != 0 and "sweep 0 or 1" in r.stderr
+    distilled = load_data(store, "reason").train[2]  # a training query (distill and the depth scenarios used it)
+    (tmp_path / "seen.jsonl").write_text(json.dumps(distilled) + "\n")
+    cli.json("data", "add", tmp_path / "seen.jsonl", "--task", "reasoning", "--held-out", "--name", "seen")
+    r = cli("router", "eval", "r", "--data", "seen", "--depth")
+    assert r.exit_code == 2 and "were used to fit router 'r' (its scenario sets or the distillation" in \
+        " ".join(r.stderr.split())

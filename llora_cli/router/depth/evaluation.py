@@ -1,6 +1,7 @@
 """`llora router eval ROUTER --data D --depth`: the router's depth heads measured against static pruning.
 
-Held-out queries (the datasets' test split; refused when the choice or the depth scenario set used them) are
+Held-out queries (the datasets' test split; refused when the choice or depth scenario set or the distillation of
+the layer adapters used them) are
 answered greedily by the base on the transformers engine (llama.cpp cannot replace layers) with, per method, a set
 of decoder layers replaced by the router's layer adapters (the same adapters for every method), and scored by the
 task's checker. The methods, at the same number of replaced layers as the router on each query (``k_q``, the
@@ -244,7 +245,7 @@ def evaluate_depth(store: Store, router_ref: str, data_refs: list[str], *, limit
     layers replaced, decode tokens/s and speed-up at batch 1 and 8, prefill ms; ``sweep`` -> per method and k;
     ``goal``), stored on the router's metadata as ``evaluation_depth`` unless it is deployed (R7). ``plot``: a PNG
     of accuracy vs decode speed-up (batch 1). ``check(query, text)``: the task's checker by default.
-    Raises BadInput for a router without depth heads, queries the scenario sets used, bad config; Conflict when
+    Raises BadInput for a router without depth heads, queries the scenario sets or the distillation used, bad config; Conflict when
     what it was fitted on changed; NotFound for unknown references."""
     import torch
 
@@ -270,12 +271,16 @@ def evaluate_depth(store: Store, router_ref: str, data_refs: list[str], *, limit
     dscen = store.get(depth["scenarios"])
     drows = col.load_rows(store, dscen)
     used = {r["query"] for r in drows} | {r["query"] for r in col.load_rows(store, store.get(art.meta["scenarios"]))}
+    layer_set = store.get(depth["layer_set"])
+    distilled = [d["id"] for d in (layer_set.meta or {}).get("datasets") or []]
+    if distilled:  # the queries the layer adapters were distilled on
+        used |= {q.text for q in col.checked_queries(store, distilled, split="train", limit=layer_set.meta.get("limit"))}
     queries = col.checked_queries(store, data_refs, split="test", limit=limit, command=command)
     overlap = [q for q in queries if q.text in used]
     if overlap:
         raise BadInput(f"{len(overlap)} of the {len(queries)} queries were used to fit router '{art.name}' (its "
-                       f"scenario sets), e.g. {overlap[0].text[:60]!r}; they are not held out",
-                       hint="evaluate on datasets (or test splits) the scenario sets did not use")
+                       f"scenario sets or the distillation of its layer adapters), e.g. {overlap[0].text[:60]!r}; they are "
+                       "not held out", hint="evaluate on datasets (or test splits) these steps did not use")
     count = int(depth["layers"])
     dmeta = dscen.meta.get("depth") or {}
     threshold = float(dmeta.get("threshold", search.DEFAULT_THRESHOLD))
