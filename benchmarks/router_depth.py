@@ -2,14 +2,16 @@
 
 Usage::
 
-    LLORA_HOME=DIR .venv/bin/llora demo            # once: the compressed base, modifiers, a choice scenario set
-    .venv/bin/python benchmarks/router_depth.py --home DIR [--domains automation,reasoning]
-        [--distill-rows 48] [--collect-rows 24] [--test-rows 24] [--method fbc] [--plot FILE] [--sweep-every 2]
+    LLORA_HOME=DIR .venv/bin/llora demo            # once: a deployed compressed base and modifiers
+    .venv/bin/python benchmarks/router_depth.py --home DIR [--domains code]
+        [--distill-rows 64] [--collect-rows 16] [--test-rows 40] [--method fbc] [--plot FILE] [--sweep-every 3]
 
-The commands a user runs, through their library functions, on the home ``llora demo`` left: the base the demo's
-router runs on (the Q8_0 compressed SmolLM2-135M, dequantized for the transformers engine) and the demo's choice
-scenario set. Fresh task data (seed 7, other rows than the demo's) per domain: ``llora router distill`` on the
-training rows the base answers correctly (its checker), ``llora router collect --depth`` on the first
+The commands a user runs, through their library functions, on the home ``llora demo`` left: its deployed
+compressed base (the Q8_0 compressed SmolLM2-135M, dequantized for the transformers engine) and its modifiers.
+The choice scenarios (``llora router collect``, the base alone and each modifier, serving engine) are collected on
+the same training rows as the depth scenarios. Fresh task data (seed 7, other rows than the demo's) per domain:
+``llora router distill`` on the training rows the base answers correctly (its checker), ``llora router collect
+--depth`` on the first
 ``--collect-rows`` training rows per domain, ``llora router fit SCEN --depth DSCEN --method M``, and
 ``llora router eval --depth`` on the family-level held-out split (``--test-rows`` per domain: queries none of the
 earlier steps saw). Prints the JSON report's key figures and a markdown table; writes the Pareto plot.
@@ -31,19 +33,20 @@ REPO = Path(__file__).resolve().parent.parent
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--home", required=True, help="LLORA_HOME that `llora demo` filled")
-    ap.add_argument("--domains", default="automation,reasoning")
-    ap.add_argument("--distill-rows", type=int, default=48, help="training rows per domain the base answers for distill")
-    ap.add_argument("--collect-rows", type=int, default=24, help="training rows per domain for the depth scenarios")
-    ap.add_argument("--test-rows", type=int, default=24, help="held-out rows per domain")
+    ap.add_argument("--domains", default="code", help="SmolLM2-135M answers code best (base 23%% held out)")
+    ap.add_argument("--distill-rows", type=int, default=64, help="training rows per domain the base answers for distill")
+    ap.add_argument("--collect-rows", type=int, default=16, help="training rows per domain for the depth scenarios")
+    ap.add_argument("--test-rows", type=int, default=40, help="held-out rows per domain")
     ap.add_argument("--method", default="fbc")
-    ap.add_argument("--sweep-every", type=int, default=2)
-    ap.add_argument("--pooled", type=int, default=24)
+    ap.add_argument("--sweep-every", type=int, default=3)
+    ap.add_argument("--pooled", type=int, default=16)
     ap.add_argument("--plot", default=str(REPO / "docs" / "img" / "router_depth_pareto.png"))
     ap.add_argument("--tag", default=time.strftime("%Y%m%d%H%M"))
     args = ap.parse_args()
     os.environ["LLORA_HOME"] = args.home
 
     from llora_cli.data import make_dataset
+    from llora_cli.router.collect import collect
     from llora_cli.router.depth.distill import distill
     from llora_cli.router.depth.evaluation import evaluate_depth
     from llora_cli.router.depth.scenarios import collect_depth
@@ -51,13 +54,10 @@ def main() -> None:
     from llora_store import open_store
 
     store = open_store()
-    routers = sorted((a for a in store.list() if a.kind == "router" and "depth" not in (a.meta or {})),
-                     key=lambda a: a.created_at)
-    if not routers:
-        sys.exit("no router in this home: run `llora demo` with LLORA_HOME set to it first")
-    demo = routers[-1]
-    base = store.get(demo.meta["base"]["id"])
-    scen = store.get(demo.meta["scenarios"])
+    bases = [a for a in store.list() if a.kind == "compressed" and a.state == "deployed"]
+    if not bases:
+        sys.exit("no deployed compressed base in this home: run `llora demo` with LLORA_HOME set to it first")
+    base = bases[-1]
     domains = args.domains.split(",")
     timings = {}
     data = {}
@@ -77,6 +77,10 @@ def main() -> None:
                           progress=lambda i, k: print(f"collect {i}/{k}", file=sys.stderr, flush=True))
     timings["collect_s"] = round(time.perf_counter() - t, 1)
     print(json.dumps({"depth_scenarios": dscen.summary}), flush=True)
+    t = time.perf_counter()
+    scen = collect(store, base.id, list(data.values()), limit=args.collect_rows, name=f"choice-scen-{args.tag}",
+                   progress=lambda i, k: print(f"choice collect {i}/{k}", file=sys.stderr, flush=True)).artifact
+    timings["choice_collect_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     router = fit(store, scen.id, method=args.method, name=f"depth-router-{args.tag}", depth=dscen.artifact.id)
     timings["fit_s"] = round(time.perf_counter() - t, 1)
