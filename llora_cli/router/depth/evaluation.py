@@ -328,7 +328,10 @@ def evaluate_depth(store: Store, router_ref: str, data_refs: list[str], *, limit
     by_domain = {}
     for d in sorted({q.task for q in queries}):
         seqs = [(p, a) for q, p, a in pooled if q.task == d]
-        by_domain[d] = pooled_greedy_path(model, adapters, seqs, kmax) if seqs and kmax else None
+        if len(seqs) == len(pooled):  # one domain: its search is the pooled one
+            by_domain[d] = static[:kmax] or None
+        else:
+            by_domain[d] = pooled_greedy_path(model, adapters, seqs, kmax) if seqs and kmax else None
     influence = block_influence(model, [(p, a) for _, p, a in pooled])
 
     def prefix(path: list[dict] | None, k: int) -> list[int]:
