@@ -162,9 +162,13 @@ def evaluate(store: Store, router_ref: str, data_refs: list[str], *, limit: int 
                         "n": len(times), "batch": 1, "encoder_included": True},
         "mean_probability": round(float(probs.max(axis=1).mean()), 4) if len(rows) else None,
     }
-    if art.state != "deployed":  # R7: a deployed router's metadata is immutable
-        store.update_metadata(art.id, {"evaluation": report}, command=command)
-        report["stored"] = True
-    else:
-        report["stored"] = False
+    return store_report(store, art, "evaluation", report, command=command)
+
+
+def store_report(store: Store, art, key: str, report: dict, *, command: str = "") -> dict:
+    """Store ``report`` on the router's metadata under ``key`` unless it is deployed (R7: a deployed router's
+    metadata is immutable); ``report["stored"]`` says which. Returns ``report``."""
+    report["stored"] = art.state != "deployed"
+    if report["stored"]:
+        store.update_metadata(art.id, {key: report}, command=command)
     return report

@@ -426,12 +426,9 @@ def evaluate_depth(store: Store, router_ref: str, data_refs: list[str], *, limit
     if plot is not None:
         write_pareto(report, plot)
         report["plot"] = str(plot)
-    if art.state != "deployed":  # R7: a deployed router's metadata is immutable
-        store.update_metadata(art.id, {"evaluation_depth": report}, command=command)
-        report["stored"] = True
-    else:
-        report["stored"] = False
-    return report
+    from llora_cli.router.evaluate import store_report
+
+    return store_report(store, art, "evaluation_depth", report, command=command)
 
 
 def write_pareto(report: dict, path: Path) -> None:
