@@ -21,6 +21,7 @@ from llora_store.files import sha256_file
 from llora_store.models import Artifact
 
 ROLES = {"system", "user", "assistant"}
+CLASSIFY = "classify"  # the format of classification rows: {"text", "label"}
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Data:
     test: list[dict]
     artifact: Artifact | None
     task: str | None  # generated task kind (its checker applies), else None
-    format: str  # "chat" or "text"
+    format: str  # "chat", "text" or "classify" (text + label rows)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -49,13 +50,17 @@ def make_dataset(store: Store, kind: str, n: int, *, seed: int = 0, n_test: int 
                  name: str | None = None, out: Path | None = None, command: str = "") -> Artifact:
     """Generate task data of ``kind`` and register it as a dataset artifact."""
     from llora_cli import tasks
+    from llora_cli.classify import intent
 
-    if kind not in tasks.KINDS:
-        raise BadInput(f"unknown task kind {kind!r}; choose from {', '.join(tasks.KINDS)}")
+    if kind not in tasks.KINDS and kind != intent.KIND:
+        raise BadInput(f"unknown task kind {kind!r}; choose from {', '.join([*tasks.KINDS, intent.KIND])}")
     if n < 1:
         raise BadInput(f"--n must be at least 1, got {n}")
+    if n_test is not None and n_test < 0:
+        raise BadInput(f"--n-test must be at least 0, got {n_test}")
     name = validate_name(name if name is not None else f"{kind}-n{n}-s{seed}")
-    splits = tasks.make(kind, n, seed=seed, n_test=n_test)
+    splits = intent.make(n, seed=seed, n_test=n_test) if kind == intent.KIND else tasks.make(kind, n, seed=seed,
+                                                                                             n_test=n_test)
     aid = new_id()
     staging = store.new_staging(aid)
     try:
@@ -67,6 +72,8 @@ def make_dataset(store: Store, kind: str, n: int, *, seed: int = 0, n_test: int 
             shutil.copyfile(staging / "train.jsonl", out)
             shutil.copyfile(staging / "test.jsonl", out.with_name(out.stem + ".test.jsonl"))
         meta = {"task": kind, "seed": seed, "format": "chat", "rows": {"train": len(splits.train), "test": len(splits.test)}}
+        if kind == intent.KIND:
+            meta.update(format=CLASSIFY, labels=list(intent.LABELS))
         return store.create("dataset", name, staging=staging, metadata=meta, command=command, artifact_id=aid,
                             reason=f"generated {kind} data", unique_content=True)
     finally:
@@ -116,10 +123,33 @@ def parse_user_file_located(path: Path) -> tuple[list[tuple[str, dict]], str]:
         raise BadInput(f"{path} has no rows")
     places = [f"{path}:{n}" if where == "line" else f"{path} row {n}" for n, _ in numbered]
     located = [(place, _normalize(r, place)) for place, (_, r) in zip(places, numbered)]
-    formats = {("text" if "text" in r else "chat") for _, r in located}
+    formats = {(CLASSIFY if "label" in r else "text" if "text" in r else "chat") for _, r in located}
     if len(formats) > 1:
-        raise BadInput(f"{path} mixes plain-text rows and chat/alpaca rows; use one format per file")
-    return located, formats.pop()
+        raise BadInput(f"{path} mixes {' and '.join(sorted(formats))} rows (chat covers alpaca; classify is "
+                       "text + label); use one format per file")
+    fmt = formats.pop()
+    if fmt == CLASSIFY:
+        labels = label_set([r for _, r in located])
+        if len(labels) < 2:
+            raise BadInput(f"{path}: every row has the label {labels[0]!r}; a classifier needs at least two labels")
+    return located, fmt
+
+
+def label_set(rows: list[dict]) -> list[str]:
+    """The sorted distinct labels of classification rows."""
+    return sorted({r["label"] for r in rows})
+
+
+def require_generative(data: Data, action: str) -> None:
+    """BadInput when ``data`` holds classification rows (text + label), which ``action`` (train a LoRA for
+    generation, evaluate generation) cannot use: they would be read as plain text, their labels ignored."""
+    if data.format == CLASSIFY:
+        name = data.artifact.name if data.artifact is not None else "this data"
+        raise BadInput(f"dataset '{name}' holds classification rows (text + label, labels "
+                       f"{', '.join(data.artifact.meta.get('labels') or []) if data.artifact is not None else '?'}); "
+                       f"{action} needs chat or plain-text rows",
+                       hint="llora does not train classifiers yet (issue 15); for generation use chat rows "
+                            '{"messages": [...]} or text rows {"text": ...} without a "label"')
 
 
 def _keep_eval_fields(row: dict, out: dict) -> dict:
@@ -157,11 +187,19 @@ def _normalize(row, where: str) -> dict:
         user = instr if not inp.strip() else f"{instr}\n\n{inp}"
         return _keep_eval_fields(row, {"messages": [{"role": "user", "content": user},
                                                     {"role": "assistant", "content": output}]})
+    if "label" in row:
+        text, label = row.get("text"), row["label"]
+        if not isinstance(text, str) or not text.strip():
+            raise BadInput(f"{where}: a classification row needs a non-empty string 'text' beside its 'label'")
+        if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
+            raise BadInput(f"{where}: 'label' must be a non-empty string or an integer, got {label!r}")
+        return {"text": text, "label": str(label)}
     if "text" in row:
         if not isinstance(row["text"], str) or not row["text"].strip():
             raise BadInput(f"{where}: 'text' must be a non-empty string")
         return {"text": row["text"]}
-    raise BadInput(f"{where}: unknown row format; expected 'messages', 'instruction'/'output' (alpaca) or 'text'")
+    raise BadInput(f"{where}: unknown row format; expected 'messages', 'instruction'/'output' (alpaca), 'text', or "
+                   "'text' and 'label' (classification)")
 
 
 def register_user_file(store: Store, path: Path, *, command: str = "") -> Artifact:
@@ -178,7 +216,8 @@ def register_user_file(store: Store, path: Path, *, command: str = "") -> Artifa
         base = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._")[:40] or "data"
         name = store.unique_name(base)
         meta = {"task": None, "format": fmt, "rows": {"train": len(rows), "test": 0},
-                "source": {"path": str(path.resolve()), "sha256": sha}}
+                "source": {"path": str(path.resolve()), "sha256": sha},
+                **({"labels": label_set(rows)} if fmt == CLASSIFY else {})}
         return store.create("dataset", name, staging=staging, metadata=meta, command=command, artifact_id=aid,
                             reason=f"registered from {path}")
     finally:
@@ -201,6 +240,9 @@ def add_user_file(store: Store, path: Path, *, task: str | None = None, held_out
     from llora_cli import checkers
 
     located, fmt = parse_user_file_located(path)
+    if fmt == CLASSIFY and task:
+        raise BadInput(f"{path} holds classification rows (text + label): their label is what they are checked "
+                       f"against, not a --task checker ({task})", hint="add it without --task")
     checker = checkers.parse_task(task) if task else None
     rows = [r for _, r in located]
     if checker is not None:
@@ -222,7 +264,8 @@ def add_user_file(store: Store, path: Path, *, task: str | None = None, held_out
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._")[:40] or "data"
         meta = {"task": task, "format": fmt, "rows": {"train": 0 if held_out else len(rows),
                                                       "test": len(rows) if held_out else 0},
-                "source": {"path": str(path.resolve()), "sha256": sha}}
+                "source": {"path": str(path.resolve()), "sha256": sha},
+                **({"labels": label_set(rows)} if fmt == CLASSIFY else {})}
         return store.create("dataset", name or store.unique_name(stem), staging=staging, metadata=meta,
                             command=command, artifact_id=aid,
                             reason=f"added from {path}" + (" as held-out rows" if held_out else ""))

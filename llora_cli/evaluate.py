@@ -21,7 +21,7 @@ from pathlib import Path
 
 from llora_cli import checkers
 from llora_cli.checkers import MAX_NEW_TOKENS  # noqa: F401  (compress.py's held-out accuracy uses it)
-from llora_cli.data import load_data, parse_user_file_located
+from llora_cli.data import load_data, parse_user_file_located, require_generative
 from llora_cli.encoding import encode_row, keeps_learned_logits, learned_loss_sum, learned_positions, pad_batch, prompt_text
 from llora_cli.stats import Accuracy, Paired
 from llora_store import Store
@@ -198,8 +198,10 @@ def _eval_rows(store: Store, data_ref: str, split: str, limit: int | None, check
         located = located[:limit] if limit is not None else located
         prepared = checkers.prepare([r for _, r in located], [p for p, _ in located], checker) if checker else None
         data = load_data(store, data_ref, command=command)
+        require_generative(data, "llora eval")
         return data, [r for _, r in located], "train", checker, prepared
     data = load_data(store, data_ref, command=command)
+    require_generative(data, "llora eval")
     used_split = "test" if split == "test" and data.test else "train"
     rows = data.test if used_split == "test" else data.train
     rows = rows[:limit] if limit is not None else rows

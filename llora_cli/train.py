@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llora_cli import modelfiles
-from llora_cli.data import load_data, write_jsonl
+from llora_cli.data import load_data, require_generative, write_jsonl
 from llora_cli.trainconfig import TrainConfig, for_kind, memory_estimate, resolve_targets, trainable_parameters
 from llora_store import Store
 from llora_store.catalog import new_id, validate_name
@@ -75,6 +75,7 @@ def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str |
     tensors = modelfiles.model_tensors(base_dir)
     targets = resolve_targets(config, tensors)
     data = load_data(store, data_ref, command=command)
+    require_generative(data, "llora train")
     for i, row in enumerate(data.train, 1):
         if "messages" in row and not any(m["role"] == "assistant" for m in row["messages"]):
             raise BadInput(f"dataset '{data.artifact.name}' row {i} has no assistant message to learn from "

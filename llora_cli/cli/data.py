@@ -15,7 +15,8 @@ app = typer.Typer(help="Task data: make (generated, with checkers), add (your fi
 
 @app.command("make")
 def make(
-    kind: Annotated[str, typer.Argument(help="instruct, code, reasoning or automation.")],
+    kind: Annotated[str, typer.Argument(help="instruct, code, reasoning or automation (chat rows); intent "
+                                             "(classification rows: a request and the tool it calls, or none).")],
     n: Annotated[int, typer.Option("--n", help="Training rows.")] = 200,
     n_test: Annotated[Optional[int], typer.Option("--n-test", help="Held-out rows (default max(20, n/10)).")] = None,
     seed: Annotated[int, typer.Option(help="Generator seed (same seed, same rows).")] = 0,
@@ -23,9 +24,11 @@ def make(
     name: NameOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Generate deterministic task data (chat JSONL) with a held-out split and register it as a dataset.
+    """Generate deterministic task data (chat JSONL; intent: text + label JSONL) with a held-out split and register
+    it as a dataset.
 
     Example: llora data make reasoning --n 400 --seed 1
+    Example: llora data make intent --n 440
     """
     from llora_cli.data import make_dataset
 
@@ -35,12 +38,15 @@ def make(
         print_json(store.describe(art.id).to_json())
     else:
         rows = art.meta["rows"]
-        err().print(f"dataset '{art.name}' ({art.id}): {rows['train']} train + {rows['test']} held-out {kind} rows")
+        labels = art.meta.get("labels")
+        err().print(f"dataset '{art.name}' ({art.id}): {rows['train']} train + {rows['test']} held-out {kind} rows"
+                    + (f", {len(labels)} labels: {', '.join(labels)}" if labels else ""))
 
 
 @app.command("add")
 def add(
-    path: Annotated[Path, typer.Argument(help="A .jsonl (chat), .json (alpaca) or .txt data file.")],
+    path: Annotated[Path, typer.Argument(
+        help="A .jsonl (chat, text, or text + label for a classifier), .json (alpaca) or .txt data file.")],
     task: Annotated[Optional[str], typer.Option(
         "--task", "-t", help="Checker for its rows: reasoning, code, automation, exact, contains, regex:PATTERN.")] = None,
     held_out: Annotated[bool, typer.Option(
@@ -61,5 +67,7 @@ def add(
         print_json(store.describe(art.id).to_json())
     else:
         rows = art.meta["rows"]
+        labels = art.meta.get("labels")
         err().print(f"dataset '{art.name}' ({art.id}): {rows['train']} train + {rows['test']} held-out rows"
-                    + (f", checker {task}" if task else ""))
+                    + (f", checker {task}" if task else "") + (f", {len(labels)} labels: {', '.join(labels)}"
+                                                               if labels else ""))

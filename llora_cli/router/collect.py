@@ -114,7 +114,7 @@ def checked_queries(store: Store, data_refs: list[str], *, split: str, limit: in
                            hint="use task data with a checker: llora data make code|reasoning|automation, "
                                 "or llora data add FILE --task reasoning|code|automation")
         if data.format != "chat":
-            raise BadInput(f"dataset '{data.artifact.name}' is plain text, not chat rows; nothing to ask")
+            raise BadInput(f"dataset '{data.artifact.name}' holds {data.format} rows, not chat rows; nothing to ask")
         rows = data.test if split == "test" else data.train
         if split == "test" and not rows:
             raise BadInput(f"dataset '{data.artifact.name}' has no held-out (test) split")
