@@ -21,6 +21,9 @@ def test_wheel_layout_and_migrations_from_any_cwd(tmp_path):
     top = {n.split("/")[0] for n in names if not n.startswith("llora-")}
     assert top == {"llora_cli", "llora_store", "llora_migrations"}  # no bare 'store' or 'migrations'
     assert "llora_migrations/env.py" in names and "llora_migrations/script.py.mako" in names
+    packages = sorted(str(p.parent.relative_to(ROOT)) for p in (ROOT / "llora_cli").rglob("__init__.py"))
+    missing = [p for p in packages if f"{p}/__init__.py" not in names]
+    assert not missing, f"packages left out of the wheel (pyproject.toml [tool.setuptools] packages): {missing}"
     assert any(n.startswith("llora_migrations/versions/0001") for n in names)
 
     target = tmp_path / "site"
