@@ -51,22 +51,15 @@ def _fill(n: int, rng: random.Random, pool: dict[int, list[int]], seen: set[str]
     missing = [x for x in LABELS if x not in by_label]
     if missing:
         raise ValueError(f"no family of the labels {missing} in this split")
-    rows: list[dict] = []
-    attempts = 0
-    while len(rows) < n:
-        attempts += 1
-        if attempts > 50 * n + 1000:
-            raise ValueError(f"the intent generator ran out of distinct requests at {len(rows)} rows")
-        label = LABELS[len(rows) % len(LABELS)]
+    def draw(i: int) -> tuple[str, dict]:
+        label = LABELS[i % len(LABELS)]
         family = rng.choice(by_label[label])
         phrasing = rng.choice(pool[family])
         text = tasks.prompt_of(automation.generate(rng, family, phrasing))
-        if text in seen:
-            continue
-        seen.add(text)
-        rows.append({"text": text, "label": label, "task": KIND, "family": automation.FAMILIES[family].id,
-                     "phrasing": phrasing})
-    return rows
+        return text, {"text": text, "label": label, "task": KIND, "family": automation.FAMILIES[family].id,
+                      "phrasing": phrasing}
+
+    return tasks.distinct(n, draw, KIND, seen)
 
 
 def check(row: dict, output: str) -> bool:

@@ -90,22 +90,30 @@ def make(kind: str, n: int, *, seed: int = 0, n_test: int | None = None) -> Spli
 def _fill(kind: str, module, n: int, rng: random.Random, pools: list[dict[int, list[int]]]) -> list[dict]:
     """``n`` rows with distinct prompts; row i draws a family of ``pools[i % len(pools)]``, then one of its
     phrasings there (families weigh the same whatever their number of phrasings)."""
+    def draw(i: int) -> tuple[str, dict]:
+        pool = pools[i % len(pools)]
+        family = rng.choice(sorted(pool))
+        phrasing = rng.choice(pool[family])
+        row = module.generate(rng, family, phrasing)
+        return prompt_of(row), {**row, "task": kind, "family": module.FAMILIES[family].id, "phrasing": phrasing}
+
+    return distinct(n, draw, kind)
+
+
+def distinct(n: int, draw: Callable[[int], tuple[str, dict]], kind: str, seen: set[str] | None = None) -> list[dict]:
+    """``n`` rows, row ``i`` from ``draw(i) -> (text, row)``, redrawn while its text is in ``seen`` (texts drawn
+    so far, plus any given). ValueError after ``50 n + 1000`` draws: the ``kind`` generator ran out of texts."""
+    seen = set() if seen is None else seen
     rows: list[dict] = []
-    seen: set[str] = set()
     attempts = 0
     while len(rows) < n:
         attempts += 1
         if attempts > 50 * n + 1000:
             raise ValueError(f"the {kind} generator ran out of distinct prompts at {len(rows)} rows")
-        pool = pools[len(rows) % len(pools)]
-        family = rng.choice(sorted(pool))
-        phrasing = rng.choice(pool[family])
-        row = module.generate(rng, family, phrasing)
-        prompt = prompt_of(row)
-        if prompt in seen:
-            continue
-        seen.add(prompt)
-        rows.append({**row, "task": kind, "family": module.FAMILIES[family].id, "phrasing": phrasing})
+        text, row = draw(len(rows))
+        if text not in seen:
+            seen.add(text)
+            rows.append(row)
     return rows
 
 
