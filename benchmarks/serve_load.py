@@ -11,7 +11,7 @@ a model's speed) and two LoRA modifiers (PEFT, random weights), deployed; the se
 10% a stream read for one chunk and then dropped (a disconnect), each on the base or one of the two modifiers. At
 a third of the run `llora retire mod2` runs; a request for `tiny:mod2` may then get 404 (expected, counted
 apart). Reported: requests by outcome, latency p50/p95 of completed requests, RSS of the server process after
-warm-up and at the end (VmRSS), `pending_jobs` from /health once the clients stopped (jobs leaked on the model
+warm-up, at every tenth of the run and at the end (VmRSS), `pending_jobs` from /health once the clients stopped (jobs leaked on the model
 thread: must be 0), and whether the server still answers. Exit 1 if any unexpected error, a leaked job or a dead
 server. Results: docs/reliability.md.
 """
@@ -115,10 +115,16 @@ async def client(url: str, deadline: float, rng: random.Random, state: dict, res
                             "kind": kind})
 
 
-async def run(url: str, clients: int, seconds: float, home: Path) -> tuple[list, dict]:
-    state: dict = {"retiring": False}
+async def run(url: str, clients: int, seconds: float, home: Path, pid: int) -> tuple[list, dict]:
+    state: dict = {"retiring": False, "rss": []}
     results: list = []
     deadline = time.monotonic() + seconds
+
+    async def sample_rss():  # the server's VmRSS at every tenth of the run, to see growth level off or not
+        start = time.monotonic()
+        for i in range(1, 11):
+            await asyncio.sleep(max(0.0, start + seconds * i / 10 - time.monotonic()))
+            state["rss"].append([round(time.monotonic() - start, 1), round(rss_kib(pid) / 1024, 1), len(results)])
 
     async def retire_later():
         await asyncio.sleep(seconds / 3)
@@ -132,7 +138,8 @@ async def run(url: str, clients: int, seconds: float, home: Path) -> tuple[list,
         state["retire_stderr"] = err.decode()[-500:]
 
     rngs = [random.Random(i) for i in range(clients)]
-    await asyncio.gather(retire_later(), *(client(url, deadline, rngs[i], state, results) for i in range(clients)))
+    await asyncio.gather(retire_later(), sample_rss(),
+                         *(client(url, deadline, rngs[i], state, results) for i in range(clients)))
     return results, state
 
 
@@ -156,7 +163,7 @@ def main() -> None:
             for m in ("tiny", "tiny:mod1", "tiny:mod2")]
         rss_before = rss_kib(pid)
         t0 = time.perf_counter()
-        results, state = asyncio.run(run(url, args.clients, args.seconds, home))
+        results, state = asyncio.run(run(url, args.clients, args.seconds, home, pid))
         wall = time.perf_counter() - t0
         time.sleep(2.0)
         after = httpx.get(f"{url}/health").json()
@@ -177,6 +184,7 @@ def main() -> None:
         "p50_s": round(statistics.median(done), 3) if done else None,
         "p95_s": round(done[int(0.95 * (len(done) - 1))], 3) if done else None,
         "rss_mib_before": round(rss_before / 1024, 1), "rss_mib_after": round(rss_after / 1024, 1),
+        "rss_mib_during": state["rss"],  # [seconds into the run, MiB, requests finished so far], every tenth
         "pending_jobs_after": after.get("pending_jobs"), "modifiers_after": after.get("modifiers"),
         "retire_exit": state.get("retire_exit"), "alive_after": alive.status_code,
     }
