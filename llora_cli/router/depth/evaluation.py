@@ -293,7 +293,8 @@ def evaluate_depth(store: Store, router_ref: str, data_refs: list[str], *, limit
 
     # the router's sets and its own time
     texts = [q.text for q in queries]
-    router_sets = router.layer_sets(router.encoder.encode(texts))
+    embeddings = router.encoder.encode(texts)
+    router_sets = router.layer_sets(embeddings)
     ks = [len(s) for s in router_sets]
     router_ms = {}
     for b in (1, 8):
@@ -356,20 +357,30 @@ def evaluate_depth(store: Store, router_ref: str, data_refs: list[str], *, limit
     answers: dict[str, list[str]] = {}
     say(f"answering {len(queries)} held-out queries at full depth")
     full_ids: list[tuple[list[int], list[int]]] = [([], [])] * len(queries)
+    full_texts: list[str] = [""] * len(queries)
     index = {q.key: i for i, q in enumerate(queries)}
+
+    def on_full(q: Query, a: dict) -> None:
+        full_ids[index[q.key]] = (a["prompt"], a["answer"])
+        full_texts[index[q.key]] = a["text"]
+
     with torch.no_grad():
-        distill.answer(tokenizer, model, queries,
-                       on_row=lambda q, a: full_ids.__setitem__(index[q.key], (a["prompt"], a["answer"])))
+        distill.answer(tokenizer, model, queries, on_row=on_full)
     sets[CEILING] = [search.greedy_search(model, adapters, p, a, threshold=threshold, max_fraction=max_fraction)["layers"]
                      if a else [] for p, a in full_ids]
     for name, s in sets.items():
         say(f"answering {len(queries)} held-out queries: {name}")
-        answers[name] = answer_with_sets(tokenizer, model, queries, s, None if name == SKIP else adapters)
+        answers[name] = full_texts if name == FULL else answer_with_sets(  # full depth: answered above already
+            tokenizer, model, queries, s, None if name == SKIP else adapters)
         verdicts[name] = [bool(check(q, t)) for q, t in zip(queries, answers[name])]
 
     sweep: dict[str, dict[int, list[bool]]] = {m: {} for m in SWEPT}
     for k in sweep_ks:
-        fixed = {ROUTER: router.layer_sets(router.encoder.encode(texts), k=k), STATIC: [prefix(static, k)] * len(queries),
+        if k == 0:  # nothing replaced: every method is full depth
+            for name in SWEPT:
+                sweep[name][0] = verdicts[FULL]
+            continue
+        fixed = {ROUTER: router.layer_sets(embeddings, k=k), STATIC: [prefix(static, k)] * len(queries),
                  LAST: [list(range(count - k, count))] * len(queries), SHORTGPT: [lowest(influence, k)] * len(queries)}
         for name, s in fixed.items():
             say(f"sweep k={k}: {name}")
