@@ -148,6 +148,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--probe", action="store_true",
+                    help="break the server's memory down every 10 s (benchmarks/memprobe/sitecustomize.py)")
     args = ap.parse_args()
     import httpx
     from live_server import live_server
@@ -155,6 +157,11 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="llora-load-"))
     home = root / "home"
     setup(home)
+    probe = root / "memprobe.jsonl"
+    if args.probe:  # the server process (only) loads the probe; it reads, never frees
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "benchmarks" / "memprobe"),
+                                                                  os.environ.get("PYTHONPATH")]))
+        os.environ["LLORA_MEMPROBE"] = str(probe)
     with live_server(home, "--engine", "transformers", "--max-tokens", "64", "--max-batch", str(args.max_batch)) as url:
         health = httpx.get(f"{url}/health").json()
         pid = server_pid(url.rsplit(":", 1)[1])
@@ -162,7 +169,7 @@ def main() -> None:
             "model": m, "messages": [{"role": "user", "content": "warm up"}], "max_tokens": 8}).status_code
             for m in ("tiny", "tiny:mod1", "tiny:mod2")]
         rss_before = rss_kib(pid)
-        t0 = time.perf_counter()
+        t0, run_start_unix = time.perf_counter(), time.time()
         results, state = asyncio.run(run(url, args.clients, args.seconds, home, pid))
         wall = time.perf_counter() - t0
         time.sleep(2.0)
@@ -188,6 +195,9 @@ def main() -> None:
         "pending_jobs_after": after.get("pending_jobs"), "modifiers_after": after.get("modifiers"),
         "retire_exit": state.get("retire_exit"), "alive_after": alive.status_code,
     }
+    if args.probe:
+        report["memprobe"] = [{**rec, "t": round(rec["unix"] - run_start_unix, 1)}  # seconds into the run
+                              for rec in map(json.loads, probe.read_text().splitlines())]
     print(json.dumps(report, indent=2))
     ok = (not unexpected and report["pending_jobs_after"] == 0 and alive.status_code == 200
           and state.get("retire_exit") == 0 and "mod2" not in (after.get("modifiers") or []))

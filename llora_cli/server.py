@@ -477,7 +477,9 @@ def serve(store: Store, *, host: str = "127.0.0.1", port: int = 8000, api_key: s
         on_ready(served)
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        served.runtime.batcher.drive(stop)
+        from llora_cli.engine.heap import Trimmer
+
+        served.runtime.batcher.drive(stop, trimmer=Trimmer())
     except KeyboardInterrupt:
         pass
     finally:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -332,6 +333,9 @@ class RowLora:
         self.handles = []
 
 
+SIZES_KEPT = 1024
+
+
 class Batcher:
     """Runs the queued jobs on one thread through ``runner`` (``run(jobs)``, ``can_mix(adapters)``): batches
     of up to ``max_batch`` requests, or control calls (attach/detach) between them."""
@@ -343,7 +347,8 @@ class Batcher:
         self.cond = threading.Condition()
         self.driver: threading.Thread | None = None  # a thread in drive(); without one, waiters run the work
         self.leading = False
-        self.sizes: list[int] = []  # batch sizes run, for tests and benchmarks
+        self.sizes: deque[int] = deque(maxlen=SIZES_KEPT)  # the last batch sizes run, for tests and benchmarks
+        self.batches = 0  # batches run in all (a server runs for weeks: counts, not lists, grow)
 
     def submit(self, job: Job) -> Job:
         job.submitted = time.perf_counter()
@@ -377,11 +382,14 @@ class Batcher:
             raise job.error
         return job.result
 
-    def drive(self, stop: threading.Event) -> None:
-        """Make the calling thread the model's thread until ``stop`` is set (``llora serve``)."""
+    def drive(self, stop: threading.Event, *, trimmer=None) -> None:
+        """Make the calling thread the model's thread until ``stop`` is set (``llora serve``). ``trimmer``
+        (engine/heap.py ``Trimmer``) returns freed heap memory to the OS between batches, at most every 30 s."""
         self.driver = threading.current_thread()
         try:
             while not stop.is_set():
+                if trimmer is not None:
+                    trimmer.maybe()
                 with self.cond:
                     if not self.pending:
                         self.cond.wait(0.2)
@@ -415,6 +423,7 @@ class Batcher:
                 for job in work:
                     job.batch_size = len(work)
                 self.sizes.append(len(work))
+                self.batches += 1
                 self.runner.run(work)
         except BaseException as e:  # every caller in the batch gets the error
             for job in work:
