@@ -22,7 +22,7 @@ from llora_store.errors import BadInput
 from llora_store.models import Artifact
 
 QUANTIZATIONS = ("none", "nf4", "int8")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "classifier.json")
 
 
 def read_adapter(peft_dir: Path) -> tuple[dict, dict[str, modelfiles.TensorInfo]]:
@@ -193,7 +193,15 @@ def import_adapter(store: Store, peft_dir: Path, base_ref: str, *, name: str | N
     config, tensors = read_adapter(peft_dir)
     base = store.resolve(base_ref, kinds=("base", "merged", "compressed"))
     base_dir = store.path_of(base.id)
-    summary = check_fits(config, tensors, modelfiles.model_tensors(base_dir), base_config=_base_config(base_dir))
+    classifier = {}
+    if config.get("task_type") == "SEQ_CLS":  # LoRA plus a classification head (issue 15): the head is checked apart
+        from llora_cli.classify import read_head
+
+        labels, body, body_config = read_head(peft_dir, config, tensors, _base_config(base_dir))
+        summary = check_fits(body_config, body, modelfiles.model_tensors(base_dir), base_config=_base_config(base_dir))
+        classifier = {"task": "classify", "labels": labels}
+    else:
+        summary = check_fits(config, tensors, modelfiles.model_tensors(base_dir), base_config=_base_config(base_dir))
     keys = peft.parse_keys(tensors, modules_to_save=config.get("modules_to_save") or ())
     if keys.whole_modules and not config.get("modules_to_save"):
         config = {**config, "modules_to_save": [m.rsplit(".", 1)[-1] for m in keys.whole_modules]}
@@ -213,6 +221,8 @@ def import_adapter(store: Store, peft_dir: Path, base_ref: str, *, name: str | N
         if keys.renamed:
             copy_renamed(peft_dir / "adapter_model.safetensors", staging / "adapter_model.safetensors", keys.canonical)
         (staging / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if classifier:  # the label map travels with the files, whichever place it was read from
+            (staging / "classifier.json").write_text(json.dumps(classifier))
         if kind == "modifier":
             quant = base.quantization
             parents = [(base.id, "runs_on")]
@@ -221,7 +231,7 @@ def import_adapter(store: Store, peft_dir: Path, base_ref: str, *, name: str | N
             parents = [(base.id, "trained_on")]
         return store.create(
             kind, name, state="trained", staging=staging, parents=parents,
-            metadata={"peft": summary, "support": support(config, summary, keys), "source": source},
+            metadata={"peft": summary, "support": support(config, summary, keys), "source": source, **classifier},
             base_hash=base.content_hash, quantization=quant, domain=domain,
             command=command, reason=f"imported from {peft_dir}",
         )

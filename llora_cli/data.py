@@ -148,8 +148,8 @@ def require_generative(data: Data, action: str) -> None:
         raise BadInput(f"dataset '{name}' holds classification rows (text + label, labels "
                        f"{', '.join(data.artifact.meta.get('labels') or []) if data.artifact is not None else '?'}); "
                        f"{action} needs chat or plain-text rows",
-                       hint="llora does not train classifiers yet (issue 15); for generation use chat rows "
-                            '{"messages": [...]} or text rows {"text": ...} without a "label"')
+                       hint="to train a classifier on them: llora train --task classify (then llora classify); "
+                            'for generation use chat rows {"messages": [...]} or text rows {"text": ...} without a "label"')
 
 
 def _keep_eval_fields(row: dict, out: dict) -> dict:

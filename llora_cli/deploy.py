@@ -29,6 +29,14 @@ def deploy(store: Store, ref: str, *, command: str = "") -> tuple:
     from llora_cli import gguflora
 
     art = store.resolve(ref)
+    from llora_cli.classify import is_classifier, refuse_classifier
+
+    if art.kind != "modifier":  # a classifier modifier deploys on its base (POST /v1/classify); a merged one does not
+        refuse_classifier(art, "llora deploy", "a merged classifier is used with llora classify; deploy the "
+                                               "classifier modifier on its base to serve it (POST /v1/classify)")
+    elif is_classifier(art) and art.state in ("trained", "retired") and is_gguf_base(store, runs_on(store, art.id)):
+        raise BadInput(f"classifier '{art.name}' runs on a GGUF base; a classifier is served by transformers on a "
+                       "safetensors base", hint="train or import it on the safetensors base")
     note = None
     if art.kind in RUNTIME_KINDS and art.state in ("ready", "retired") and is_gguf_base(store, art):
         from llora_cli import tokenizer
@@ -38,7 +46,7 @@ def deploy(store: Store, ref: str, *, command: str = "") -> tuple:
         from llora_cli.router.serving import check_unchanged
 
         check_unchanged(store, art, action="deploy")  # base, modifiers, encoder: as fitted, or refused
-    if art.kind == "modifier" and art.state in ("trained", "retired"):
+    if art.kind == "modifier" and art.state in ("trained", "retired") and not is_classifier(art):
         base = runs_on(store, art.id)
         if is_gguf_base(store, base):
             try:

@@ -93,7 +93,11 @@ class CompareReport:
 
 
 def model_source(store: Store, art: Artifact) -> tuple[Path, Path | None, str | None]:
-    """(base dir, adapter dir or None, quantization to load the base with)."""
+    """(base dir, adapter dir or None, quantization to load the base with). BadInput for a classifier (it has no
+    text to score: ``llora classify --data`` evaluates it)."""
+    from llora_cli.classify import refuse_classifier
+
+    refuse_classifier(art, "llora eval", "it scores generated text")
     if art.kind in ("base", "merged", "compressed"):
         return store.path_of(art.id), None, None
     if art.kind not in ("adapter", "modifier"):

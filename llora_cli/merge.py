@@ -161,6 +161,9 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
     shards = modelfiles.weight_files(base_dir)
     headers = [(p, modelfiles.read_safetensors_header(p)) for p in shards]
     have = {name: (path, info) for path, header in headers for name, info in header.items()}
+    head = classifier_head(config, whole, have)  # a classifier's head: new tensors, written after the base's
+    for name, t in head.items():
+        have[name] = (None, modelfiles.TensorInfo("F32", tuple(t.shape)))
     untie = tied_embeddings_to_untie(modelfiles.read_config(base_dir), have, modules, whole)
     if untie:  # the output head becomes its own tensor, a copy of the input embedding before any change
         embed, head = untie
@@ -182,6 +185,7 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
                if not (untie and name == untie[1])]  # a stored copy of a tied head is what loading ignores
     if untie:
         entries.append((have[untie[0]][0], untie[1], untie[0]))
+    entries += [(None, name, name) for name in sorted(head)]
     for path, name, src_name in entries:
         info = have[src_name][1]
         n = 1
@@ -199,7 +203,7 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
         size += nbytes
     total = sum(len(sh) for sh in plan)
     weight_map: dict[str, str] = {}
-    worst_rel, worst_cast, sum_abs, n_checked, merged, replaced = 0.0, 0.0, 0.0, 0, 0, 0
+    worst_rel, worst_cast, sum_abs, n_checked, merged, replaced, added = 0.0, 0.0, 0.0, 0, 0, 0, 0
     round_trip = mergeops.ROUND_TRIPS.get(qlora) if qlora and not naive else None
     done = 0
     writers: list[tuple[str, ShardWriter]] = []
@@ -212,6 +216,14 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
             writers.append((fname, writer))
             try:
                 for path, name, src_name, _dt, _shape, _nbytes in shard:
+                    if path is None:  # the classification head: copied whole (trained in full, not LoRA)
+                        writer.write(name, dtypes.from_f32(head[name], out_dtype))
+                        weight_map[name] = fname
+                        added += 1
+                        done += 1
+                        if progress:
+                            progress(done, total)
+                        continue
                     if handle_path != path:
                         if handle is not None:
                             handle.close()
@@ -286,19 +298,57 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
                  "weight_map": dict(sorted(weight_map.items()))}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     passed = worst_rel <= TENSOR_TOL and worst_cast <= CAST_TOL[dtype]
-    return {"tensors_merged": merged, "tensors_replaced": replaced, "tensors_total": total, "records": records,
+    if added != len(head):
+        raise BadInput(f"wrote {added} of {len(head)} classification head tensors")
+    return {"tensors_merged": merged, "tensors_replaced": replaced, "tensors_added": added, "tensors_total": total,
+            "records": records,
             "untied": list(untie) if untie else None,
             "tensor_check": {"probe_vectors": 4, "max_rel_error": worst_rel, "mean_abs_error": sum_abs / max(n_checked, 1),
                              "tolerance": TENSOR_TOL, "cast_max_rel_error": worst_cast, "cast_tolerance": CAST_TOL[dtype],
                              "passed": passed}}
 
 
-def copy_model_files(base_dir: Path, out_dir: Path, dtype: str, *, untied: bool = False) -> None:
+def classifier_head(config: dict, whole: dict, have: dict) -> dict:
+    """The full copies of a ``SEQ_CLS`` adapter that the base does not have (its classification head, e.g.
+    ``score.weight`` [num_labels, hidden]), taken out of ``whole``: the merge adds them as new tensors. {} for any
+    other adapter (a full copy of a tensor the base lacks stays in ``whole`` and is refused as not fitting)."""
+    from llora_cli.classify import HEAD_MODULES
+
+    if config.get("task_type") != "SEQ_CLS":
+        return {}
+    return {t: whole.pop(t) for t in list(whole) if t not in have and t.split(".")[0] in HEAD_MODULES}
+
+
+def classifier_config(base_dir: Path, labels: list[str]) -> dict:
+    """The config keys that make a merged checkpoint load as the classifier with plain
+    ``AutoModelForSequenceClassification.from_pretrained``: the sequence-classification architecture of the
+    base's model type, ``id2label`` / ``label2id``, ``pad_token_id`` (the tokenizer's pad, else its EOS: what
+    training used to find each row's last token), ``problem_type``."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    from llora_cli.loading import load_tokenizer
+
+    config = modelfiles.read_config(base_dir)
+    tok = load_tokenizer(base_dir)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return {"architectures": [MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES[config["model_type"]]],
+            "id2label": {str(i): x for i, x in enumerate(labels)}, "label2id": {x: i for i, x in enumerate(labels)},
+            "pad_token_id": pad, "problem_type": "single_label_classification"}
+
+
+def copy_model_files(base_dir: Path, out_dir: Path, dtype: str, *, untied: bool = False,
+                     labels: list[str] | None = None) -> None:
     """Config (with the output dtype, no quantization, ``tie_word_embeddings`` false when the merge wrote the head
-    as its own tensor), generation config and tokenizer, copied from the base."""
+    as its own tensor; a classifier's ``classifier_config`` keys when ``labels``), generation config and tokenizer,
+    copied from the base; a classifier also gets ``classifier.json``."""
     config = json.loads((base_dir / "config.json").read_text())
     if untied:
         config["tie_word_embeddings"] = False
+    if labels:
+        from llora_cli.classify import CLASSIFIER_FILE
+
+        config.update(classifier_config(base_dir, labels))
+        (out_dir / CLASSIFIER_FILE).write_text(json.dumps({"task": "classify", "labels": list(labels)}))
     for key in ("torch_dtype", "dtype"):
         if key in config or key == "dtype":
             config[key] = DTYPES[dtype]
@@ -309,17 +359,30 @@ def copy_model_files(base_dir: Path, out_dir: Path, dtype: str, *, untied: bool 
             shutil.copyfile(base_dir / n, out_dir / n)
 
 
-def full_check(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, dtype: str, qlora: str | None) -> dict:
-    """Logits of the merged model vs base + adapter (PEFT) on probe prompts."""
+def full_check(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, dtype: str, qlora: str | None,
+               labels: list[str] | None = None) -> dict:
+    """Logits of the merged model vs base + adapter (PEFT) on probe prompts. A classifier (``labels``): the merged
+    directory loaded with plain ``AutoModelForSequenceClassification`` (its config alone: architecture, labels,
+    pad token) against the base as a sequence classifier with the PEFT adapter, head included."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from llora_cli.loading import load_model, plan_for_dir
+    from llora_cli.loading import load_model, load_tokenizer, plan_for_dir
 
-    fp32 = dataclasses.replace(plan_for_dir(base_dir, adapter_dir), strategy="full", dtype="fp32", device="cpu",
-                               reason="the reference is computed in fp32")
-    tokenizer, ref_model, _ = load_model(base_dir, adapter_dir, qlora, plan=fp32)
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    if labels:
+        from peft import PeftModel
+
+        tokenizer = load_tokenizer(base_dir)
+        ref_model = AutoModelForSequenceClassification.from_pretrained(
+            base_dir, dtype=torch.float32, **{k: v for k, v in classifier_config(base_dir, labels).items()
+                                              if k != "architectures"})
+        ref_model = PeftModel.from_pretrained(ref_model, adapter_dir).eval()
+        merged = AutoModelForSequenceClassification.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    else:
+        fp32 = dataclasses.replace(plan_for_dir(base_dir, adapter_dir), strategy="full", dtype="fp32", device="cpu",
+                                   reason="the reference is computed in fp32")
+        tokenizer, ref_model, _ = load_model(base_dir, adapter_dir, qlora, plan=fp32)
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     worst, mean_sum = 0.0, 0.0
     with torch.inference_mode():
         for prompt in PROBES:
@@ -342,6 +405,9 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
     if verify not in ("tensors", "full"):
         raise BadInput(f"--verify must be tensors or full, got {verify!r}")
     adapter = store.resolve(ref, kinds=("adapter", "modifier"))
+    from llora_cli.classify import is_classifier, labels_of
+
+    labels = labels_of(adapter) if is_classifier(adapter) else None
     with store.reading() as s:
         trained_on = store.parents_by_role(s, adapter.id, "trained_on") or store.parents_by_role(s, adapter.id, "runs_on")
     base = store.resolve(base_ref, kinds=("base", "merged", "compressed")) if base_ref else (trained_on[0] if trained_on else None)
@@ -371,7 +437,7 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
             provenance = save_dequantized(base_dir, dequantized)
             base_dir, qlora = dequantized, None
         result = stream_merge(base_dir, adapter_dir, staging, dtype=dtype, qlora=qlora, naive=naive_qlora, progress=progress)
-        copy_model_files(base_dir, staging, dtype, untied=bool(result["untied"]))
+        copy_model_files(base_dir, staging, dtype, untied=bool(result["untied"]), labels=labels)
         tensor_check = result["tensor_check"]
         if not tensor_check["passed"]:
             raise RuleViolation("R2", f"merged tensors differ from base + adapter by {tensor_check['max_rel_error']:.2e} "
@@ -379,7 +445,7 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
                                 hint="merge to a wider --dtype (fp32), or report the adapter")
         need = (modelfiles.summarize_model(base_dir)["num_parameters"] or 0) * 4 * 3
         if verify == "full" and need < available_memory() * 0.8:
-            fc = full_check(base_dir, adapter_dir, staging, dtype=dtype, qlora=qlora)
+            fc = full_check(base_dir, adapter_dir, staging, dtype=dtype, qlora=qlora, labels=labels)
         elif verify == "full":
             fc = {"level": "skipped", "reason": f"needs ~{need >> 20} MiB, {available_memory() >> 20} MiB available"}
         else:
@@ -399,10 +465,12 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
                           else "dequantized-base" if provenance else None,
                           "base_storage": provenance, "untied_embeddings": result["untied"],
                           "tensors_merged": result["tensors_merged"], "tensors_replaced": result["tensors_replaced"],
+                          "tensors_added": result["tensors_added"],
                           "tensors_total": result["tensors_total"]},
                 "verification": {"tensors": tensor_check, "full": fc, **({"naive_qlora_error": naive_error} if naive_qlora else {})},
                 "architecture": modelfiles.summarize_model(staging),
-                "adapter": {"id": adapter.id, "name": adapter.name, "content_hash": adapter.content_hash}}
+                "adapter": {"id": adapter.id, "name": adapter.name, "content_hash": adapter.content_hash},
+                **({"task": "classify", "labels": labels} if labels else {})}
         merged = store.create("merged", name, staging=staging, metadata=meta, artifact_id=aid, command=command,
                               known_hashes={r.path: r for r in result["records"]},
                               parents=[(base.id, "merge_base"), (adapter.id, "adapter")],

@@ -45,6 +45,8 @@ class Served:
         self.engine = self.runtime.engine
         self.deployment = deployment
         self.sync_lock = threading.Lock()
+        self.classifiers: dict[str, object] = {}  # artifact id -> loaded classify.model.Classifier (on first request)
+        self.classifier_lock = threading.Lock()
         self.sync()
 
     def sync(self) -> Deployment:
@@ -58,8 +60,33 @@ class Served:
             for mid, m in wanted.items():
                 if mid not in self.runtime.adapters and mid not in self.runtime.refused:
                     self.runtime.attach(m)
+            deployed = {c.id for c in dep.classifiers}
+            for cid in [c for c in self.classifiers if c not in deployed]:  # retired: its copy of the model is freed
+                self.classifiers.pop(cid, None)
             self.deployment = dep
             return dep
+
+    def classifier(self, model: str):
+        """The request's ``model`` (``BASE:CLASSIFIER``) -> its loaded Classifier, loaded on the model thread on first
+        use (a copy of the base as a sequence classifier plus the adapter and head: classify/model.py). NotFound when
+        no such classifier is deployed here; BadInput when ``model`` names a generative model."""
+        dep = self.sync()
+        base_name, _, name = model.partition(":")
+        if base_name not in (dep.base.name, dep.base.id):
+            raise NotFound(f"model '{model}' is not served here; served: {', '.join(r['id'] for r in self.models())}")
+        match = next((c for c in dep.classifiers if name in (c.name, c.id, c.domain)), None)
+        if match is None:
+            if not name or any(name in (m.name, m.id, m.domain) for m in dep.modifiers) or name == "auto":
+                raise BadInput(f"model '{model}' generates text; /v1/classify takes a deployed classifier "
+                               f"({', '.join(f'{dep.base.name}:{c.name}' for c in dep.classifiers) or 'none deployed'})")
+            raise NotFound(f"no classifier '{name}' is deployed on '{dep.base.name}'",
+                           hint="train one (llora train --task classify --kind modifier) and deploy it")
+        with self.classifier_lock:
+            if match.id not in self.classifiers:
+                from llora_cli.classify.model import load_classifier
+
+                self.classifiers[match.id] = self.runtime.batcher.call(lambda: load_classifier(self.store, match))
+            return self.classifiers[match.id]
 
     def models(self) -> list[dict]:
         dep = self.sync()
@@ -81,6 +108,10 @@ class Served:
             rows.append({"id": f"{base.name}:{m.name}", "object": "model", "created": created, "owned_by": "llora",
                          "llora": {"artifact_id": m.id, "kind": "modifier", "domain": m.domain,
                                    "engine": self.engine, "base": base.id}})
+        for c in dep.classifiers:  # POST /v1/classify
+            rows.append({"id": f"{base.name}:{c.name}", "object": "model", "created": created, "owned_by": "llora",
+                         "llora": {"artifact_id": c.id, "kind": "classifier", "domain": c.domain,
+                                   "labels": list((c.meta or {}).get("labels") or []), "base": base.id}})
         return rows
 
     def pick(self, model: str):
@@ -97,10 +128,14 @@ class Served:
         for m in dep.modifiers:
             if mod_name in (m.name, m.id, m.domain):
                 return m
+        if any(mod_name in (c.name, c.id, c.domain) for c in dep.classifiers):
+            raise BadInput(f"'{mod_name}' is a classifier: it labels text, it does not generate it; "
+                           "send the text to POST /v1/classify")
         raise NotFound(f"modifier '{mod_name}' is not deployed on '{dep.base.name}'")
 
 
 MAX_CHOICES = 8
+MAX_CLASSIFY_INPUTS = 256  # texts per /v1/classify request
 
 
 class Unsupported(BadInput):
@@ -250,6 +285,12 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
         prompt: str
         logprobs: int | None = None
 
+    class ClassifyBody(BaseModel):  # vLLM's /classify request (also SGLang's): model + one text or a list
+        model_config = ConfigDict(extra="forbid")
+        model: str = Field(description="BASE:CLASSIFIER, a classifier modifier deployed on the served base")
+        input: str | list[str] = Field(description=f"a text, or up to {MAX_CLASSIFY_INPUTS} texts")
+        user: str | None = None
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if api_key is not None and request.url.path.startswith("/v1/"):
@@ -294,6 +335,7 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
         dep = served.sync()
         return {"status": "ok", "base": {"id": dep.base.id, "name": dep.base.name},
                 "modifiers": [m.name for m in dep.modifiers if m.id not in served.runtime.refused],
+                "classifiers": [c.name for c in dep.classifiers],
                 "engine": served.engine,
                 # jobs queued for the model thread, not yet taken: 0 when idle (the load test checks none leak)
                 "pending_jobs": len(served.runtime.batcher.pending)}
@@ -441,6 +483,32 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
         messages = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(body.messages)]
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         return handle(request, body, messages=messages, prompt=last_user, kind="chat")
+
+    @app.post("/v1/classify")
+    def classify(request: Request, body: ClassifyBody):
+        """Label probabilities of ``input`` by a deployed classifier, in vLLM's response shape: ``data[i]`` =
+        ``{index, label, probs (label-map order), num_classes}``; llora adds ``labels`` (the label map)."""
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not texts or len(texts) > MAX_CLASSIFY_INPUTS:
+            raise BadInput(f"input takes 1 to {MAX_CLASSIFY_INPUTS} texts, got {len(texts)}")
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise BadInput(f"input[{i}] is empty; a classifier needs some text to read")
+        start = time.perf_counter()
+        clf = served.classifier(body.model)
+        counts = [len(clf.tokenizer(t, truncation=True, max_length=clf.max_tokens)["input_ids"]) for t in texts]
+        probs = served.runtime.batcher.call(lambda: clf.probabilities(texts))
+        data = [{"index": i, "label": clf.labels[int(p.argmax())], "probs": [round(float(x), 7) for x in p],
+                 "num_classes": len(clf.labels)} for i, p in enumerate(probs)]
+        latency = (time.perf_counter() - start) * 1000
+        served.store.log_request(
+            base_id=served.deployment.base.id, modifier_id=clf.artifact.id, engine="transformers",
+            client=request.client.host if request.client else "unknown", prompt=json.dumps(texts),
+            response=json.dumps([d["label"] for d in data]), tokens_in=sum(counts), tokens_out=0,
+            latency_ms=latency, ttft_ms=None, params={"endpoint": "classify"})
+        return {"id": f"classify-{uuid.uuid4().hex[:24]}", "object": "list", "created": int(time.time()),
+                "model": body.model, "data": data, "labels": clf.labels,
+                "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts), "completion_tokens": 0}}
 
     @app.post("/v1/completions")
     def completions(request: Request, body: CompletionBody):

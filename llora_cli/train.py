@@ -35,6 +35,8 @@ BASE_KINDS = ("base", "merged", "compressed")
 class TrainPlan:
     kind: str
     domain: str | None
+    task: str  # "generate" (causal LM) or "classify" (sequence classification head)
+    labels: list[str] | None  # classify: the label map, index i = class i
     base: dict
     dataset: dict
     rows: int
@@ -61,10 +63,21 @@ def runs_dir(store: Store, run_id: str) -> Path:
     return store.home / "runs" / run_id
 
 
+TASKS = ("generate", "classify")
+
+
 def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str | None,
-         config: TrainConfig, command: str = "") -> tuple[TrainPlan, Artifact, object]:
+         config: TrainConfig, command: str = "", task: str = "generate") -> tuple[TrainPlan, Artifact, object]:
+    """Check everything a run needs before anything is created: kind/domain, base, targets, data.
+
+    ``task``: ``generate`` (causal-LM LoRA on chat/text rows) or ``classify`` (LoRA plus a classification head on
+    text + label rows: PEFT ``SEQ_CLS``, llora_cli/classify/). BadInput names what is wrong: an unknown task,
+    classification data for a generative run or the reverse, a classifier on a base it cannot train (GGUF, quantized).
+    """
     from llora_cli.adapters import check_kind_domain
 
+    if task not in TASKS:
+        raise BadInput(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     check_kind_domain(kind, domain)
     config = for_kind(config, kind)
     base = store.resolve(base_ref, kinds=BASE_KINDS)
@@ -75,14 +88,20 @@ def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str |
     tensors = modelfiles.model_tensors(base_dir)
     targets = resolve_targets(config, tensors)
     data = load_data(store, data_ref, command=command)
-    require_generative(data, "llora train")
+    labels = None
+    if task == "classify":
+        from llora_cli.classify import check_trainable
+
+        labels = check_trainable(data, base, config, store.path_of(base.id))
+    else:
+        require_generative(data, "llora train")
     for i, row in enumerate(data.train, 1):
         if "messages" in row and not any(m["role"] == "assistant" for m in row["messages"]):
             raise BadInput(f"dataset '{data.artifact.name}' row {i} has no assistant message to learn from "
                            "(a row with only an expected answer is for llora eval, not training)")
     arch = base.meta.get("architecture") or modelfiles.summarize_model(base_dir)
     p = TrainPlan(
-        kind=kind, domain=domain,
+        kind=kind, domain=domain, task=task, labels=labels,
         base={"id": base.id, "name": base.name, "kind": base.kind, "content_hash": base.content_hash},
         dataset={"id": data.artifact.id, "name": data.artifact.name, "task": data.task, "format": data.format},
         rows=len(data.train), config=config.model_dump(), target_modules=targets,
@@ -94,10 +113,11 @@ def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str |
 
 def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: TrainConfig, domain: str | None = None,
           name: str | None = None, command: str = "", progress: Callable[[dict], None] | None = None,
-          launcher: str = "none", num_processes: int = 1, accelerate_config: Path | None = None) -> TrainResult:
+          launcher: str = "none", num_processes: int = 1, accelerate_config: Path | None = None,
+          task: str = "generate") -> TrainResult:
     config = for_kind(config, kind)
     p, base, data = plan(store, base_ref=base_ref, data_ref=data_ref, kind=kind, domain=domain, config=config,
-                         command=command)
+                         command=command, task=task)
     if launcher not in ("none", "accelerate"):
         raise BadInput(f"--launcher must be none or accelerate, got {launcher!r}")
     if launcher == "accelerate" and num_processes < 1:
@@ -113,6 +133,7 @@ def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: Trai
     quantization = config.quantize if config.quantize != "none" else base.quantization
     role = "runs_on" if kind == "modifier" else "trained_on"
     meta = {"config": config.model_dump(), "target_modules": p.target_modules, "launcher": launcher,
+            **({"task": "classify", "labels": p.labels} if task == "classify" else {}),
             "num_processes": num_processes if launcher == "accelerate" else 1,
             "accelerate_config": str(Path(accelerate_config).resolve()) if accelerate_config else None,
             "run": {"host": socket.gethostname(), "pid": os.getpid()},
@@ -132,7 +153,7 @@ def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: Trai
         write_jsonl(heldout, data.test[:HELDOUT_ROWS])
     spec = TrainSpec(base_dir=str(store.path_of(base.id)), rows_path=str(run_dir / "rows.jsonl"),
                      run_dir=str(run_dir), out_dir="", config=config.model_dump(), target_modules=p.target_modules,
-                     heldout_path=str(heldout) if heldout else None)
+                     heldout_path=str(heldout) if heldout else None, task=task, labels=p.labels)
     return _execute(store, art, spec, progress=progress, launcher=launcher, num_processes=num_processes,
                     command=command, accelerate_config=accelerate_config)
 

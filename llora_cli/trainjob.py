@@ -34,6 +34,8 @@ class TrainSpec:
     target_modules: list[str]
     resume: bool = False
     heldout_path: str | None = None  # JSONL of held-out rows (task data): loss and token accuracy during training
+    task: str = "generate"  # or "classify": LoRA plus a sequence-classification head (PEFT SEQ_CLS)
+    labels: list[str] | None = None  # classify: class i of the head is labels[i]
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -54,7 +56,8 @@ class TrainOutcome:
     precision: str
     trainable_parameters: int
     world_size: int = 1
-    heldout: list[dict] = field(default_factory=list)  # {"step", "loss", "token_accuracy", "n"} on held-out rows
+    # on held-out rows: {"step", "loss", "token_accuracy", "n"}; a classifier: "accuracy" (of the label) instead
+    heldout: list[dict] = field(default_factory=list)
     memorisation: str | None = None  # the warning of memorisation_warning(), if any
 
 
@@ -69,9 +72,10 @@ def memorisation_warning(losses: list[float], heldout: list[dict], *, near_zero:
     """A warning when the training loss is near zero while held-out accuracy stopped improving, else None.
 
     ``losses``: the training loss of each logged step; ``heldout``: points ``{"step", "token_accuracy"}`` in step
-    order. Near zero: the mean of the last 5 losses is below ``near_zero``. Flat: the held-out token accuracy at
-    the last point is less than ``flat`` above the one at the middle point of the run (the latest point at or
-    before half the last point's step). Both together mean more steps only memorise the training rows.
+    order (a classifier's points have ``accuracy``, used the same way). Near zero: the mean of the last 5 losses
+    is below ``near_zero``. Flat: the held-out accuracy at the last point is less than ``flat`` above the one at
+    the middle point of the run (the latest point at or before half the last point's step). Both together mean
+    more steps only memorise the training rows.
     """
     if not losses or len(heldout) < 2:
         return None
@@ -82,11 +86,12 @@ def memorisation_warning(losses: list[float], heldout: list[dict], *, near_zero:
     end = heldout[-1]
     middle = [h for h in heldout[:-1] if h["step"] <= end["step"] / 2] or heldout[:1]
     mid = middle[-1]
-    gain = end["token_accuracy"] - mid["token_accuracy"]
+    key = "token_accuracy" if "token_accuracy" in end else "accuracy"
+    gain = end[key] - mid[key]
     if gain >= flat:
         return None
-    return (f"training loss {recent:.3f} is near zero (memorised) while held-out token accuracy is flat: "
-            f"{mid['token_accuracy']:.1%} at step {mid['step']} -> {end['token_accuracy']:.1%} at step {end['step']}; "
+    return (f"training loss {recent:.3f} is near zero (memorised) while held-out {key.replace('_', ' ')} is flat: "
+            f"{mid[key]:.1%} at step {mid['step']} -> {end[key]:.1%} at step {end['step']}; "
             f"more steps will not help: train on more varied rows, or stop near step {mid['step']} "
             f"(max_steps={mid['step']})")
 
@@ -146,7 +151,18 @@ class TrainJob:
                 if cfg.quantize == "nf4" else BitsAndBytesConfig(load_in_8bit=True)
             )
             self.precision += f"+{cfg.quantize}"
-        if stored == "gguf":
+        self.classify = self.spec.task == "classify"
+        if self.classify:
+            # LlamaForSequenceClassification & co.: the decoder plus a linear head `score` [num_labels, hidden] on the
+            # last non-pad token; the head is new (random init), trained in full (modules_to_save), not LoRA
+            from transformers import AutoModelForSequenceClassification
+
+            labels = list(self.spec.labels or [])
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.spec.base_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={x: i for i, x in enumerate(labels)}, **kwargs)
+            model.config.pad_token_id = self.tokenizer.pad_token_id  # finds each row's last token
+        elif stored == "gguf":
             # a GGUF base trains on its dequantized weights: exactly the values the runtime computes with
             model = load_gguf_dequantized(Path(self.spec.base_dir), kwargs["dtype"])
         else:
@@ -160,17 +176,24 @@ class TrainJob:
             model.enable_input_require_grads()
         lora = LoraConfig(
             r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=self.spec.target_modules,
-            use_dora=cfg.dora, use_rslora=cfg.rslora, task_type="CAUSAL_LM",
-        )
+            use_dora=cfg.dora, use_rslora=cfg.rslora, task_type="SEQ_CLS" if self.classify else "CAUSAL_LM",
+        )  # SEQ_CLS: PEFT adds the head (`score` / `classifier`) to modules_to_save, saved whole with the adapter
         self.model = get_peft_model(model, lora)
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         rows = [json.loads(line) for line in open(self.spec.rows_path) if line.strip()]
+        from datasets import Dataset
+
+        if self.classify:
+            self.dataset = Dataset.from_list([self.encode_labelled(r) for r in rows])
+            self.heldout = []
+            if self.spec.heldout_path and Path(self.spec.heldout_path).exists():
+                self.heldout = [self.encode_labelled(json.loads(line)) for line in open(self.spec.heldout_path)
+                                if line.strip()][:HELDOUT_ROWS]
+            return
         encoded = [encode_row(self.tokenizer, r, cfg.max_seq_len) for r in rows]
         encoded = [e for e in encoded if any(label != -100 for label in e["labels"])]
         if not encoded:
             raise ValueError("no row has a token to learn after truncation; raise max_seq_len")
-        from datasets import Dataset
-
         self.dataset = Dataset.from_list(encoded)
         self.heldout: list[dict] = []
         if self.spec.heldout_path and Path(self.spec.heldout_path).exists():
@@ -178,12 +201,21 @@ class TrainJob:
             self.heldout = [e for e in (encode_row(self.tokenizer, r, cfg.max_seq_len) for r in held)
                             if any(label != -100 for label in e["labels"])]
 
+    def encode_labelled(self, row: dict) -> dict:
+        """A classification row -> ``input_ids`` (the text's first ``max_seq_len`` tokens, no chat template: the head
+        reads the last one) and ``labels`` (the class index)."""
+        ids = self.tokenizer(row["text"], add_special_tokens=True, truncation=True,
+                             max_length=self.config.max_seq_len)["input_ids"]
+        return {"input_ids": ids, "labels": self.spec.labels.index(str(row["label"]))}
+
     def heldout_score(self, step: int) -> dict:
         """Teacher-forced loss and next-token accuracy on the held-out rows' learned tokens (dropout off)."""
         import torch
 
         from llora_cli.encoding import IGNORE
 
+        if self.classify:
+            return self.heldout_classify(step)
         model = self.model
         was_training = model.training
         model.eval()
@@ -206,6 +238,28 @@ class TrainJob:
             model.train()
         return {"step": step, "loss": round(total / count, 5), "token_accuracy": round(correct / count, 5),
                 "n": len(self.heldout)}
+
+    def heldout_classify(self, step: int) -> dict:
+        """Cross-entropy (nats) and accuracy of the head on the held-out rows (dropout off)."""
+        import torch
+
+        model = self.model
+        was_training = model.training
+        model.eval()
+        total, correct = 0.0, 0
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for i in range(0, len(self.heldout), 8):
+                batch = collate_labelled(self.heldout[i: i + 8], self.tokenizer.pad_token_id)
+                logits = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device)).logits.float()
+                labels = batch["labels"].to(device)
+                total += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+                correct += int((logits.argmax(-1) == labels).sum())
+        if was_training:
+            model.train()
+        n = len(self.heldout)
+        return {"step": step, "loss": round(total / n, 5), "accuracy": round(correct / n, 5), "n": n}
 
     def run(self) -> TrainOutcome:
         from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -271,10 +325,13 @@ class TrainJob:
             ddp_backend="gloo" if self.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         )
         pad_id = self.tokenizer.pad_token_id
-        kept = keeps_learned_logits(self.model)
+        kept = not self.classify and keeps_learned_logits(self.model)
+        if self.classify:  # the model's own loss: cross-entropy of the head's logits against the class index
+            collator = lambda feats: collate_labelled(feats, pad_id)  # noqa: E731
+        else:
+            collator = (lambda feats: _collate(feats, pad_id)) if kept else (lambda feats: pad_batch(feats, pad_id))
         trainer = Trainer(
-            model=self.model, args=args, train_dataset=self.dataset,
-            data_collator=(lambda feats: _collate(feats, pad_id)) if kept else (lambda feats: pad_batch(feats, pad_id)),
+            model=self.model, args=args, train_dataset=self.dataset, data_collator=collator,
             compute_loss_func=learned_loss if kept else None, callbacks=[Progress()],
         )
         from transformers.trainer_callback import PrinterCallback
@@ -306,6 +363,24 @@ class TrainJob:
         out = Path(self.spec.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out, safe_serialization=True)
+        if self.classify:  # the label map travels with the files (index i = row i of the saved head)
+            from llora_cli.classify import CLASSIFIER_FILE
+
+            (out / CLASSIFIER_FILE).write_text(json.dumps({"task": "classify", "labels": list(self.spec.labels)}))
+
+
+def collate_labelled(features: list[dict], pad_id: int) -> dict:
+    """Classification rows -> right-padded ``input_ids`` / ``attention_mask`` [batch, longest] (int64) and ``labels``
+    [batch] (int64). The sequence-classification models read the last token whose id is not ``pad_id``."""
+    import torch
+
+    width = max(len(f["input_ids"]) for f in features)
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        ids[i, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
+        mask[i, :len(f["input_ids"])] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["labels"] for f in features])}
 
 
 def _collate(features: list[dict], pad_id: int) -> dict:

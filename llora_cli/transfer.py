@@ -2,7 +2,7 @@
 
 Full transfer copies the payload files with ``export.json`` (row, parents, file
 hashes). Low-bandwidth transfer of a merged checkpoint ships only the kept
-training adapter and a recipe; the receiving store, which must already hold the
+training adapter (a classifier's: LoRA plus its head) and a recipe; the receiving store, which must already hold the
 exact base (content hash), rebuilds the checkpoint with the deterministic merge
 and refuses it unless the content hash equals the exported one.
 """
@@ -125,7 +125,9 @@ def _rebuild(store: Store, src: Path, manifest: dict, staging: Path) -> None:
     try:
         result = stream_merge(base_dir, src, staging, dtype=merge.get("dtype", "bf16"), qlora=merge.get("qlora"),
                               naive=merge.get("qlora_merge") == "naive")
-        copy_model_files(base_dir, staging, merge.get("dtype", "bf16"), untied=bool(result["untied"]))
+        meta = manifest.get("metadata") or {}
+        labels = meta.get("labels") if meta.get("task") == "classify" else None  # a classifier: its head's labels
+        copy_model_files(base_dir, staging, merge.get("dtype", "bf16"), untied=bool(result["untied"]), labels=labels)
     finally:
         if dequantized is not None:
             shutil.rmtree(dequantized, ignore_errors=True)

@@ -11,6 +11,7 @@ from llora_cli.cli import (
     adapters,
     artifacts,
     bases,
+    classify,
     compress,
     data,
     db,
@@ -95,6 +96,7 @@ app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
 app.command("train")(train.train)
 app.command("eval")(evalcmd.eval_)
+app.command("classify")(classify.classify)
 app.command("experiment")(experiment.experiment)
 app.command("merge")(merge.merge)
 app.command("compress")(compress.compress)

@@ -20,6 +20,10 @@ def train(
         str, typer.Option("--kind", "-k", help="adapter (temporary, merged later) or modifier (served on its base).")
     ] = "adapter",
     domain: Annotated[Optional[str], typer.Option(help="Domain of a modifier (code, reasoning, automation, ...).")] = None,
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="generate (causal LM) or classify (LoRA plus a classification head; "
+                                               "text + label rows).")
+    ] = "generate",
     name: NameOpt = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with config keys.")] = None,
     quantize: Annotated[Optional[str], typer.Option(help="Train on a bitsandbytes-quantized base: nf4 or int8 (QLoRA).")] = None,
@@ -46,6 +50,10 @@ def train(
     With task data, held-out rows are scored during training and a warning says
     when the training loss is near zero while held-out accuracy is flat.
 
+    --task classify trains a classifier: LoRA plus a classification head (PEFT
+    SEQ_CLS, the head saved whole with the adapter) on text + label rows; the
+    label map is recorded. Use it with llora classify.
+
     Example: llora train --base smollm2 --data code-n400-s0 --kind modifier --domain code max_steps=60
     """
     from llora_cli import train as lib
@@ -66,11 +74,14 @@ def train(
         extra.append(f"device={device}")
     cfg = load_config(config, extra)
     if dry_run:
-        p, _, _ = lib.plan(store, base_ref=base, data_ref=data, kind=kind, domain=domain, config=cfg, command=command_line())
+        p, _, _ = lib.plan(store, base_ref=base, data_ref=data, kind=kind, domain=domain, config=cfg, command=command_line(),
+                           task=task)
         if json_:
             print_json(p.to_json())
             return
         out().print(f"[bold]{p.kind}[/] on {p.base['kind']} '{p.base['name']}' with {p.rows} rows of '{p.dataset['name']}'")
+        if p.task == "classify":
+            out().print(f"  classifier: {len(p.labels)} labels ({', '.join(p.labels)})", highlight=False)
         for k, v in p.config.items():
             out().print(f"  {k}: {v}")
         out().print(f"  target modules: {', '.join(p.target_modules)}")
@@ -83,7 +94,7 @@ def train(
     result = _with_progress(
         lambda cb: lib.train(store, base_ref=base, data_ref=data, kind=kind, config=cfg, domain=domain, name=name,
                              command=command_line(), progress=cb, launcher=launcher, num_processes=num_processes,
-                             accelerate_config=accelerate_config),
+                             accelerate_config=accelerate_config, task=task),
         json_,
     )
     _report(result, json_)

@@ -28,7 +28,8 @@ ENGINE = "transformers"
 @dataclass
 class Deployment:
     base: Artifact
-    modifiers: list[Artifact] = field(default_factory=list)
+    modifiers: list[Artifact] = field(default_factory=list)  # generative modifiers (attached to the engine)
+    classifiers: list[Artifact] = field(default_factory=list)  # deployed classifier modifiers (POST /v1/classify)
 
     def find_modifier(self, ref: str | None) -> Artifact | None:
         """``none``/None: the base alone; ``auto``: the router's choice (no router yet); else id, name or domain."""
@@ -41,6 +42,10 @@ class Deployment:
         by_id = [m for m in self.modifiers if m.id == ref or (len(ref) >= 4 and m.id.startswith(ref))]
         by_name = [m for m in self.modifiers if m.name == ref]
         by_domain = [m for m in self.modifiers if m.domain == ref]
+        clf = next((c for c in self.classifiers if ref in (c.id, c.name, c.domain)), None)
+        if clf is not None and not (by_id or by_name or by_domain):
+            raise BadInput(f"'{ref}' is a classifier: it labels text, it does not generate it",
+                           hint=f'llora classify {clf.name} "text" (or POST /v1/classify on llora serve)')
         for matches in (by_id, by_name, by_domain):
             if len(matches) == 1:
                 return matches[0]
@@ -57,6 +62,9 @@ def resolve_deployment(store: Store, base_ref: str | None = None) -> Deployment:
     if base_ref is not None:
         base = store.resolve(base_ref)
         rules.check_runnable(base)  # R5
+        from llora_cli.classify import refuse_classifier
+
+        refuse_classifier(base, "llora run / serve", "they generate text")
         if base.kind not in RUNTIME_KINDS:
             raise BadInput(f"'{base.name}' is {base.kind}; run a base, merged or compressed model "
                            "(a modifier runs on its base: --modifier)")
@@ -72,12 +80,12 @@ def resolve_deployment(store: Store, base_ref: str | None = None) -> Deployment:
         base = deployed[0]
     with store.reading() as s:
         children = store.children_by_role(s, base.id, "runs_on")
-    modifiers = []
+    modifiers, classifiers = [], []
     for m in children:
         if m.kind == "modifier" and m.state == "deployed":
             rules.check_modifier_base(m, base)  # R6: deploy checked it; the hash is checked again at load
-            modifiers.append(m)
-    return Deployment(base, modifiers)
+            (classifiers if (m.meta or {}).get("task") == "classify" else modifiers).append(m)
+    return Deployment(base, modifiers, classifiers)
 
 
 @dataclass

@@ -66,7 +66,8 @@ def base_and_modifiers(store: Store, base_ref: str) -> tuple[Artifact, list[Arti
         raise BadInput(f"{base.kind} '{base.name}' is '{base.state}'; collect on a ready or deployed base")
     with store.reading() as s:
         children = store.children_by_role(s, base.id, "runs_on")
-    mods = sorted((m for m in children if m.kind == "modifier" and m.state in ("trained", "deployed")),
+    mods = sorted((m for m in children if m.kind == "modifier" and m.state in ("trained", "deployed")
+                   and (m.meta or {}).get("task") != "classify"),  # a classifier answers no chat scenario
                   key=lambda m: (m.created_at, m.id))
     for m in mods:
         rules.check_modifier_base(m, base)  # R6
