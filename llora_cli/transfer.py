@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llora_store import Store
@@ -20,9 +21,81 @@ from llora_store.files import content_hash, scan, sha256_file
 from llora_store.models import Artifact
 
 MANIFEST = "export.json"
+LOW_BANDWIDTH_FILES = ("adapter_config.json", "adapter_model.safetensors")
+DELIVERIES = ("auto", "fused", "low-bandwidth")
 
 
-def export_artifact(store: Store, ref: str, to: Path, *, low_bandwidth: bool = False) -> Path:
+@dataclass(frozen=True)
+class DeliveryPlan:
+    """How to ship a merged checkpoint (a fused classifier, or any merged model) to another store.
+
+    ``fused_bytes``: every file of the checkpoint; ``low_bandwidth_bytes``: the kept adapter's files (LoRA and, for a
+    classifier, its head), None without a kept adapter; ``rebuild_peak_bytes``: the receiver's streaming-merge peak
+    (``loading.plan_for_dir``: three fp32 copies of the largest tensor plus the adapter and the runtime);
+    ``available_bytes``: the receiver's free memory assumed (``--memory``, else this machine's)."""
+
+    artifact: dict
+    fused_bytes: int
+    low_bandwidth_bytes: int | None
+    rebuild_peak_bytes: int | None
+    available_bytes: int
+    recommended: str  # "fused" or "low-bandwidth"
+    reason: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def plan_delivery(store: Store, ref: str, *, available: int | None = None) -> DeliveryPlan:
+    """The recommended delivery of merged ``ref``: low-bandwidth when a kept adapter exists and the receiver can
+    rebuild within 80% of ``available`` bytes, else fused. The low-bandwidth path also needs the exact base (content
+    hash) on the receiving side, which the sender cannot see; the reason says so. BadInput for another kind."""
+    from llora_cli.loading import available_memory, plan_for_dir
+
+    d = store.describe(ref)
+    art = d.summary
+    if art.kind != "merged":
+        raise BadInput(f"{art.kind} '{art.name}' is not a merged checkpoint; delivery paths are for merged ones "
+                       "(the fused files, or the adapter and a recipe)")
+    fused = sum(f.bytes for f in d.files if not f.deleted)
+    available = available_memory() if available is None else available
+    adapter = next((p for p in art.parents if p["role"] == "adapter"), None)
+    kept = adapter is not None and store.get(adapter["id"]).state != "discarded"
+    info = {"id": art.id, "name": art.name, "kind": art.kind, "task": (d.metadata or {}).get("task")}
+    if not kept:
+        return DeliveryPlan(info, fused, None, None, available, "fused",
+                            "no kept adapter to ship (merge with --keep-adapter for the low-bandwidth path)")
+    adir = store.path_of(adapter["id"])
+    small = sum((adir / n).stat().st_size for n in LOW_BANDWIDTH_FILES)
+    base = next(p for p in art.parents if p["role"] == "merge_base")
+    peak = plan_for_dir(store.path_of(base["id"]), adir, {"id": adapter["id"], "name": "", "kind": "adapter"},
+                        available=available).merge_peak_bytes or 0
+    if peak > available * 0.8:
+        return DeliveryPlan(info, fused, small, peak, available, "fused",
+                            f"rebuilding needs ~{peak >> 20} MiB, more than 80% of the {available >> 20} MiB free")
+    return DeliveryPlan(info, fused, small, peak, available, "low-bandwidth",
+                        f"ships {small:,} of {fused:,} bytes ({small / max(fused, 1):.1%}); the receiver rebuilds in "
+                        f"~{peak >> 20} MiB and needs the exact base (content hash "
+                        f"{str(store.get(base['id']).content_hash)[:12]});"
+                        " without it, ship fused")
+
+
+def export_artifact(store: Store, ref: str, to: Path, *, low_bandwidth: bool = False,
+                    delivery: str | None = None) -> Path:
+    """Write ``ref`` under ``to/<id>/`` with its manifest. ``delivery`` (merged checkpoints): ``fused``,
+    ``low-bandwidth`` or ``auto`` (``plan_delivery``'s recommendation); the choice and its reason are recorded in the
+    manifest, and the importing store keeps them in the artifact's metadata (``imported.delivery``)."""
+    if delivery is not None and delivery not in DELIVERIES:
+        raise BadInput(f"--delivery must be one of {', '.join(DELIVERIES)}, got {delivery!r}")
+    chosen = None
+    if delivery is not None:
+        if low_bandwidth and delivery != "low-bandwidth":
+            raise BadInput("--low-bandwidth and --delivery disagree; give one")
+        plan = plan_delivery(store, ref)
+        mode = plan.recommended if delivery == "auto" else delivery
+        chosen = {"requested": delivery, "mode": mode, "reason": plan.reason if delivery == "auto" else "requested",
+                  "plan": plan.to_json()}
+        low_bandwidth = mode == "low-bandwidth"
     d = store.describe(ref)
     art = d.summary
     if art.state == "discarded":
@@ -38,6 +111,8 @@ def export_artifact(store: Store, ref: str, to: Path, *, low_bandwidth: bool = F
                 "content_hash": art.content_hash, "base_hash": d.base_hash, "quantization": d.quantization,
                 "domain": art.domain, "metadata": d.metadata, "parents": parents,
                 "files": [{"path": f.path, "sha256": f.sha256, "bytes": f.bytes} for f in d.files if not f.deleted]}
+    if chosen is not None:
+        manifest["delivery"] = chosen
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -51,7 +126,7 @@ def export_artifact(store: Store, ref: str, to: Path, *, low_bandwidth: bool = F
                 raise BadInput(f"merged '{art.name}' has no kept adapter to ship",
                                hint="merge with --keep-adapter to allow low-bandwidth transfer, or export it in full")
             adir = store.path_of(adapter["id"])
-            for n in ("adapter_config.json", "adapter_model.safetensors"):
+            for n in LOW_BANDWIDTH_FILES:
                 shutil.copyfile(adir / n, tmp / n)
             manifest.update(mode="recipe", recipe={"base_hash": base["content_hash"], "adapter": adapter,
                                                    "merge": d.metadata.get("merge", {})})
@@ -95,7 +170,8 @@ def import_artifact(store: Store, src: Path, *, name: str | None = None, command
         known = {a.id for a in store.list()}
         parents = [(p["id"], p["role"]) for p in manifest["parents"] if p["id"] in known]
         meta = {**manifest["metadata"], "imported": {"from": str(src), "mode": manifest["mode"],
-                                                     "parents": manifest["parents"]}}
+                                                     "parents": manifest["parents"],
+                                                     **({"delivery": manifest["delivery"]} if "delivery" in manifest else {})}}
         state = "trained" if manifest["kind"] in ("adapter", "modifier", "router") else "ready"
         return store.create(manifest["kind"], name, state=state, staging=staging, parents=parents, metadata=meta,
                             base_hash=manifest["base_hash"], quantization=manifest["quantization"],

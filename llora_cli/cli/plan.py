@@ -12,17 +12,35 @@ from llora_cli.cli.options import ArtifactRef, JsonOpt, human_bytes, open_store,
 def plan(
     ref: ArtifactRef,
     memory: Annotated[Optional[str], typer.Option(help="Plan for this much free memory (e.g. 2GiB) instead of this machine's.")] = None,
+    delivery: Annotated[bool, typer.Option("--delivery", help="Merged checkpoint: compare shipping it fused or as "
+                                           "adapter + recipe (low-bandwidth) and recommend one.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Estimate the memory of loading (fp32/bf16/nf4), merging and compressing an artifact, and the strategy.
 
     Nothing is loaded: sizes come from safetensors headers, free memory from the OS.
 
-    Example: llora plan smollm2 --memory 1GiB
+    With --delivery (a merged checkpoint): bytes of the fused files and of the
+    low-bandwidth package (kept adapter + recipe), the receiver's rebuild peak,
+    and the recommended path (llora export --delivery auto follows it).
+
+    Example: llora plan smollm2 --memory 1GiB; llora plan my-merged --delivery
     """
     from llora_cli.loading import plan_for
 
     available = _parse_size(memory) if memory else None
+    if delivery:
+        from llora_cli.transfer import plan_delivery
+
+        d = plan_delivery(open_store(), ref, available=available)
+        if json_:
+            print_json(d.to_json())
+            return
+        out().print(f"{d.artifact['kind']} '{d.artifact['name']}': fused {human_bytes(d.fused_bytes)}; low-bandwidth "
+                    + (f"{human_bytes(d.low_bandwidth_bytes)} (rebuild peak {human_bytes(d.rebuild_peak_bytes)}, "
+                       f"{human_bytes(d.available_bytes)} free)" if d.low_bandwidth_bytes is not None else "unavailable"))
+        out().print(f"recommended: {d.recommended}: {d.reason}", highlight=False)
+        return
     p = plan_for(open_store(), ref, available=available)
     if json_:
         print_json(p.to_json())

@@ -19,9 +19,16 @@ def export(
                                          "modifiers + serve.sh), ollama (Modelfile: GGUF base + one adapter) or "
                                          "gguf (one file for llama.cpp), gguf-lora (a modifier as a llama.cpp LoRA).")] = "store",
     modifier: Annotated[Optional[str], typer.Option(help="--format ollama: the one modifier to attach.")] = None,
+    delivery: Annotated[Optional[str], typer.Option(
+        help="Merged checkpoint: fused (every file), low-bandwidth (= --low-bandwidth) or auto (llora plan "
+             "--delivery's choice from the sizes and the free memory); recorded in the export.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Export an artifact for another store, or a deployment for an engine that scales.
+
+    A merged checkpoint travels fused (every file) or low-bandwidth (its kept adapter, with a
+    classifier's head, and a recipe; the receiver rebuilds it on its own copy of the base and
+    checks the content hash). --delivery auto picks one as llora plan --delivery says.
 
     Example: llora export my-merged --to /shared/llora --low-bandwidth
     Example: llora export smollm2 --format vllm --to ./deploy
@@ -34,7 +41,7 @@ def export(
         return
     from llora_cli.transfer import export_artifact
 
-    out = export_artifact(open_store(), ref, to, low_bandwidth=low_bandwidth)
+    out = export_artifact(open_store(), ref, to, low_bandwidth=low_bandwidth, delivery=delivery)
     print_json({"path": str(out)}) if json_ else err().print(f"exported to {out}")
 
 

@@ -220,9 +220,19 @@ def test_a_classifier_adapter_merges_verified_and_ships_low_bandwidth_byte_ident
     for a, b in zip(before["predictions"], after["predictions"]):
         assert a["label"] == b["label"] and a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
 
+    # the delivery plan: sizes of both paths, the rebuild's memory, a recommendation that follows the free memory
+    plan = cli.json("plan", merged.name, "--delivery")
+    adir = store.path_of(adapter.id)
+    assert plan["fused_bytes"] == sum(f.stat().st_size for f in mdir.iterdir() if f.name != "llora.json")
+    assert plan["low_bandwidth_bytes"] == sum((adir / n).stat().st_size
+                                              for n in ("adapter_config.json", "adapter_model.safetensors"))
+    assert plan["low_bandwidth_bytes"] < plan["fused_bytes"] and plan["recommended"] == "low-bandwidth"
+    tight = cli.json("plan", merged.name, "--delivery", "--memory", str(plan["rebuild_peak_bytes"]))
+    assert tight["recommended"] == "fused" and "rebuilding needs" in tight["reason"]
+
     # low-bandwidth: adapter + head only; the receiver rebuilds byte-identical files against its own copy of the base
     shared, other = tmp_path / "shared", tmp_path / "other"
-    out = cli.json("export", merged.id, "--to", shared, "--low-bandwidth")["path"]
+    out = cli.json("export", merged.id, "--to", shared, "--delivery", "auto")["path"]
     shipped = {p.name for p in (shared / merged.id).iterdir()}
     assert shipped == {"export.json", "adapter_config.json", "adapter_model.safetensors"}
     refused = cli("--home", other, "import", out)  # no base with that content hash there: nothing registered
@@ -231,6 +241,8 @@ def test_a_classifier_adapter_merges_verified_and_ships_low_bandwidth_byte_ident
     cli.json("--home", other, "bases", "add", tiny_model_dir, "--name", "tiny")
     got = cli.json("--home", other, "import", out)
     assert got["content_hash"] == merged.content_hash and got["metadata"]["labels"] == ["purple", "red", "yellow"]
+    chosen = got["metadata"]["imported"]["delivery"]  # the choice travels with the package and is kept
+    assert chosen["requested"] == "auto" and chosen["mode"] == "low-bandwidth" and "ships" in chosen["reason"]
     rebuilt = other / "artifacts" / got["id"]
     for f in mdir.iterdir():
         if f.name != "llora.json":
