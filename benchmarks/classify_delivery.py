@@ -6,8 +6,9 @@ Usage::
 
 Sender (``--home``, or a fresh home): the embedded SmolLM2-135M, the intent data, a classifier **training adapter**
 (``llora train --task classify --kind adapter``; its quality is not the point here), merged with
-``--keep-adapter`` (bf16, the default) into the fused classifier. ``llora plan --delivery`` gives its
-recommendation; then it is exported both ways (``llora export`` fused, and ``--delivery low-bandwidth``).
+``--keep-adapter --dtype fp32`` into the fused classifier (in bf16 the merge's logit check refuses it:
+docs/benchmarks.md). ``llora plan --delivery`` gives its recommendation; then it is exported both ways
+(``llora export --delivery fused`` and ``--delivery low-bandwidth``).
 
 Receivers, each a fresh store, every step a ``llora`` command in its own process (start-up and imports included):
 
@@ -67,7 +68,7 @@ def main() -> None:
         llora(home, "data", "make", "intent", "--n", 220, "--n-test", 22, "--name", data)
     trained, train_s = llora(home, "train", "--base", "smollm2", "--data", data, "--task", "classify", "--kind",
                              "adapter", f"max_steps={args.steps}")
-    merged, merge_s = llora(home, "merge", trained["name"], "--keep-adapter")
+    merged, merge_s = llora(home, "merge", trained["name"], "--keep-adapter", "--dtype", "fp32")
     name = merged["merged"]["name"]
     plan, _ = llora(home, "plan", name, "--delivery")
     sender, _ = llora(home, "classify", name, TEXT)

@@ -397,10 +397,10 @@ def full_check(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, dtype: st
             "tolerance": tol, "passed": worst <= tol}
 
 
-def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "bf16", name: str | None = None,
+def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str | None = None, name: str | None = None,
           keep_adapter: bool = False, verify: str = "full", naive_qlora: bool = False, command: str = "",
           progress: Callable[[int, int], None] | None = None) -> MergeReport:
-    if dtype not in DTYPES:
+    if dtype is not None and dtype not in DTYPES:
         raise BadInput(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if verify not in ("tensors", "full"):
         raise BadInput(f"--verify must be tensors or full, got {verify!r}")
@@ -408,6 +408,8 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str = "
     from llora_cli.classify import is_classifier, labels_of
 
     labels = labels_of(adapter) if is_classifier(adapter) else None
+    # default: bf16; a classifier fp32 (its few logits moved 7% in bf16 on SmolLM2, refused by the R2 check)
+    dtype = dtype or ("fp32" if labels else "bf16")
     with store.reading() as s:
         trained_on = store.parents_by_role(s, adapter.id, "trained_on") or store.parents_by_role(s, adapter.id, "runs_on")
     base = store.resolve(base_ref, kinds=("base", "merged", "compressed")) if base_ref else (trained_on[0] if trained_on else None)

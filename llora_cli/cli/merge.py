@@ -12,7 +12,8 @@ from llora_cli.cli.options import ArtifactRef, JsonOpt, NameOpt, command_line, e
 def merge(
     ref: ArtifactRef,
     keep_adapter: Annotated[bool, typer.Option("--keep-adapter", help="Keep the adapter's files (state 'merged').")] = False,
-    dtype: Annotated[str, typer.Option(help="Output dtype: bf16, fp16 or fp32.")] = "bf16",
+    dtype: Annotated[Optional[str], typer.Option(
+        help="Output dtype: bf16, fp16 or fp32 (default bf16; fp32 for a classifier).")] = None,
     name: NameOpt = None,
     base: Annotated[Optional[str], typer.Option(help="Base to merge into (default: the one it was trained on; R3).")] = None,
     verify: Annotated[str, typer.Option(help="tensors (probe vectors per tensor) or full (+ logits vs PEFT).")] = "full",

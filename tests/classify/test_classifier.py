@@ -296,3 +296,20 @@ def test_a_deployed_classifier_is_served_on_v1_classify(trained, cli, store, tmp
         assert gone.status_code == 404
     logged = cli.json("logs", "list", "--modifier", "fruit-clf")
     assert len(logged) == 2 and json.loads(logged[-1]["response"]) == [d["label"] for d in body["data"]]
+
+
+def test_probabilities_are_a_float32_softmax_also_when_the_model_computes_in_bf16(trained, store):
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from llora_cli.classify.model import load_classifier
+
+    clf = load_classifier(store, store.resolve("fruit-clf"))
+    texts = ["he picked the plum", "we need the apple", "they saw the banana"]
+    full = clf.probabilities(texts)
+    half = dataclasses.replace(clf, model=clf.model.to(torch.bfloat16), dtype="bf16").probabilities(texts)
+    assert full.dtype == np.float32 and half.dtype == np.float32  # bf16 logits are cast before the softmax
+    assert np.allclose(half.sum(axis=1), 1.0, atol=1e-6)  # a bf16 softmax would sum to 1 only within ~1e-2
+    assert (half.argmax(axis=1) == full.argmax(axis=1)).all() and np.abs(half - full).max() < 0.05
