@@ -161,8 +161,8 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
     shards = modelfiles.weight_files(base_dir)
     headers = [(p, modelfiles.read_safetensors_header(p)) for p in shards]
     have = {name: (path, info) for path, header in headers for name, info in header.items()}
-    head = classifier_head(config, whole, have)  # a classifier's head: new tensors, written after the base's
-    for name, t in head.items():
+    cls_head = classifier_head(config, whole, have)  # a classifier's head: new tensors, written after the base's
+    for name, t in cls_head.items():
         have[name] = (None, modelfiles.TensorInfo("F32", tuple(t.shape)))
     untie = tied_embeddings_to_untie(modelfiles.read_config(base_dir), have, modules, whole)
     if untie:  # the output head becomes its own tensor, a copy of the input embedding before any change
@@ -185,7 +185,7 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
                if not (untie and name == untie[1])]  # a stored copy of a tied head is what loading ignores
     if untie:
         entries.append((have[untie[0]][0], untie[1], untie[0]))
-    entries += [(None, name, name) for name in sorted(head)]
+    entries += [(None, name, name) for name in sorted(cls_head)]
     for path, name, src_name in entries:
         info = have[src_name][1]
         n = 1
@@ -217,7 +217,7 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
             try:
                 for path, name, src_name, _dt, _shape, _nbytes in shard:
                     if path is None:  # the classification head: copied whole (trained in full, not LoRA)
-                        writer.write(name, dtypes.from_f32(head[name], out_dtype))
+                        writer.write(name, dtypes.from_f32(cls_head[name], out_dtype))
                         weight_map[name] = fname
                         added += 1
                         done += 1
@@ -298,8 +298,8 @@ def _stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: st
                  "weight_map": dict(sorted(weight_map.items()))}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     passed = worst_rel <= TENSOR_TOL and worst_cast <= CAST_TOL[dtype]
-    if added != len(head):
-        raise BadInput(f"wrote {added} of {len(head)} classification head tensors")
+    if added != len(cls_head):
+        raise BadInput(f"wrote {added} of {len(cls_head)} classification head tensors")
     return {"tensors_merged": merged, "tensors_replaced": replaced, "tensors_added": added, "tensors_total": total,
             "records": records,
             "untied": list(untie) if untie else None,
