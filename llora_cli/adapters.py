@@ -195,9 +195,10 @@ def import_adapter(store: Store, peft_dir: Path, base_ref: str, *, name: str | N
     base_dir = store.path_of(base.id)
     classifier = {}
     if config.get("task_type") == "SEQ_CLS":  # LoRA plus a classification head (issue 15): the head is checked apart
-        from llora_cli.classify import read_head
+        from llora_cli.classify import check_classifier_base, read_head
 
         labels, body, body_config = read_head(peft_dir, config, tensors, _base_config(base_dir))
+        check_classifier_base(base, base_dir)
         summary = check_fits(body_config, body, modelfiles.model_tensors(base_dir), base_config=_base_config(base_dir))
         classifier = {"task": "classify", "labels": labels}
     else:

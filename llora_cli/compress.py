@@ -60,6 +60,9 @@ def check_source(art: Artifact) -> None:
                        "compressed base and are trained on it")
     if art.kind not in ("base", "merged"):
         raise BadInput(f"cannot compress {art.kind} '{art.name}': compress a base or a merged checkpoint")
+    from llora_cli.classify import refuse_classifier
+
+    refuse_classifier(art, "llora compress", "its compressed copy would lose the head and label map")
     if art.state == "discarded":
         raise BadInput(f"{art.kind} '{art.name}' is discarded; its weights are gone")
 

@@ -31,7 +31,7 @@ def deploy(store: Store, ref: str, *, command: str = "") -> tuple:
     art = store.resolve(ref)
     from llora_cli.classify import is_classifier, refuse_classifier
 
-    if art.kind != "modifier":  # a classifier modifier deploys on its base (POST /v1/classify); a merged one does not
+    if art.kind == "merged":  # a classifier modifier deploys on its base (POST /v1/classify); a merged one does not
         refuse_classifier(art, "llora deploy", "a merged classifier is used with llora classify; deploy the "
                                                "classifier modifier on its base to serve it (POST /v1/classify)")
     elif is_classifier(art) and art.state in ("trained", "retired") and is_gguf_base(store, runs_on(store, art.id)):

@@ -472,7 +472,8 @@ def merge(store: Store, ref: str, *, base_ref: str | None = None, dtype: str | N
                 "verification": {"tensors": tensor_check, "full": fc, **({"naive_qlora_error": naive_error} if naive_qlora else {})},
                 "architecture": modelfiles.summarize_model(staging),
                 "adapter": {"id": adapter.id, "name": adapter.name, "content_hash": adapter.content_hash},
-                **({"task": "classify", "labels": labels} if labels else {})}
+                **({"task": "classify", "labels": labels,  # the text length the head was trained to read
+                    "max_seq_len": (adapter.meta.get("config") or {}).get("max_seq_len")} if labels else {})}
         merged = store.create("merged", name, staging=staging, metadata=meta, artifact_id=aid, command=command,
                               known_hashes={r.path: r for r in result["records"]},
                               parents=[(base.id, "merge_base"), (adapter.id, "adapter")],

@@ -496,8 +496,8 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
                 raise BadInput(f"input[{i}] is empty; a classifier needs some text to read")
         start = time.perf_counter()
         clf = served.classifier(body.model)
-        counts = [len(clf.tokenizer(t, truncation=True, max_length=clf.max_tokens)["input_ids"]) for t in texts]
-        probs = served.runtime.batcher.call(lambda: clf.probabilities(texts))
+        counts: list[int] = []  # filled on the model thread: the tokenizer is used from that thread only
+        probs = served.runtime.batcher.call(lambda: clf.probabilities(texts, counts=counts))
         data = [{"index": i, "label": clf.labels[int(p.argmax())], "probs": [round(float(x), 7) for x in p],
                  "num_classes": len(clf.labels)} for i, p in enumerate(probs)]
         latency = (time.perf_counter() - start) * 1000

@@ -81,6 +81,9 @@ def plan(store: Store, *, base_ref: str, data_ref: str, kind: str, domain: str |
     check_kind_domain(kind, domain)
     config = for_kind(config, kind)
     base = store.resolve(base_ref, kinds=BASE_KINDS)
+    from llora_cli.classify import refuse_classifier
+
+    refuse_classifier(base, "llora train", "train on the base it was made from")
     base_dir = store.path_of(base.id)
     if config.quantize != "none" and base.kind == "compressed":
         raise BadInput(f"'{base.name}' is already compressed ({base.quantization}); train on it as stored, "

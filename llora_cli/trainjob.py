@@ -88,7 +88,7 @@ def memorisation_warning(losses: list[float], heldout: list[dict], *, near_zero:
     mid = middle[-1]
     key = "token_accuracy" if "token_accuracy" in end else "accuracy"
     gain = end[key] - mid[key]
-    if gain >= flat:
+    if gain >= flat or mid[key] >= 1 - flat:  # still improving, or already (almost) perfect: nothing to warn of
         return None
     return (f"training loss {recent:.3f} is near zero (memorised) while held-out {key.replace('_', ' ')} is flat: "
             f"{mid[key]:.1%} at step {mid['step']} -> {end[key]:.1%} at step {end['step']}; "

@@ -60,14 +60,16 @@ def plan_delivery(store: Store, ref: str, *, available: int | None = None) -> De
     fused = sum(f.bytes for f in d.files if not f.deleted)
     available = available_memory() if available is None else available
     adapter = next((p for p in art.parents if p["role"] == "adapter"), None)
-    kept = adapter is not None and store.get(adapter["id"]).state != "discarded"
+    base = next((p for p in art.parents if p["role"] == "merge_base"), None)
+    kept = adapter is not None and base is not None and store.get(adapter["id"]).state != "discarded" and all(
+        (store.path_of(adapter["id"]) / n).is_file() for n in LOW_BANDWIDTH_FILES)
     info = {"id": art.id, "name": art.name, "kind": art.kind, "task": (d.metadata or {}).get("task")}
     if not kept:
         return DeliveryPlan(info, fused, None, None, available, "fused",
-                            "no kept adapter to ship (merge with --keep-adapter for the low-bandwidth path)")
+                            "no kept adapter and base in this store to ship it with (merge with --keep-adapter for "
+                            "the low-bandwidth path)")
     adir = store.path_of(adapter["id"])
     small = sum((adir / n).stat().st_size for n in LOW_BANDWIDTH_FILES)
-    base = next(p for p in art.parents if p["role"] == "merge_base")
     peak = plan_for_dir(store.path_of(base["id"]), adir, {"id": adapter["id"], "name": "", "kind": "adapter"},
                         available=available).merge_peak_bytes or 0
     if peak > available * 0.8:

@@ -47,10 +47,7 @@ def check_trainable(data, base, config, base_dir: Path) -> list[str]:
     or BadInput: the data is not classification rows, a held-out label is not in the training labels, the base
     is GGUF or quantized (the head is trained in full precision on a safetensors base), ``quantize``/``dora``
     asked for, or the base's architecture has no sequence-classification class in transformers."""
-    import json
-
     from llora_cli.data import CLASSIFY
-    from llora_cli.loading import stored_format
 
     name = data.artifact.name if data.artifact is not None else "the data"
     if data.format != CLASSIFY:
@@ -64,18 +61,33 @@ def check_trainable(data, base, config, base_dir: Path) -> list[str]:
     if unknown:
         raise BadInput(f"'{name}': held-out labels {', '.join(unknown)} never occur in the training rows; "
                        "the head would have no class for them", hint="add training rows of those labels")
-    fmt = stored_format(base_dir)
-    if fmt != "safetensors":
-        raise BadInput(f"base '{base.name}' is stored as {fmt}; a classifier trains on a safetensors base "
-                       "(its head is trained in full precision)", hint="train on the uncompressed base")
     if config.quantize != "none" or config.dora:
         raise BadInput("--task classify trains plain LoRA (or rsLoRA) in full precision; drop quantize/dora")
+    check_classifier_base(base, base_dir)
+    return labels
+
+
+def check_classifier_base(base, base_dir: Path) -> None:
+    """BadInput unless ``base`` (Artifact, files in ``base_dir``) can carry a classifier: safetensors weights (not
+    GGUF or bitsandbytes-quantized: the head runs in full precision) of a model type that has a
+    sequence-classification class in transformers. Used by training, import and loading."""
+    import json
+
+    from llora_cli.loading import stored_format
+
+    fmt = stored_format(base_dir)
+    if fmt != "safetensors":
+        raise BadInput(f"{base.kind} '{base.name}' is stored as {fmt}; a classifier runs on a safetensors base "
+                       "(its head is in full precision)", hint="use the uncompressed base")
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-    model_type = json.loads((base_dir / "config.json").read_text()).get("model_type")
+    try:
+        model_type = json.loads((base_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
     if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-        raise BadInput(f"base '{base.name}' ({model_type}) has no sequence-classification model in transformers")
-    return labels
+        raise BadInput(f"{base.kind} '{base.name}' ({model_type}) has no sequence-classification model in "
+                       "transformers")
 
 
 def refuse_non_classifier(artifact) -> None:
@@ -100,18 +112,23 @@ def read_head(peft_dir: Path, config: dict, tensors: dict, base_config: dict) ->
 
     labels = None
     path = peft_dir / CLASSIFIER_FILE
+    source = str(path)
     if path.is_file():
         try:
             labels = json.loads(path.read_text()).get("labels")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             raise BadInput(f"{path} is not a JSON object with \"labels\"") from None
     elif isinstance(config.get("id2label"), dict):
-        labels = [config["id2label"][k] for k in sorted(config["id2label"], key=int)]
+        source = f"{peft_dir / 'adapter_config.json'} id2label"
+        try:
+            labels = [config["id2label"][k] for k in sorted(config["id2label"], key=int)]
+        except (ValueError, TypeError):
+            raise BadInput(f"{source}: its keys must be class indices 0..n-1, got {list(config['id2label'])[:5]}") from None
     if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
         raise BadInput(f"{peft_dir} is a classification adapter (task_type SEQ_CLS) without a label map",
                        hint=f'add {CLASSIFIER_FILE} with {{"labels": ["first", "second", ...]}} (class i = row i of the head)')
     if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise BadInput(f"{path}: labels {labels!r}: a classifier needs at least two distinct labels")
+        raise BadInput(f"{source}: labels {labels!r}: a classifier needs at least two distinct labels")
     head = {k: v for k, v in tensors.items() if any(f".{m}." in f".{k}" for m in HEAD_MODULES)
             and "lora_" not in k}
     weights = [k for k in head if k.endswith("weight")]

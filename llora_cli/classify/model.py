@@ -31,11 +31,12 @@ class Classifier:
     dtype: str
     max_tokens: int = MAX_TOKENS
 
-    def probabilities(self, texts: list[str], *, batch_size: int = BATCH):
+    def probabilities(self, texts: list[str], *, batch_size: int = BATCH, counts: list[int] | None = None):
         """Label probabilities of ``texts``: numpy float32 [len(texts), len(labels)], rows summing to 1.
 
         Each text is tokenized alone (the first ``max_tokens`` tokens), batched right-padded ``batch_size`` at a
-        time; the model's logits are cast to float32 before the softmax. BadInput for an empty text."""
+        time; the model's logits are cast to float32 before the softmax. ``counts``, when given, receives each
+        text's token count (so callers never use the tokenizer from another thread). BadInput for an empty text."""
         import numpy as np
         import torch
 
@@ -50,6 +51,8 @@ class Classifier:
             for i in range(0, len(texts), batch_size):
                 feats = [{"input_ids": self.tokenizer(t, truncation=True, max_length=self.max_tokens)["input_ids"],
                           "labels": 0} for t in texts[i: i + batch_size]]
+                if counts is not None:
+                    counts.extend(len(f["input_ids"]) for f in feats)
                 batch = collate_labelled(feats, pad)
                 logits = self.model(input_ids=batch["input_ids"].to(self.device),
                                     attention_mask=batch["attention_mask"].to(self.device)).logits
@@ -85,6 +88,9 @@ def load_classifier(store: Store, artifact: Artifact, *, device: str | None = No
     else:
         base_dir = store.path_of(artifact.id)
         head_rows = None
+    from llora_cli.classify import check_classifier_base
+
+    check_classifier_base(artifact if adapter_dir is None else bases[0], base_dir)
     if head_rows is not None and head_rows != len(labels):
         raise BadInput(f"{artifact.kind} '{artifact.name}': its head has {head_rows} rows but the label map has "
                        f"{len(labels)} labels; the files and the catalog disagree", hint="train it again")
@@ -107,7 +113,8 @@ def load_classifier(store: Store, artifact: Artifact, *, device: str | None = No
 
         model = PeftModel.from_pretrained(model, adapter_dir)
     return Classifier(artifact, labels, tokenizer, model.to(plan.device).eval(), plan.device, plan.dtype,
-                      max_tokens=int((artifact.meta.get("config") or {}).get("max_seq_len") or MAX_TOKENS))
+                      max_tokens=int(artifact.meta.get("max_seq_len") or (artifact.meta.get("config") or {}).get("max_seq_len")
+                                     or MAX_TOKENS))
 
 
 def saved_head_rows(adapter_file: Path) -> int | None:

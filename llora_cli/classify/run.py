@@ -47,9 +47,15 @@ def read_rows(store: Store, data_ref: str, split: str, command: str = "") -> tup
     import json
 
     path = Path(data_ref).expanduser()
-    if path.exists():
+    if path.is_dir():
+        raise BadInput(f"{path} is a directory; --data takes a JSONL file or a dataset name")
+    if path.is_file():
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise BadInput(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 JSONL") from None
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -58,8 +64,9 @@ def read_rows(store: Store, data_ref: str, split: str, command: str = "") -> tup
                 raise BadInput(f"{path}:{i}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
                 raise BadInput(f"{path}:{i}: expected an object with a non-empty \"text\" (and an optional \"label\")")
-            if "label" in row and (isinstance(row["label"], bool) or not isinstance(row["label"], (str, int))):
-                raise BadInput(f"{path}:{i}: label {row['label']!r} is not a string")
+            if "label" in row and (isinstance(row["label"], bool) or not isinstance(row["label"], (str, int))
+                                   or not str(row["label"]).strip()):
+                raise BadInput(f"{path}:{i}: label {row['label']!r} is not a non-empty string")
             rows.append({"text": row["text"], **({"label": str(row["label"])} if "label" in row else {})})
         if not rows:
             raise BadInput(f"{path}: no rows")
@@ -95,6 +102,9 @@ def classify(store: Store, ref: str, *, texts: list[str] | None = None, data_ref
         rows = [{"text": t} for t in texts or []]
         if not rows:
             raise BadInput("nothing to classify: give a text or --data FILE.jsonl")
+        for i, r in enumerate(rows, 1):  # before anything is loaded
+            if not r["text"].strip():
+                raise BadInput(f"text {i} is empty; a classifier needs some text to read")
     labelled = sum("label" in r for r in rows)
     if labelled not in (0, len(rows)):
         raise BadInput(f"{labelled} of {len(rows)} rows have a label; label all of them (metrics) or none")

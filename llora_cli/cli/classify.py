@@ -45,6 +45,10 @@ def classify(
         raise BadInput("--batch-size must be at least 1")
     if outputs is not None and not outputs.expanduser().parent.is_dir():
         raise BadInput(f"--outputs {outputs}: directory {outputs.expanduser().parent} does not exist")
+    if plot is not None:  # checked before anything is loaded or computed
+        plot = plot.expanduser()
+        if plot.suffix.lower() != ".png" or not plot.parent.is_dir():
+            raise BadInput(f"--plot {plot}: give a .png path in an existing directory")
     from llora_cli.classify import run as lib
 
     store = open_store()
@@ -59,20 +63,21 @@ def classify(
 
 
 def render(report, *, plot: Path | None = None, outputs: Path | None = None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if report.metrics is None or len(report.predictions) <= 10:
         for p in report.predictions:
             top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
             text = p.text if len(p.text) <= 70 else p.text[:67] + "..."
-            rest = ", ".join(f"{k} {v:.3f}" for k, v in top[1:])
-            out().print(f"[bold]{p.label}[/] {top[0][1]:.3f}  [dim]({rest})[/]  {text}", highlight=False)
+            rest = escape(", ".join(f"{k} {v:.3f}" for k, v in top[1:]))
+            out().print(f"[bold]{escape(p.label)}[/] {top[0][1]:.3f}  [dim]({rest})[/]  {escape(text)}", highlight=False)
     m = report.metrics
     if m is not None:
         lo, hi = m["accuracy_ci95"]
         where = report.data.get("name") or report.data.get("path")
         split = f" ({report.data['split']})" if "split" in report.data else ""
-        out().print(f"{report.artifact['kind']} '{report.artifact['name']}' on '{where}'{split}: accuracy "
+        out().print(f"{report.artifact['kind']} '{report.artifact['name']}' on '{escape(str(where))}'{split}: accuracy "
                     f"{m['correct']}/{m['n']} = {m['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}), "
                     f"macro-F1 {m['macro_f1']:.3f}", highlight=False)
         table = Table(title="confusion: rows true label, columns predicted (by number)", title_justify="left")
@@ -81,12 +86,12 @@ def render(report, *, plot: Path | None = None, outputs: Path | None = None) -> 
             table.add_column(str(i), justify="right")
         table.add_column("recall", justify="right")
         for i, (x, row) in enumerate(zip(report.labels, m["confusion"])):
-            table.add_row(f"{i} {x}", *[str(v) if v else "[dim]·[/]" for v in row],
+            table.add_row(escape(f"{i} {x}"), *[str(v) if v else "[dim]·[/]" for v in row],
                           f"{m['per_label'][x]['recall']:.2f}")
         out().print(table)
     if plot is not None:
-        out().print(f"[dim]  confusion matrix written to {plot}[/]")
+        out().print(f"[dim]  confusion matrix written to {escape(str(plot))}[/]")
     if outputs is not None:
-        out().print(f"[dim]  {len(report.predictions)} rows written to {outputs}[/]")
+        out().print(f"[dim]  {len(report.predictions)} rows written to {escape(str(outputs))}[/]")
     out().print(f"[dim]  {len(report.predictions)} rows in {report.timing['classify']} s "
                 f"({report.rows_per_s} rows/s; loaded in {report.timing['load']} s)[/]")

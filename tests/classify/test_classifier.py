@@ -104,7 +104,10 @@ def test_a_classifier_trains_learns_and_reports_metrics(trained, cli, store, tmp
         want = torch.softmax(model(**tok(text, return_tensors="pt")).logits.float(), -1)[0].tolist()
     one = cli.json("classify", "fruit-clf", text)["predictions"][0]
     assert [one["probabilities"][x] for x in ["purple", "red", "yellow"]] == pytest.approx(want, abs=2e-6)
-    assert one["probabilities"] == r["predictions"][4]["probabilities"]  # alone or in a padded batch: the same
+    batched = r["predictions"][4]["probabilities"]  # alone or in a padded batch: the same
+    assert [one["probabilities"][x] for x in batched] == pytest.approx(list(batched.values()), abs=1e-6)
+    odd = cli("classify", "fruit-clf", "press [/] the [red] plum")  # user text is not Rich markup
+    assert odd.exit_code == 0 and "press [/] the [red] plum" in odd.stdout
 
 
 def test_a_registered_dataset_evaluation_is_recorded(trained, cli, store, tmp_path):
@@ -195,8 +198,8 @@ def test_a_classifier_adapter_merges_verified_and_ships_low_bandwidth_byte_ident
     res = cli("classify", "fruit-adapter", "I ate the plum")
     assert res.exit_code == 1 and "R5" in res.stderr  # a training adapter is not run on texts ...
     before = cli.json("classify", "fruit-adapter", "--data", tmp_path / "test.jsonl")  # ... only evaluated
-    m = cli.json("merge", "fruit-adapter", "--keep-adapter", "--dtype", "fp32")
-    assert m["full_check"]["level"] == "full" and m["full_check"]["passed"]
+    m = cli.json("merge", "fruit-adapter", "--keep-adapter")  # a classifier merges to fp32 by default
+    assert m["dtype"] == "fp32" and m["full_check"]["level"] == "full" and m["full_check"]["passed"]
     assert m["full_check"]["max_rel_error"] < 1e-5
     merged = store.resolve(m["merged"]["id"])
     assert merged.meta["task"] == "classify" and merged.meta["labels"] == ["purple", "red", "yellow"]
@@ -216,6 +219,9 @@ def test_a_classifier_adapter_merges_verified_and_ships_low_bandwidth_byte_ident
         assert torch.allclose(plain(**ids).logits, unmerged(**ids).logits, atol=1e-5)
     res = cli("deploy", merged.name)  # a fused classifier is not a base to generate with
     assert res.exit_code == 2 and "llora deploy does not take classifiers" in res.stderr
+    for args in (["train", "--base", merged.name, "--data", "fruit"], ["compress", merged.name, "--method", "int8"]):
+        res = cli(*args)  # nor a base to train or compress
+        assert res.exit_code == 2 and "does not take classifiers" in res.stderr, res.stderr
     after = cli.json("classify", merged.name, "--data", tmp_path / "test.jsonl")
     for a, b in zip(before["predictions"], after["predictions"]):
         assert a["label"] == b["label"] and a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
@@ -305,11 +311,28 @@ def test_probabilities_are_a_float32_softmax_also_when_the_model_computes_in_bf1
     import torch
 
     from llora_cli.classify.model import load_classifier
+    from llora_cli.trainjob import collate_labelled
 
     clf = load_classifier(store, store.resolve("fruit-clf"))
     texts = ["he picked the plum", "we need the apple", "they saw the banana"]
     full = clf.probabilities(texts)
-    half = dataclasses.replace(clf, model=clf.model.to(torch.bfloat16), dtype="bf16").probabilities(texts)
-    assert full.dtype == np.float32 and half.dtype == np.float32  # bf16 logits are cast before the softmax
-    assert np.allclose(half.sum(axis=1), 1.0, atol=1e-6)  # a bf16 softmax would sum to 1 only within ~1e-2
+    half_clf = dataclasses.replace(clf, model=clf.model.to(torch.bfloat16), dtype="bf16")
+    half = half_clf.probabilities(texts)
+    batch = collate_labelled([{"input_ids": clf.tokenizer(t)["input_ids"], "labels": 0} for t in texts],
+                             clf.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = half_clf.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert logits.dtype == torch.bfloat16  # the model computes in bf16 ...
+    want = torch.softmax(logits.float(), -1).numpy()  # ... and the softmax is float32 over its logits
+    assert half.dtype == np.float32 and np.allclose(half, want, atol=1e-7)
+    assert np.allclose(half.sum(axis=1), 1.0, atol=1e-6)
     assert (half.argmax(axis=1) == full.argmax(axis=1)).all() and np.abs(half - full).max() < 0.05
+
+
+def test_no_memorisation_warning_for_a_classifier_that_is_already_perfect():
+    from llora_cli.trainjob import memorisation_warning
+
+    losses = [0.01] * 10
+    assert memorisation_warning(losses, [{"step": 5, "accuracy": 1.0}, {"step": 10, "accuracy": 1.0}]) is None
+    warned = memorisation_warning(losses, [{"step": 5, "accuracy": 0.8}, {"step": 10, "accuracy": 0.8}])
+    assert warned and "held-out accuracy is flat: 80.0% at step 5" in warned
