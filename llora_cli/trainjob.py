@@ -65,6 +65,7 @@ HELDOUT_ROWS = 32  # held-out rows scored during training (teacher-forced: one f
 HELDOUT_POINTS = (0.25, 0.5, 0.75, 1.0)  # fractions of the run at which they are scored
 NEAR_ZERO_LOSS = 0.05  # nats per learned token: the model puts ~95% on each training token
 FLAT_GAIN = 0.01  # held-out token accuracy gained over the second half of the run below this is flat
+PERFECT = 0.999  # held-out accuracy at the middle point at or above this: nothing left to gain, no warning
 
 
 def memorisation_warning(losses: list[float], heldout: list[dict], *, near_zero: float = NEAR_ZERO_LOSS,
@@ -88,7 +89,7 @@ def memorisation_warning(losses: list[float], heldout: list[dict], *, near_zero:
     mid = middle[-1]
     key = "token_accuracy" if "token_accuracy" in end else "accuracy"
     gain = end[key] - mid[key]
-    if gain >= flat or mid[key] >= 1 - flat:  # still improving, or already (almost) perfect: nothing to warn of
+    if gain >= flat or mid[key] >= PERFECT:  # still improving, or already perfect: nothing to warn of
         return None
     return (f"training loss {recent:.3f} is near zero (memorised) while held-out {key.replace('_', ' ')} is flat: "
             f"{mid[key]:.1%} at step {mid['step']} -> {end[key]:.1%} at step {end['step']}; "
