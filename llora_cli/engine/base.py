@@ -78,13 +78,15 @@ def resolve_deployment(store: Store, base_ref: str | None = None) -> Deployment:
             names = ", ".join(f"{a.name} ({a.kind}, {a.id})" for a in deployed)
             raise BadInput(f"{len(deployed)} bases are deployed: {names}; choose one with --base")
         base = deployed[0]
+    from llora_cli.classify import is_classifier
+
     with store.reading() as s:
         children = store.children_by_role(s, base.id, "runs_on")
     modifiers, classifiers = [], []
     for m in children:
         if m.kind == "modifier" and m.state == "deployed":
             rules.check_modifier_base(m, base)  # R6: deploy checked it; the hash is checked again at load
-            (classifiers if (m.meta or {}).get("task") == "classify" else modifiers).append(m)
+            (classifiers if is_classifier(m) else modifiers).append(m)
     return Deployment(base, modifiers, classifiers)
 
 

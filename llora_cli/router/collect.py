@@ -64,10 +64,12 @@ def base_and_modifiers(store: Store, base_ref: str) -> tuple[Artifact, list[Arti
     rules.check_runnable(base)
     if base.state not in ("ready", "deployed"):
         raise BadInput(f"{base.kind} '{base.name}' is '{base.state}'; collect on a ready or deployed base")
+    from llora_cli.classify import is_classifier
+
     with store.reading() as s:
         children = store.children_by_role(s, base.id, "runs_on")
     mods = sorted((m for m in children if m.kind == "modifier" and m.state in ("trained", "deployed")
-                   and (m.meta or {}).get("task") != "classify"),  # a classifier answers no chat scenario
+                   and not is_classifier(m)),  # a classifier answers no chat scenario
                   key=lambda m: (m.created_at, m.id))
     for m in mods:
         rules.check_modifier_base(m, base)  # R6
