@@ -5,8 +5,9 @@ adapter, merge it (streaming, verified), compress the merged checkpoint (GGUF
 Q8_0 by default, quality measured), train runtime modifiers for two domains
 (automation, reasoning) on the compressed base, evaluate every stage on held-out
 rows (families the training rows never used), deploy and answer with and
-without a modifier, fit a router (scenarios collected on the serving engine,
-ORPO) and answer a mixed batch of held-out requests with ``--modifier auto``,
+without a modifier, fit a router (scenarios collected on the serving engine
+for the two domains and code, which no modifier serves, ORPO) and answer a
+mixed batch of held-out requests with ``--modifier auto``,
 show the lineage and the catalog. Step and row counts are options so the whole
 demo fits in about ten minutes on a 2-core CPU; each stage's seconds are in the
 report (``timings``).
@@ -26,17 +27,21 @@ from llora_store.catalog import ArtifactSummary
 
 DEMO_PROMPT = "What is the capital of France?"
 MODIFIER_DOMAINS = ("automation", "reasoning")
+# the router's queries: the modifiers' domains and one without a modifier (code: the base alone solves some of its
+# exercises, so the router has a reason to choose "none" there)
+ROUTER_DOMAINS = (*MODIFIER_DOMAINS, "code")
 
 
 @dataclass
 class DemoOptions:
     adapter_steps: int = 12
-    modifier_steps: int = 12
+    modifier_steps: int = 24
+    modifier_learning_rate: float = 2e-3  # llora train's modifier default is 1e-3 over 100 steps; 24 steps need more
     rows: int = 240
     eval_rows: int = 12
     compress_method: str = "gguf-q8_0"
-    compress_eval_rows: int = 4
-    router_rows: int = 12  # training queries per domain the router's scenarios are collected on
+    compress_eval_rows: int = 0  # perplexity and KL always; task accuracy on a few rows says little, costs ~1 min
+    router_rows: int = 10  # training queries per domain the router's scenarios are collected on
     routed_requests: int = 6  # held-out requests answered with --modifier auto (alternating domains)
     router: bool = True
     train: bool = True
@@ -84,6 +89,15 @@ def _timed(report: DemoReport, stage: str):
 def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max_new_tokens: int = 32,
              options: DemoOptions | None = None) -> DemoReport:
     opts = options or DemoOptions()
+    if opts.train:  # refuse bad steps or learning rates before any work: BadInput naming the key
+        from llora_cli.trainconfig import load_config
+        from llora_store.errors import BadInput
+
+        for what, make in (("--adapter-steps", _adapter_config), ("--modifier-steps / --modifier-lr", _modifier_config)):
+            try:
+                make(opts, load_config)
+            except BadInput as e:
+                raise BadInput(f"{what}: {e.message}", hint=e.hint) from None
     say = progress or (lambda _m: None)
     report = DemoReport()
     with _timed(report, "register base"):
@@ -107,6 +121,18 @@ def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max
     return report
 
 
+def _adapter_config(opts: DemoOptions, load_config):
+    return load_config(None, [f"max_steps={opts.adapter_steps}", "learning_rate=5e-4", "batch_size=4"])
+
+
+def _modifier_config(opts: DemoOptions, load_config):
+    """The modifier defaults (trainconfig.MODIFIER_DEFAULTS) but for the steps, a batch of 4, the learning rate and
+    batches of rows of similar length (10-13% fewer padded tokens on the demo's rows): two modifiers in the demo's
+    time (docs/benchmarks.md, "The demo's time")."""
+    return load_config(None, [f"max_steps={opts.modifier_steps}", "batch_size=4",
+                              f"learning_rate={opts.modifier_learning_rate}", "group_by_length=true"])
+
+
 def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoReport, say) -> None:
     from llora_cli.data import make_dataset
     from llora_cli.evaluate import evaluate
@@ -115,7 +141,7 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
 
     datasets = {}
     with _timed(report, "make data"):
-        for task in ("instruct", *MODIFIER_DOMAINS):
+        for task in ("instruct", *MODIFIER_DOMAINS, *(("code",) if opts.router else ())):
             existing = [a for a in store.artifacts(kind="dataset") if a.state != "discarded"
                         and a.meta.get("task") == task and a.meta.get("demo") == [opts.rows, opts.eval_rows]]
             if existing:
@@ -133,8 +159,7 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
         say(f"training a training adapter on instruct data ({opts.adapter_steps} steps, fp32)")
         adapter = train(store, base_ref=base_id, data_ref=datasets["instruct"].id, kind="adapter",
                         name=store.unique_name("demo-adapter"), command="llora demo",
-                        config=load_config(None, [f"max_steps={opts.adapter_steps}", "learning_rate=5e-4",
-                                                  "batch_size=4"]))
+                        config=_adapter_config(opts, load_config))
     report.steps.append(f"trained adapter '{adapter.artifact.name}': {adapter.outcome['steps']} steps, "
                         f"{adapter.outcome['tokens_per_s']:.0f} tokens/s, final loss {adapter.outcome['final_loss']:.3f}")
 
@@ -201,17 +226,17 @@ def _compressed_stage(store: Store, m, datasets: dict, opts: DemoOptions, report
     modifiers = {}
     for domain in MODIFIER_DOMAINS:
         with _timed(report, "train modifiers"):
-            say(f"training a {domain} modifier on the compressed base ({opts.modifier_steps} steps of 4 rows, fp32)")
+            say(f"training a {domain} modifier on the compressed base ({opts.modifier_steps} steps of 4 rows, "
+                f"learning rate {opts.modifier_learning_rate:g}, fp32)")
             mod = train(store, base_ref=c.compressed.id, data_ref=datasets[domain].id, kind="modifier",
                         domain=domain, name=store.unique_name(f"demo-modifier-{domain}"), command="llora demo",
-                        # the modifier defaults (trainconfig.MODIFIER_DEFAULTS) but for the steps and a batch of 4:
-                        # two modifiers in the demo's time
-                        config=load_config(None, [f"max_steps={opts.modifier_steps}", "batch_size=4"]))
+                        config=_modifier_config(opts, load_config))
         modifiers[domain] = mod.artifact
         report.steps.append(f"trained modifier '{mod.artifact.name}' (domain {domain}) on '{c.compressed.name}', "
-                            f"the weights it will run on: {mod.outcome['steps']} steps of 4 rows (llora train's "
-                            f"default: {MODIFIER_DEFAULTS['max_steps']} of {MODIFIER_DEFAULTS['batch_size']}; fewer "
-                            f"to keep the demo under 10 minutes), {mod.outcome['tokens_per_s']:.0f} tokens/s, "
+                            f"the weights it will run on: {mod.outcome['steps']} steps of 4 rows at learning rate "
+                            f"{opts.modifier_learning_rate:g} (llora train's default: {MODIFIER_DEFAULTS['max_steps']} "
+                            f"of {MODIFIER_DEFAULTS['batch_size']} at {MODIFIER_DEFAULTS['learning_rate']:g}; fewer to "
+                            f"keep the demo under 10 minutes), {mod.outcome['tokens_per_s']:.0f} tokens/s, "
                             f"final loss {mod.outcome['final_loss']:.3f}")
     for domain in MODIFIER_DOMAINS:
         evaluate_on(c.compressed.id, domain)
@@ -260,8 +285,9 @@ def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport,
 def _router_stage(store: Store, base, modifiers: dict, datasets: dict, opts: DemoOptions, report: DemoReport,
                   say) -> None:
     """Collect scenarios (every candidate answers ``router_rows`` training queries per domain on the serving
-    engine, checked), fit an ORPO router, deploy it with the modifiers, and answer held-out requests of both
-    domains with ``--modifier auto``: per request the router's choice, its probability and the checker's verdict."""
+    engine, checked; ROUTER_DOMAINS: the modifiers' domains and code, which no modifier serves), fit an ORPO router,
+    deploy it with the modifiers, and answer held-out requests of those domains in turn with ``--modifier auto``: per
+    request the router's choice, its probability and the checker's verdict."""
     from llora_cli import tasks
     from llora_cli.data import load_data
     from llora_cli.deploy import deploy
@@ -274,8 +300,8 @@ def _router_stage(store: Store, base, modifiers: dict, datasets: dict, opts: Dem
         if store.get(mod.id).state != "deployed":
             deploy(store, mod.id, command="llora demo")
     say(f"collecting router scenarios: base alone and {len(modifiers)} modifiers on {opts.router_rows} training "
-        "queries per domain")
-    scen = collect(store, base.id, [datasets[d].id for d in MODIFIER_DOMAINS], limit=opts.router_rows,
+        f"queries per domain ({', '.join(ROUTER_DOMAINS)})")
+    scen = collect(store, base.id, [datasets[d].id for d in ROUTER_DOMAINS], limit=opts.router_rows,
                    name=store.unique_name("demo-scenarios"), command="llora demo")
     s = scen.summary
     report.router = {"scenarios": {"id": scen.artifact.id, "name": scen.artifact.name, "rows": scen.rows,
@@ -291,9 +317,9 @@ def _router_stage(store: Store, base, modifiers: dict, datasets: dict, opts: Dem
         return
     deploy(store, fitted.artifact.id, command="llora demo")
     runtime = open_engine(store, resolve_deployment(store, base.id))
-    tests = {d: load_data(store, datasets[d].id).test for d in MODIFIER_DOMAINS}
-    rows = [tests[MODIFIER_DOMAINS[i % len(MODIFIER_DOMAINS)]][i // len(MODIFIER_DOMAINS)]
-            for i in range(opts.routed_requests) if i // len(MODIFIER_DOMAINS) < opts.eval_rows]
+    tests = {d: load_data(store, datasets[d].id).test for d in ROUTER_DOMAINS}
+    rows = [tests[ROUTER_DOMAINS[i % len(ROUTER_DOMAINS)]][i // len(ROUTER_DOMAINS)]
+            for i in range(opts.routed_requests) if i // len(ROUTER_DOMAINS) < opts.eval_rows]
     answers = []
     for row in rows:
         task = row.get("task") or "automation"

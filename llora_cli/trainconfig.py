@@ -35,6 +35,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(4, ge=1, le=4096)
     grad_accum: int = Field(1, ge=1, le=4096)
     max_seq_len: int = Field(256, ge=8, le=131072)
+    group_by_length: bool = Field(False, description="batch rows of similar length together (transformers' "
+                                  "LengthGroupedSampler: less padding, a less random order)")
     gradient_checkpointing: bool = False
     seed: int = 0
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (for --resume)")

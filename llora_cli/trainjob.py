@@ -322,6 +322,7 @@ class TrainJob:
             bf16=self.bf16,
             remove_unused_columns=False,
             dataloader_num_workers=0,
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
             include_num_input_tokens_seen=True,
             ddp_backend="gloo" if self.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         )

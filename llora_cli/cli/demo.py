@@ -12,14 +12,18 @@ from llora_cli.cli.options import JsonOpt, err, open_store, out, print_json, pro
 def demo(
     adapter_steps: Annotated[int, typer.Option(help="Training steps of the demo's training adapter.")] = 12,
     modifier_steps: Annotated[int, typer.Option(help="Training steps of each of the demo's modifiers "
-                                                     "(automation, reasoning).")] = 12,
+                                                     "(automation, reasoning).")] = 24,
+    modifier_learning_rate: Annotated[float, typer.Option(
+        "--modifier-lr", help="Learning rate of the demo's modifiers (llora train's modifier default: 1e-3 over 100 "
+                              "steps).")] = 2e-3,
     rows: Annotated[int, typer.Option(help="Training rows generated per task.")] = 240,
     eval_rows: Annotated[int, typer.Option(help="Held-out rows per task for eval.")] = 12,
     compress_method: Annotated[str, typer.Option(help="How the merged checkpoint is compressed.")] = "gguf-q8_0",
     compress_eval_rows: Annotated[int, typer.Option(help="Held-out rows per task for the compression's "
-                                                          "accuracy comparison (0 skips it).")] = 4,
+                                                          "accuracy comparison (0, the default, skips it: "
+                                                          "perplexity and next-token KL are always measured).")] = 0,
     router_rows: Annotated[int, typer.Option(help="Training queries per domain the router's scenarios are "
-                                                  "collected on.")] = 12,
+                                                  "collected on.")] = 10,
     routed_requests: Annotated[int, typer.Option(help="Held-out requests answered with --modifier auto.")] = 6,
     no_router: Annotated[bool, typer.Option("--no-router", help="Skip the router stage.")] = False,
     no_train: Annotated[bool, typer.Option("--no-train", help="Only register the base and generate.")] = False,
@@ -40,7 +44,8 @@ def demo(
     """
     from llora_cli.demo import DemoOptions, run_demo
 
-    opts = DemoOptions(adapter_steps=adapter_steps, modifier_steps=modifier_steps, rows=rows, eval_rows=eval_rows,
+    opts = DemoOptions(adapter_steps=adapter_steps, modifier_steps=modifier_steps,
+                       modifier_learning_rate=modifier_learning_rate, rows=rows, eval_rows=eval_rows,
                        compress_method=compress_method, compress_eval_rows=compress_eval_rows, router_rows=router_rows,
                        routed_requests=routed_requests, router=not no_router, train=not no_train)
     report = run_demo(open_store(), progress=progress_printer(), options=opts)
@@ -90,7 +95,9 @@ def demo(
         for col in ("#", "task", "request", "chosen", "p", "router ms", "checker"):
             table.add_column(col)
         for a in r["answers"]:
-            table.add_row(str(a["log_id"]), a["task"], escape(a["prompt"][:48]), escape(a["chosen"] or "base alone"),
+            # the chosen modifier by its domain (its name is in the catalog below): narrow terminals keep it readable
+            chosen = f"{a['chosen_domain']} modifier" if a["chosen"] else "base alone"
+            table.add_row(str(a["log_id"]), a["task"], escape(a["prompt"][:48]), escape(chosen),
                           f"{a['probability']:.2f}", f"{a['router_ms']:.0f}",
                           "[green]passes[/]" if a["passes_checker"] else "[red]fails[/]")
         out().print(table)

@@ -59,16 +59,17 @@ def test_demo_registers_trains_and_evaluates(cli, store):
     assert {r["engine"] for r in rt["log"]} == {engine}
     assert store.resolve(mod["id"]).state == "deployed" and store.resolve(comp["compressed"]["id"]).state == "deployed"
 
-    # the router stage: scenarios on 3 training queries per domain (base alone + 2 modifiers), an ORPO router when
-    # some candidate answered some query correctly, then 4 held-out requests (alternating domains) with auto
+    # the router stage: scenarios on 3 training queries per domain (automation, reasoning and code, which has no
+    # modifier; base alone + 2 modifiers), an ORPO router when some candidate answered some query correctly, then 4
+    # held-out requests (the domains in turn) with auto
     r = report["router"]
-    assert r["scenarios"]["rows"] == 6 and len(r["scenarios"]["candidates"]) == 3 and r["scenarios"]["engine"] == engine
+    assert r["scenarios"]["rows"] == 9 and len(r["scenarios"]["candidates"]) == 3 and r["scenarios"]["engine"] == engine
     assert set(report["timings"]) >= {"train modifiers", "router", "compress", "evaluate"}
     if "skipped" in r:  # 3 training steps may leave every candidate failing every scenario query
         assert "no candidate answered any" in r["skipped"]
     else:
         names = {a["name"] for a in report["catalog"] if a["kind"] == "modifier"}
-        assert [a["task"] for a in r["answers"]] == ["automation", "reasoning", "automation", "reasoning"]
+        assert [a["task"] for a in r["answers"]] == ["automation", "reasoning", "code", "automation"]
         assert all((a["chosen"] is None or a["chosen"] in names) and 0 < a["probability"] <= 1 for a in r["answers"])
         logged = {x["id"]: x for x in store.request_logs(limit=4)}
         assert all(logged[a["log_id"]]["params"]["route"]["router"]["id"] == r["router"]["id"] for a in r["answers"])
