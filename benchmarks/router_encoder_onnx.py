@@ -1,12 +1,11 @@
 """Could ONNX Runtime bring the router's encoder under 10 ms per query (issue 13)? A measurement, not a feature.
 
 Usage: python benchmarks/router_encoder_onnx.py [--per-domain 40] [--rounds 3] [--out DIR]
-Needs ``onnx`` and ``onnxruntime`` (not llora dependencies): ``pip install onnx onnxruntime``, or
-``pip install --target DIR onnx onnxruntime`` and ``PYTHONPATH=DIR``.
+(``onnx`` and ``onnxruntime`` are llora dependencies since this measurement.)
 
 The same all-MiniLM-L6-v2 weights llora's router uses (``llora_cli.router.encoder``) are written as an ONNX graph
-(opset 17: MatMul/Add, Softmax attention, LayerNormalization, erf GELU) by ``onnx.helper``; the embedding lookup,
-the attention mask and the mean pooling stay in numpy as in llora. Variants, each at batch 1, one thread:
+by ``llora_cli.router.onnxgraph.build`` (opset 17: MatMul/Add, Softmax attention, LayerNormalization, erf GELU); the
+embedding lookup, the attention mask and the mean pooling stay in numpy as in llora. Variants, each at batch 1, one thread:
 
 - ``numpy``: llora's encoder as shipped (numpy forward, one BLAS thread);
 - ``ort-fp32``: the graph in ONNX Runtime, ``ORT_ENABLE_ALL``;
@@ -32,62 +31,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def build_graph(enc, path: Path) -> None:
-    """Write the encoder's BERT layers as an ONNX graph: inputs ``x`` [n, T, h] (embeddings after their LayerNorm)
-    and ``bias`` [n, 1, 1, T] (0 or -1e9 per key), output ``hidden`` [n, T, h]."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, numpy_helper
-    from onnx import helper as H
-
-    cfg = enc.config
-    h, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
-    d = h // heads
-    inits, nodes, count = [], [], [0]
-
-    def const(name, arr):
-        inits.append(numpy_helper.from_array(np.asarray(arr), name))
-        return name
-
-    def node(op, inputs, **attrs):
-        count[0] += 1
-        out = f"t{count[0]}"
-        nodes.append(H.make_node(op, inputs, [out], **attrs))
-        return out
-
-    const("shape_qkv", np.array([0, 0, 3, heads, d], np.int64))
-    const("shape_h", np.array([0, 0, h], np.int64))
-    const("scale", np.array(1.0 / np.sqrt(d), np.float32))
-    const("half", np.array(0.5, np.float32))
-    const("one", np.array(1.0, np.float32))
-    const("inv_sqrt2", np.array(1.0 / np.sqrt(2.0), np.float32))
-    x = "x"
-    for i, layer in enumerate(enc.layers):
-        def p(key, i=i, layer=layer):
-            return const(f"l{i}_{key}", layer[key])
-
-        qkv = node("Add", [node("MatMul", [x, p("qkv_w")]), p("qkv_b")])
-        qkv = node("Transpose", [node("Reshape", [qkv, "shape_qkv"])], perm=[2, 0, 3, 1, 4])  # 3, n, H, T, d
-        q, k, v = (node("Gather", [qkv, const(f"index{i}_{j}", np.array(j, np.int64))], axis=0) for j in range(3))
-        scores = node("MatMul", [node("Mul", [q, "scale"]), node("Transpose", [k], perm=[0, 1, 3, 2])])
-        probs = node("Softmax", [node("Add", [scores, "bias"])], axis=-1)
-        a = node("Reshape", [node("Transpose", [node("MatMul", [probs, v])], perm=[0, 2, 1, 3]), "shape_h"])
-        o = node("Add", [node("Add", [node("MatMul", [a, p("o_w")]), p("o_b")]), x])
-        x1 = node("LayerNormalization", [o, p("ln1_w"), p("ln1_b")], axis=-1, epsilon=eps)
-        y = node("Add", [node("MatMul", [x1, p("i_w")]), p("i_b")])
-        g = node("Mul", [node("Mul", [y, "half"]), node("Add", [node("Erf", [node("Mul", [y, "inv_sqrt2"])]), "one"])])
-        f = node("Add", [node("Add", [node("MatMul", [g, p("f_w")]), p("f_b")]), x1])
-        x = node("LayerNormalization", [f, p("ln2_w"), p("ln2_b")], axis=-1, epsilon=eps)
-    nodes.append(H.make_node("Identity", [x], ["hidden"]))
-    graph = H.make_graph(nodes, "all-MiniLM-L6-v2",
-                         [H.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, h]),
-                          H.make_tensor_value_info("bias", TensorProto.FLOAT, [None, 1, 1, None])],
-                         [H.make_tensor_value_info("hidden", TensorProto.FLOAT, [None, None, h])], inits)
-    model = H.make_model(graph, opset_imports=[H.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--per-domain", type=int, default=40)
@@ -105,10 +48,12 @@ def main() -> None:
 
     out = args.out or Path(tempfile.mkdtemp(prefix="llora-onnx-"))
     out.mkdir(parents=True, exist_ok=True)
-    enc = E.Encoder.load()
+    from llora_cli.router import onnxgraph
+
+    enc = E.Encoder.load("numpy")  # the reference: llora's numpy forward
     cfg = enc.config
     fp32, fused, int8 = out / "minilm.onnx", out / "minilm_fused.onnx", out / "minilm_int8.onnx"
-    build_graph(enc, fp32)
+    fp32.write_bytes(onnxgraph.build(enc.layers, cfg))
     optimize_model(str(fp32), model_type="bert", num_heads=cfg["num_attention_heads"],
                    hidden_size=cfg["hidden_size"], opt_level=1).save_model_to_file(str(fused))
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
@@ -122,11 +67,9 @@ def main() -> None:
 
     def ort_embed(name, prompt):
         ids, mask = enc.token_ids([prompt])
-        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:ids.shape[1]]
-             + w["embeddings.token_type_embeddings.weight"][0])
-        x = E.layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], cfg["layer_norm_eps"])
+        x = E.embed(w, cfg, ids)
         bias = np.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(np.float32)
-        hidden = sessions[name].run(None, {"x": x.astype(np.float32), "bias": bias})[0]
+        hidden = sessions[name].run(None, {"x": x.astype(np.float32), "mask_bias": bias})[0]
         return E.mean_pool_normalized(hidden, mask)[0]
 
     def numpy_embed(prompt):
