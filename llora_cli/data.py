@@ -47,8 +47,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def make_dataset(store: Store, kind: str, n: int, *, seed: int = 0, n_test: int | None = None,
-                 name: str | None = None, out: Path | None = None, command: str = "") -> Artifact:
-    """Generate task data of ``kind`` and register it as a dataset artifact."""
+                 name: str | None = None, out: Path | None = None, command: str = "",
+                 all_families: bool = False) -> Artifact:
+    """Generate task data of ``kind`` and register it as a dataset artifact. ``all_families``: training rows from
+    every family and phrasing, no held-out split (``tasks.make``); BadInput with a held-out row count or a kind
+    without families."""
     from llora_cli import tasks
     from llora_cli.classify import intent
 
@@ -58,9 +61,17 @@ def make_dataset(store: Store, kind: str, n: int, *, seed: int = 0, n_test: int 
         raise BadInput(f"--n must be at least 1, got {n}")
     if n_test is not None and n_test < 0:
         raise BadInput(f"--n-test must be at least 0, got {n_test}")
-    name = validate_name(name if name is not None else f"{kind}-n{n}-s{seed}")
-    splits = intent.make(n, seed=seed, n_test=n_test) if kind == intent.KIND else tasks.make(kind, n, seed=seed,
-                                                                                             n_test=n_test)
+    if all_families:
+        if not hasattr(tasks.KINDS.get(kind), "FAMILIES"):
+            raise BadInput(f"--all-families: the {kind} generator has no families; use it with reasoning, code or "
+                           "automation")
+        if n_test:
+            raise BadInput(f"--all-families trains on every family, so there is no held-out split: drop --n-test "
+                           f"{n_test}", hint=f"evaluate on rows written apart: llora eval MODIFIER --data FILE --task "
+                                             f"{kind}")
+    name = validate_name(name if name is not None else f"{kind}-n{n}-s{seed}" + ("-all" if all_families else ""))
+    splits = intent.make(n, seed=seed, n_test=n_test) if kind == intent.KIND else tasks.make(
+        kind, n, seed=seed, n_test=n_test, all_families=all_families)
     aid = new_id()
     staging = store.new_staging(aid)
     try:
@@ -71,7 +82,8 @@ def make_dataset(store: Store, kind: str, n: int, *, seed: int = 0, n_test: int 
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(staging / "train.jsonl", out)
             shutil.copyfile(staging / "test.jsonl", out.with_name(out.stem + ".test.jsonl"))
-        meta = {"task": kind, "seed": seed, "format": "chat", "rows": {"train": len(splits.train), "test": len(splits.test)}}
+        meta = {"task": kind, "seed": seed, "format": "chat", "rows": {"train": len(splits.train), "test": len(splits.test)},
+                **({"families": "all"} if all_families else {})}
         if kind == intent.KIND:
             meta.update(format=CLASSIFY, labels=list(intent.LABELS))
         return store.create("dataset", name, staging=staging, metadata=meta, command=command, artifact_id=aid,

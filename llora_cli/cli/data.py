@@ -21,6 +21,9 @@ def make(
     n_test: Annotated[Optional[int], typer.Option("--n-test", help="Held-out rows (default max(20, n/10)).")] = None,
     seed: Annotated[int, typer.Option(help="Generator seed (same seed, same rows).")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Also write the training rows to this JSONL (held-out to *.test.jsonl).")] = None,
+    all_families: Annotated[bool, typer.Option(
+        "--all-families", help="Train on every family and phrasing, the held-out ones too; no held-out split "
+                               "(--n-test must be 0): for a modifier you will run, evaluated on rows written apart.")] = False,
     name: NameOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -29,11 +32,13 @@ def make(
 
     Example: llora data make reasoning --n 400 --seed 1
     Example: llora data make intent --n 440
+    Example: llora data make automation --n 800 --all-families --n-test 0
     """
     from llora_cli.data import make_dataset
 
     store = open_store()
-    art = make_dataset(store, kind, n, seed=seed, n_test=n_test, name=name, out=out, command=command_line())
+    art = make_dataset(store, kind, n, seed=seed, n_test=n_test, name=name, out=out, command=command_line(),
+                       all_families=all_families)
     if json_:
         print_json(store.describe(art.id).to_json())
     else:

@@ -71,17 +71,30 @@ def prompt_of(row: dict) -> str:
     return [m for m in row["messages"] if m["role"] == "user"][-1]["content"]
 
 
-def make(kind: str, n: int, *, seed: int = 0, n_test: int | None = None) -> Splits:
+def make(kind: str, n: int, *, seed: int = 0, n_test: int | None = None, all_families: bool = False) -> Splits:
     """``n`` training rows and ``n_test`` held-out rows (default max(20, n // 10)) of a task kind.
 
-    Each split has its own random stream, so the held-out rows of a seed do not depend on ``n``.
+    Each split has its own random stream, so the held-out rows of a seed do not depend on ``n``. With
+    ``all_families`` (kinds with ``FAMILIES`` only) training draws from every family and phrasing, the held-out ones
+    too, and there is no held-out split (``n_test`` must be 0 or None): data for a modifier users will run, to be
+    evaluated on rows written apart. ValueError otherwise.
     """
     module = KINDS[kind]
+    if all_families:
+        if not hasattr(module, "FAMILIES"):
+            raise ValueError(f"the {kind} generator has no families")
+        if n_test:
+            raise ValueError("with every family in training there is no held-out split (n_test must be 0)")
+        n_test = 0
     n_test = max(20, n // 10) if n_test is None else n_test
     if not hasattr(module, "FAMILIES"):
         return _make_by_hash(kind, module, n, seed, n_test)
     split = family_split(kind)
-    train = _fill(kind, module, n, random.Random(f"{kind}:{seed}:train"), [split.train])
+    pool = split.train
+    if all_families:
+        pool = {f: sorted({*split.train.get(f, []), *split.unseen_phrasings.get(f, []),
+                           *split.unseen_families.get(f, [])}) for f in range(len(module.FAMILIES))}
+    train = _fill(kind, module, n, random.Random(f"{kind}:{seed}:train"), [pool])
     test = _fill(kind, module, n_test, random.Random(f"{kind}:{seed}:test"),
                  [split.unseen_families, split.unseen_phrasings])
     return Splits(train, test)

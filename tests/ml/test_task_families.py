@@ -59,6 +59,32 @@ def test_held_out_split_shares_no_family_phrasing_pair_with_train(kind):
 
 
 @pytest.mark.parametrize("kind", FAMILY_KINDS)
+def test_all_families_trains_on_the_held_out_families_too_and_has_no_test_split(kind):
+    split = tasks.family_split(kind)
+    ids = [f.id for f in tasks.KINDS[kind].FAMILIES]
+    unseen_families = {ids[f] for f in split.unseen_families}
+    unseen_phrasings = {(ids[f], p) for f, ps in split.unseen_phrasings.items() for p in ps}
+    s = tasks.make(kind, 600, seed=0, all_families=True)
+    assert s.test == [] and len(s.train) == 600
+    assert {f for f, _ in pairs(s.train)} == set(ids)  # every family, the held-out ones among them
+    assert unseen_families <= {f for f, _ in pairs(s.train)} and pairs(s.train) & unseen_phrasings
+    with pytest.raises(ValueError, match="no held-out split"):
+        tasks.make(kind, 10, n_test=5, all_families=True)
+
+
+def test_all_families_is_refused_clearly_where_it_cannot_apply(cli, store):
+    r = cli("data", "make", "automation", "--n", "20", "--n-test", "5", "--all-families")
+    assert r.exit_code == 2 and "no held-out split: drop --n-test 5" in r.stderr and "llora eval" in r.stderr
+    r = cli("data", "make", "instruct", "--n", "20", "--all-families")
+    assert r.exit_code == 2 and "the instruct generator has no families" in r.stderr
+    assert store.list() == []
+    made = cli.json("data", "make", "code", "--n", "30", "--all-families")
+    assert made["name"] == "code-n30-s0-all"
+    d = cli.json("show", made["id"])
+    assert d["metadata"]["rows"] == {"train": 30, "test": 0} and d["metadata"]["families"] == "all"
+
+
+@pytest.mark.parametrize("kind", FAMILY_KINDS)
 def test_make_is_deterministic_and_the_test_split_does_not_depend_on_n(kind):
     a = tasks.make(kind, 200, seed=5)
     assert a == tasks.make(kind, 200, seed=5)
