@@ -42,7 +42,7 @@ class DemoOptions:
     compress_method: str = "gguf-q8_0"
     compress_eval_rows: int = 0  # perplexity and KL always; task accuracy on a few rows says little, costs ~1 min
     router_rows: int = 10  # training queries per domain the router's scenarios are collected on
-    routed_requests: int = 6  # held-out requests answered with --modifier auto (alternating domains)
+    routed_requests: int = 6  # held-out requests answered with --modifier auto (ROUTER_DOMAINS in turn)
     router: bool = True
     train: bool = True
 
@@ -339,8 +339,11 @@ def _router_stage(store: Store, base, modifiers: dict, datasets: dict, opts: Dem
                                      "training": fitted.training},
                           "engine": runtime.engine, "answers": answers})
     passed = sum(a["passes_checker"] for a in answers)
-    same = sum(a["chosen_domain"] == a["task"] for a in answers)
+    served = [a for a in answers if a["task"] in MODIFIER_DOMAINS]  # code: no modifier of its own
+    same = sum(a["chosen_domain"] == a["task"] for a in served)
+    code = [a for a in answers if a["task"] not in MODIFIER_DOMAINS]
     report.steps.append(f"fitted router '{fitted.artifact.name}' (ORPO) on {scen.rows} scenarios collected with the "
                         f"{report.router['scenarios']['engine']} engine, deployed it, and answered {len(answers)} held-out "
-                        f"requests with --modifier auto: {same} routed to their domain's modifier, {passed} pass "
-                        "the checker")
+                        f"requests with --modifier auto: {same} of {len(served)} {' and '.join(MODIFIER_DOMAINS)} "
+                        f"requests routed to their domain's modifier, {sum(a['chosen'] is None for a in code)} of "
+                        f"{len(code)} code requests to the base alone; {passed} pass the checker")

@@ -207,6 +207,10 @@ def _eval_rows(store: Store, data_ref: str, split: str, limit: int | None, check
     data = load_data(store, data_ref, command=command)
     require_generative(data, "llora eval")
     used_split = "test" if split == "test" and data.test else "train"
+    if used_split == "train" and split == "test" and data.artifact and data.artifact.meta.get("families") == "all":
+        raise BadInput(f"dataset '{data.artifact.name}' was made with --all-families: it has no held-out rows, and its "
+                       "training rows say nothing about what the model learned",
+                       hint=f"evaluate on rows written apart: --data FILE --task {data.task}")
     rows = data.test if used_split == "test" else data.train
     rows = rows[:limit] if limit is not None else rows
     if checker is None and data.task in checkers.TASK_CHECKERS:

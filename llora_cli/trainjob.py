@@ -322,7 +322,7 @@ class TrainJob:
             bf16=self.bf16,
             remove_unused_columns=False,
             dataloader_num_workers=0,
-            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+            **_length_grouping(TrainingArguments, cfg.group_by_length),
             include_num_input_tokens_seen=True,
             ddp_backend="gloo" if self.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         )
@@ -369,6 +369,18 @@ class TrainJob:
             from llora_cli.classify import CLASSIFIER_FILE
 
             (out / CLASSIFIER_FILE).write_text(json.dumps({"task": "classify", "labels": list(self.spec.labels)}))
+
+
+def _length_grouping(training_arguments: type, on: bool) -> dict:
+    """TrainingArguments keywords for length-grouped batches: ``train_sampling_strategy`` (transformers >= 5) or
+    ``group_by_length`` (before); nothing when off."""
+    if not on:
+        return {}
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(training_arguments)}
+    return {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names else {
+        "group_by_length": True}
 
 
 def collate_labelled(features: list[dict], pad_id: int) -> dict:

@@ -14,9 +14,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 # derived files llora caches outside a store (the router encoder's ONNX graph) go to one directory per test session,
 # not to the user's cache; subprocesses inherit it
 if "LLORA_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["LLORA_CACHE_DIR"] = tempfile.mkdtemp(prefix="llora-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LLORA_CACHE_DIR"], ignore_errors=True)
 
 import tiny  # noqa: E402
 from pg import postgres_catalog_url, postgres_cluster, postgres_url  # noqa: E402, F401  (fixtures)

@@ -8,9 +8,10 @@ graph written by ``onnxgraph.build`` once, then cached: ``onnx_cache_path``) whe
 by a plain float32 numpy forward (``bert_forward``); ``LLORA_ENCODER_BACKEND=numpy|onnxruntime`` forces one. Measured
 on this machine (docs/benchmarks.md): importing torch and sentence-transformers took 20-30 s at load ~5, while numpy
 is already loaded by the llama.cpp engine, so `llora run --modifier auto` pays neither; per query at batch 1 the
-numpy forward takes about half the CPU of sentence-transformers' ``encode``, ONNX Runtime 0.6x the numpy forward's
-time. Both backends' embeddings equal sentence-transformers' ``encode(normalize_embeddings=True)`` within 1e-5
-(measured 1.4e-7 and 1.9e-7; ``tests/router/test_encoder.py``), so the backend is not part of the encoder's identity.
+numpy forward takes about half the CPU of sentence-transformers' ``encode``, ONNX Runtime 0.67x the numpy forward's
+time (9.4 vs 14.1 ms median, ``benchmarks/router_overhead.py``). Both backends' embeddings equal
+sentence-transformers' ``encode(normalize_embeddings=True)`` within 1e-5 (measured 1.4e-7 and 1.9e-7;
+``tests/router/test_encoder.py``), so the backend is not part of the encoder's identity.
 Anything other than that layout (another architecture, activation or pooling) is refused rather than run
 approximately.
 
@@ -29,6 +30,8 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +47,8 @@ INSTALL_HINT = f"install it with: pip install {PACKAGE}"
 # 4-6x slower (median 177-247 ms vs 42 ms) when the machine's two cores are shared with other work.
 BLAS_THREADS = 1
 # Which forward computes the BERT layers: ONNX Runtime (llora_cli/router/onnxgraph.py; the same float32 result within
-# 2e-7, 9.4 vs 15.7 ms median per query at batch 1, docs/benchmarks.md) when installed, else numpy. The embeddings do
-# not depend on the choice (tested within 1e-5), so neither does the encoder's identity.
+# 2e-7; benchmarks/router_overhead.py: 9.4 vs 14.1 ms median per query at batch 1, docs/benchmarks.md) when installed,
+# else numpy. The embeddings do not depend on the choice (tested within 1e-5), so neither does the encoder's identity.
 BACKEND_ENV = "LLORA_ENCODER_BACKEND"  # auto (default) | onnxruntime | numpy
 BACKENDS = ("auto", "onnxruntime", "numpy")
 CACHE_ENV = "LLORA_CACHE_DIR"  # where the built ONNX graph is kept (default: the user cache dir, llora/)
@@ -75,36 +78,65 @@ def onnx_cache_path(ident: dict) -> Path:
 
 
 def ort_session(layers: list[dict], config: dict, ident: dict, *, required: bool):
-    """An ONNX Runtime session of the encoder's layers (graph from the cache, built and cached on first use), or
-    None when onnxruntime (or, with no cached graph, onnx) is missing and not ``required``; NotFound when it is."""
-    missing = [m for m in ("onnxruntime",) if importlib.util.find_spec(m) is None]
-    path = onnx_cache_path(ident)
-    if not path.is_file() and importlib.util.find_spec("onnx") is None:
-        missing.append("onnx")
-    if missing:
+    """An ONNX Runtime session of the encoder's layers: the graph from the cache (``onnx_cache_path``), else built
+    (``onnxgraph.build``) and cached, best effort (an unwritable cache only costs the next process a build).
+
+    ``required`` (backend onnxruntime asked for): NotFound when onnxruntime, or onnx with no usable cached graph, is
+    missing; Corrupt when the cached graph cannot be loaded and cannot be rebuilt. Otherwise (auto) each of those
+    returns None: the numpy forward computes the same embeddings, only slower."""
+    def unavailable(what: str):
         if required:
-            raise NotFound(f"{BACKEND_ENV}=onnxruntime needs {' and '.join(missing)}, not installed",
-                           hint=f"pip install {' '.join(missing)}, or unset {BACKEND_ENV}")
+            raise NotFound(f"{BACKEND_ENV}=onnxruntime needs {what}", hint=f"pip install onnx onnxruntime, or unset "
+                                                                           f"{BACKEND_ENV}")
         return None
-    import onnxruntime as ort
 
-    if not path.is_file():
-        from llora_cli.router.onnxgraph import build
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(build(layers, config))
-        os.replace(tmp, path)  # atomic: a concurrent process sees no file or the whole file
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        return unavailable(f"onnxruntime, which cannot be imported ({e})")
     options = ort.SessionOptions()
     options.intra_op_num_threads = ORT_THREADS
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
+    path = onnx_cache_path(ident)
+    damaged = None
+    if path.is_file():
+        try:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # a damaged cache file: rebuilt below when onnx is there
+            damaged = f"the cached ONNX graph of the router's encoder at {path} cannot be loaded ({e})"
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # a damaged cache file: say which and how to recover
-        raise Corrupt(f"the cached ONNX graph of the router's encoder at {path} cannot be loaded ({e})",
-                      hint=f"delete it (it is rebuilt on next use): rm {path}") from None
+        from llora_cli.router.onnxgraph import build
+
+        model = build(layers, config)
+    except ImportError as e:
+        if damaged and required:
+            raise Corrupt(damaged, hint=f"delete it (it is rebuilt on next use, with onnx installed): rm {path}") from None
+        return unavailable(f"onnx to build its graph, which cannot be imported ({e})")
+    _write_atomically(path, model)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` through a unique temporary file and a rename (readers see no file or the whole file;
+    two writers, threads or processes, each rename a whole file); an OSError (read-only or full disk) leaves nothing
+    behind and is not raised: the cache is an optimisation."""
+    import tempfile
+
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def model_dir() -> Path:
@@ -352,7 +384,8 @@ class Encoder:
         if self.session is None:
             return bert_forward(self.weights, self.layers, self.config, ids, mask)
         x = embed(self.weights, self.config, ids).astype(np.float32, copy=False)
-        bias = np.where(mask[:, None, None, :] > 0, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
+        # -1e9, not -inf: a row whose mask is all zeros gives a uniform softmax, not NaN (a real row has its [CLS])
+        bias = np.where(mask[:, None, None, :] > 0, np.float32(0.0), np.float32(-1e9)).astype(np.float32)
         return self.session.run(None, {"x": x, "mask_bias": bias})[0]
 
     def token_ids(self, texts: list[str]):
@@ -372,7 +405,8 @@ class Encoder:
         # sorted by length so that a batch pads little (as sentence-transformers does); rows come back in order
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.empty((len(texts), DIM), dtype=np.float32)
-        with _blas().limit(limits=BLAS_THREADS, user_api="blas"):
+        # numpy's BLAS on one thread for its forward (a process-wide setting: not touched when onnxruntime runs it)
+        with _blas().limit(limits=BLAS_THREADS, user_api="blas") if self.session is None else nullcontext():
             for start in range(0, len(texts), batch_size):
                 chunk = order[start:start + batch_size]
                 ids, mask = self.token_ids([texts[i] for i in chunk])
@@ -380,7 +414,16 @@ class Encoder:
         return out
 
 
-@functools.lru_cache(maxsize=1)
+_SHARED_LOCK = threading.Lock()
+
+
 def shared() -> Encoder:
-    """One encoder per process (collect, fit, eval and serving share it)."""
+    """One encoder per process (collect, fit, eval and serving share it); the first caller loads it, concurrent
+    callers (a server's worker threads) wait for that load."""
+    with _SHARED_LOCK:
+        return _shared()
+
+
+@functools.lru_cache(maxsize=1)
+def _shared() -> Encoder:
     return Encoder.load()

@@ -4,11 +4,11 @@ The graph computes what ``encoder.bert_forward`` computes after the embeddings, 
 a fused QKV MatMul + bias, scaled dot-product attention with an additive key mask and Softmax, the output
 projection, residual + LayerNormalization, the intermediate MatMul with the exact (erf) GELU, the output MatMul,
 residual + LayerNormalization. Inputs: ``x`` ``[n, T, h]`` float32 (token + position + type embeddings after their
-LayerNorm, computed in numpy) and ``mask_bias`` ``[n, 1, 1, T]`` float32 (0 for a token, -inf for padding); output
+LayerNorm, computed in numpy) and ``mask_bias`` ``[n, 1, 1, T]`` float32 (0 for a token, -1e9 for padding); output
 ``hidden`` ``[n, T, h]``. Opset 17 (LayerNormalization is an ONNX op from 17 on). ONNX Runtime then fuses what it
 can (GELU, skip + LayerNorm) at ``ORT_ENABLE_ALL``. Measured against the numpy forward: max difference 1.8e-7 over
-120 prompts, 9.4 ms vs 15.7 ms median per query at batch 1 on one thread (docs/benchmarks.md, "The router's cost";
-``benchmarks/router_encoder_onnx.py``).
+120 prompts (``benchmarks/router_encoder_onnx.py``); a routed query at batch 1 on one thread 9.4 ms vs 14.1 ms median
+(``benchmarks/router_overhead.py``; docs/benchmarks.md, "The encoder on ONNX Runtime").
 
 Building needs the ``onnx`` package (about 1 s to import); the serialized graph is cached on disk
 (``encoder.onnx_cache_path``), so a process that finds it needs only ``onnxruntime``.

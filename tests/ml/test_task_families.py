@@ -72,7 +72,7 @@ def test_all_families_trains_on_the_held_out_families_too_and_has_no_test_split(
         tasks.make(kind, 10, n_test=5, all_families=True)
 
 
-def test_all_families_is_refused_clearly_where_it_cannot_apply(cli, store):
+def test_all_families_is_refused_clearly_where_it_cannot_apply(cli, store, tiny_model_dir):
     r = cli("data", "make", "automation", "--n", "20", "--n-test", "5", "--all-families")
     assert r.exit_code == 2 and "no held-out split: drop --n-test 5" in r.stderr and "llora eval" in r.stderr
     r = cli("data", "make", "instruct", "--n", "20", "--all-families")
@@ -82,6 +82,11 @@ def test_all_families_is_refused_clearly_where_it_cannot_apply(cli, store):
     assert made["name"] == "code-n30-s0-all"
     d = cli.json("show", made["id"])
     assert d["metadata"]["rows"] == {"train": 30, "test": 0} and d["metadata"]["families"] == "all"
+    # its rows are all training rows: scoring a model on them is refused (rows written apart are the way)
+    cli.json("bases", "add", tiny_model_dir, "--name", "tiny")
+    r = cli("eval", "tiny", "--data", made["id"])
+    assert r.exit_code == 2 and "made with --all-families: it has no held-out rows" in r.stderr
+    assert "--data FILE --task code" in r.stderr
 
 
 @pytest.mark.parametrize("kind", FAMILY_KINDS)

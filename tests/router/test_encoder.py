@@ -103,15 +103,44 @@ def test_backend_setting_numpy_and_bad_values(monkeypatch, tmp_path):
     monkeypatch.setenv(encoder.BACKEND_ENV, "tensorrt")
     with pytest.raises(BadInput, match="LLORA_ENCODER_BACKEND='tensorrt' is not an encoder backend; use one of auto"):
         encoder.Encoder.load()
-    # a damaged cached graph: a clear error naming the file and the fix
+    # a damaged cached graph is rebuilt (onnx installed) ...
     monkeypatch.setenv(encoder.BACKEND_ENV, "onnxruntime")
     monkeypatch.setenv(encoder.CACHE_ENV, str(tmp_path))
     path = encoder.onnx_cache_path(encoder.identity())
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a model")
+    rebuilt = encoder.Encoder.load()
+    assert rebuilt.backend == "onnxruntime" and path.stat().st_size > 40e6
+    assert np.abs(rebuilt.encode(["hi there"]) - encoder.Encoder.load("numpy").encode(["hi there"])).max() < 1e-5
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    # ... and without onnx: a clear error naming the file and the fix when onnxruntime was asked for
+    path.write_bytes(b"not a model")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
     with pytest.raises(Corrupt, match="cached ONNX graph") as e:
         encoder.Encoder.load()
     assert str(path) in e.value.hint
+    monkeypatch.setenv(encoder.BACKEND_ENV, "auto")  # auto: the numpy forward, same embeddings
+    assert encoder.Encoder.load().backend == "numpy"
+
+
+def test_without_onnxruntime_auto_runs_numpy_and_onnxruntime_is_refused(monkeypatch):
+    from llora_store.errors import NotFound
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    monkeypatch.setenv(encoder.BACKEND_ENV, "auto")
+    assert encoder.Encoder.load().backend == "numpy"
+    monkeypatch.setenv(encoder.BACKEND_ENV, "onnxruntime")
+    with pytest.raises(NotFound, match="LLORA_ENCODER_BACKEND=onnxruntime needs onnxruntime") as e:
+        encoder.Encoder.load()
+    assert "pip install onnx onnxruntime" in e.value.hint
+
+
+def test_an_unwritable_cache_still_gives_a_session(monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache directory should be")
+    monkeypatch.setenv(encoder.CACHE_ENV, str(blocked))
+    enc = encoder.Encoder.load("onnxruntime")
+    assert enc.backend == "onnxruntime" and enc.encode(["hi"]).shape == (1, 384)
 
 
 def test_gelu_is_as_exact_as_torchs():
