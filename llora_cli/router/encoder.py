@@ -65,15 +65,16 @@ def backend_setting() -> str:
 
 def onnx_cache_path(ident: dict) -> Path:
     """Where the encoder's ONNX graph is cached: ``<cache>/encoder/<name>-<key>.onnx``, the key a hash of the weight
-    files' sha256 and the graph's version (``onnxgraph.GRAPH_VERSION``)."""
-    from llora_cli.router.onnxgraph import GRAPH_VERSION
+    files' sha256 and of the graph builder's source (``onnxgraph.py``): a changed builder never reads an old graph."""
+    from llora_cli.router import onnxgraph
 
     base = os.environ.get(CACHE_ENV)
     if not base:
         from platformdirs import user_cache_dir
 
         base = user_cache_dir("llora", appauthor=False)
-    key = hashlib.sha256(json.dumps([ident["weights"], GRAPH_VERSION], sort_keys=True).encode()).hexdigest()[:16]
+    builder = hashlib.sha256(Path(onnxgraph.__file__).read_bytes()).hexdigest()
+    key = hashlib.sha256(json.dumps([ident["weights"], builder], sort_keys=True).encode()).hexdigest()[:16]
     return Path(base) / "encoder" / f"{NAME}-{key}.onnx"
 
 

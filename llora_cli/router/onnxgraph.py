@@ -11,12 +11,11 @@ can (GELU, skip + LayerNorm) at ``ORT_ENABLE_ALL``. Measured against the numpy f
 (``benchmarks/router_overhead.py``; docs/benchmarks.md, "The encoder on ONNX Runtime").
 
 Building needs the ``onnx`` package (about 1 s to import); the serialized graph is cached on disk
-(``encoder.onnx_cache_path``), so a process that finds it needs only ``onnxruntime``.
+(``encoder.onnx_cache_path``, keyed by the weights and this file's source), so a process that finds it needs only
+``onnxruntime``.
 """
 
 from __future__ import annotations
-
-GRAPH_VERSION = 1  # part of the cache key: bump when the graph below changes
 
 
 def build(layers: list[dict], config: dict) -> bytes:

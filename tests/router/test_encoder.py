@@ -183,3 +183,18 @@ def test_identity_names_version_and_weight_hashes():
         f"encoder weights model.safetensors sha256 000000000000 -> {ident['weights']['model.safetensors'][:12]}"]
     with pytest.raises(Conflict, match="router 'r' was fitted on another encoder.*weights"):
         encoder.check_identity(changed, what="router 'r'")
+
+
+def test_cache_key_follows_the_weights_and_the_graph_builder(monkeypatch, tmp_path):
+    from llora_cli.router import onnxgraph
+
+    monkeypatch.setenv(encoder.CACHE_ENV, str(tmp_path))
+    ident = encoder.identity()
+    path = encoder.onnx_cache_path(ident)
+    assert path.parent == tmp_path / "encoder" and path == encoder.onnx_cache_path(dict(ident))
+    other = {**ident, "weights": {k: "0" * 64 for k in ident["weights"]}}
+    assert encoder.onnx_cache_path(other) != path
+    edited = tmp_path / "onnxgraph.py"
+    edited.write_text(open(onnxgraph.__file__).read() + "\n# a change to the builder\n")
+    monkeypatch.setattr(onnxgraph, "__file__", str(edited))
+    assert encoder.onnx_cache_path(ident) != path
