@@ -21,6 +21,7 @@ embeddings against llora's numpy encoder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -45,11 +46,10 @@ def main() -> None:
 
     from llora_cli import tasks
     from llora_cli.router import encoder as E
+    from llora_cli.router import onnxgraph
 
     out = args.out or Path(tempfile.mkdtemp(prefix="llora-onnx-"))
     out.mkdir(parents=True, exist_ok=True)
-    from llora_cli.router import onnxgraph
-
     enc = E.Encoder.load("numpy")  # the reference: llora's numpy forward
     cfg = enc.config
     fp32, fused, int8 = out / "minilm.onnx", out / "minilm_fused.onnx", out / "minilm_int8.onnx"
@@ -63,30 +63,22 @@ def main() -> None:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sessions = {name: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
                 for name, path in (("ort-fp32", fp32), ("ort-fp32-fused", fused), ("ort-int8", int8))}
-    w = enc.weights
-
-    def ort_embed(name, prompt):
-        ids, mask = enc.token_ids([prompt])
-        x = E.embed(w, cfg, ids)
-        bias = np.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(np.float32)
-        hidden = sessions[name].run(None, {"x": x.astype(np.float32), "mask_bias": bias})[0]
-        return E.mean_pool_normalized(hidden, mask)[0]
-
-    def numpy_embed(prompt):
-        with E._blas().limit(limits=1, user_api="blas"):
-            return enc.encode([prompt])[0]
+    # the same Encoder (tokenizer, embeddings, pooling) with each session in place of the numpy forward
+    encoders = {"numpy": enc, **{name: dataclasses.replace(enc, session=sess) for name, sess in sessions.items()}}
 
     prompts = [tasks.prompt_of(r) for d in ("automation", "reasoning", "code")
                for r in tasks.make(d, 0, seed=1, n_test=args.per_domain).test]
     lengths = [len(enc.token_ids([p])[0][0]) for p in prompts]
-    reference = np.array([numpy_embed(p) for p in prompts])
+    reference = enc.encode(prompts)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"onnxruntime {ort.__version__}; load average before {os.getloadavg()[0]:.2f}")
     print(f"{len(prompts)} prompts, tokens median {int(np.median(lengths))}, max {max(lengths)}; {args.rounds} rounds")
     print("| encoder | wall ms median | p90 | min | max abs diff vs numpy | min cosine vs numpy |")
     print("|---|---|---|---|---|---|")
-    for name in ("numpy", *sessions):
-        embed = numpy_embed if name == "numpy" else (lambda p, n=name: ort_embed(n, p))
+    for name, encoder in encoders.items():
+        def embed(p, encoder=encoder):
+            return encoder.encode([p])[0]
+
         for p in prompts[:5]:  # warm-up
             embed(p)
         times, first = [], []

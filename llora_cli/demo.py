@@ -90,12 +90,11 @@ def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max
              options: DemoOptions | None = None) -> DemoReport:
     opts = options or DemoOptions()
     if opts.train:  # refuse bad steps or learning rates before any work: BadInput naming the key
-        from llora_cli.trainconfig import load_config
         from llora_store.errors import BadInput
 
         for what, make in (("--adapter-steps", _adapter_config), ("--modifier-steps / --modifier-lr", _modifier_config)):
             try:
-                make(opts, load_config)
+                make(opts)
             except BadInput as e:
                 raise BadInput(f"{what}: {e.message}", hint=e.hint) from None
     say = progress or (lambda _m: None)
@@ -121,14 +120,18 @@ def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max
     return report
 
 
-def _adapter_config(opts: DemoOptions, load_config):
+def _adapter_config(opts: DemoOptions):
+    from llora_cli.trainconfig import load_config
+
     return load_config(None, [f"max_steps={opts.adapter_steps}", "learning_rate=5e-4", "batch_size=4"])
 
 
-def _modifier_config(opts: DemoOptions, load_config):
+def _modifier_config(opts: DemoOptions):
     """The modifier defaults (trainconfig.MODIFIER_DEFAULTS) but for the steps, a batch of 4, the learning rate and
     batches of rows of similar length (10-13% fewer padded tokens on the demo's rows): two modifiers in the demo's
     time (docs/benchmarks.md, "The demo's time")."""
+    from llora_cli.trainconfig import load_config
+
     return load_config(None, [f"max_steps={opts.modifier_steps}", "batch_size=4",
                               f"learning_rate={opts.modifier_learning_rate}", "group_by_length=true"])
 
@@ -137,7 +140,6 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
     from llora_cli.data import make_dataset
     from llora_cli.evaluate import evaluate
     from llora_cli.train import train
-    from llora_cli.trainconfig import load_config
 
     datasets = {}
     with _timed(report, "make data"):
@@ -159,7 +161,7 @@ def _train_stage(store: Store, base_id: str, opts: DemoOptions, report: DemoRepo
         say(f"training a training adapter on instruct data ({opts.adapter_steps} steps, fp32)")
         adapter = train(store, base_ref=base_id, data_ref=datasets["instruct"].id, kind="adapter",
                         name=store.unique_name("demo-adapter"), command="llora demo",
-                        config=_adapter_config(opts, load_config))
+                        config=_adapter_config(opts))
     report.steps.append(f"trained adapter '{adapter.artifact.name}': {adapter.outcome['steps']} steps, "
                         f"{adapter.outcome['tokens_per_s']:.0f} tokens/s, final loss {adapter.outcome['final_loss']:.3f}")
 
@@ -211,7 +213,7 @@ def _compressed_stage(store: Store, m, datasets: dict, opts: DemoOptions, report
     returns (the compress report, modifier artifact per domain)."""
     from llora_cli.compress import compress
     from llora_cli.train import train
-    from llora_cli.trainconfig import MODIFIER_DEFAULTS, load_config
+    from llora_cli.trainconfig import MODIFIER_DEFAULTS
 
     with _timed(report, "compress"):
         say(f"compressing '{m.merged.name}' with {opts.compress_method} and measuring its quality")
@@ -230,7 +232,7 @@ def _compressed_stage(store: Store, m, datasets: dict, opts: DemoOptions, report
                 f"learning rate {opts.modifier_learning_rate:g}, fp32)")
             mod = train(store, base_ref=c.compressed.id, data_ref=datasets[domain].id, kind="modifier",
                         domain=domain, name=store.unique_name(f"demo-modifier-{domain}"), command="llora demo",
-                        config=_modifier_config(opts, load_config))
+                        config=_modifier_config(opts))
         modifiers[domain] = mod.artifact
         report.steps.append(f"trained modifier '{mod.artifact.name}' (domain {domain}) on '{c.compressed.name}', "
                             f"the weights it will run on: {mod.outcome['steps']} steps of 4 rows at learning rate "

@@ -90,10 +90,8 @@ def make(kind: str, n: int, *, seed: int = 0, n_test: int | None = None, all_fam
     if not hasattr(module, "FAMILIES"):
         return _make_by_hash(kind, module, n, seed, n_test)
     split = family_split(kind)
-    pool = split.train
-    if all_families:
-        pool = {f: sorted({*split.train.get(f, []), *split.unseen_phrasings.get(f, []),
-                           *split.unseen_families.get(f, [])}) for f in range(len(module.FAMILIES))}
+    pool = ({i: list(range(len(fam.phrasings))) for i, fam in enumerate(module.FAMILIES)} if all_families
+            else split.train)
     train = _fill(kind, module, n, random.Random(f"{kind}:{seed}:train"), [pool])
     test = _fill(kind, module, n_test, random.Random(f"{kind}:{seed}:test"),
                  [split.unseen_families, split.unseen_phrasings])
