@@ -193,9 +193,12 @@ def _convert_gguf(path: Path, dest: Path) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llora_cli.modelfiles import parse_gguf_once
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with parse_gguf_once():  # the config, tokenizer and weights loads each parse the file otherwise
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except Exception as e:  # transformers raises many types for unsupported architectures
         raise BadInput(f"transformers cannot load {path.name}: {e}") from None
     config = loaded.config

@@ -162,12 +162,14 @@ def reuse_dequantized():
     """Within the block, a GGUF file is dequantized once: later loads of the same file copy the tensors kept from
     the first (transformers' GGUF loader dequantizes every tensor again on each load). Memory: one model's
     fp32 tensors are held until the block ends. The demo loads its compressed base four times (quality
-    measurement, two modifiers' training, their evaluations).
+    measurement, two modifiers' training, their evaluations). The file's metadata is parsed once as well
+    (``modelfiles.parse_gguf_once``).
     """
     global _dequantized
     outer, _dequantized = _dequantized, {}
     try:
-        yield
+        with modelfiles.parse_gguf_once():
+            yield
     finally:
         _dequantized = outer
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +178,74 @@ _GGUF_TO_HF = {
     "attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
     "ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
 }
+
+
+_gguf_scope = {"depth": 0, "readers": {}}
+_gguf_lock = threading.Lock()
+
+
+@contextmanager
+def parse_gguf_once():
+    """Within the block, each GGUF file's metadata is parsed once: ``gguf.GGUFReader(path)`` returns the reader
+    already made for the same unchanged file (device, inode, size, mtime), and ``gguf.get_tensor_name_map`` is
+    memoized.
+
+    Why: transformers' GGUF loader builds a new ``GGUFReader`` for the config, again for the tokenizer and again
+    for the weights, and gguf's reader parses every metadata field value by value (SmolLM2's 49,152-token
+    vocabulary and its merges: ~4 s per parse on this CPU); its weight-name mapping rebuilds gguf's tensor name
+    map once per module (397 times for SmolLM2). Measured on ``bases add smollm2``'s conversion: 33 s -> 21 s,
+    the written files byte-identical. Readers are shared read-only (mode ``"r"``); other modes are not cached.
+    Thread-safe; nested blocks share one cache, which is dropped (its memory maps closed) when the outermost
+    block ends, so no file stays mapped afterwards.
+    """
+    import functools
+
+    import gguf
+
+    with _gguf_lock:
+        if not getattr(gguf.GGUFReader, "_llora_cached", False):
+            gguf.GGUFReader = _cached_reader_class(gguf.GGUFReader)
+            gguf.get_tensor_name_map = functools.lru_cache(maxsize=8)(gguf.get_tensor_name_map)
+        _gguf_scope["depth"] += 1
+    try:
+        yield
+    finally:
+        with _gguf_lock:
+            _gguf_scope["depth"] -= 1
+            if _gguf_scope["depth"] == 0:
+                _gguf_scope["readers"].clear()
+
+
+def _cached_reader_class(base: type) -> type:
+    """A subclass of gguf's ``GGUFReader`` whose construction returns the reader cached in the current
+    ``parse_gguf_once`` block for the same file; outside any block it is the plain reader."""
+
+    class CachedGGUFReader(base):
+        _llora_cached = True
+
+        def __new__(cls, path, mode="r"):
+            key = None
+            if mode == "r":
+                try:
+                    st = Path(path).stat()
+                    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                except OSError:
+                    key = None  # the reader's own error follows
+            with _gguf_lock:
+                if key is not None and _gguf_scope["depth"] > 0 and key in _gguf_scope["readers"]:
+                    return _gguf_scope["readers"][key]
+            reader = super().__new__(cls)
+            base.__init__(reader, path, mode)
+            with _gguf_lock:
+                if key is not None and _gguf_scope["depth"] > 0:
+                    _gguf_scope["readers"][key] = reader
+            return reader
+
+        def __init__(self, path, mode="r"):  # done in __new__ (a cached reader is not parsed again)
+            pass
+
+    CachedGGUFReader.__name__ = CachedGGUFReader.__qualname__ = base.__name__
+    return CachedGGUFReader
 
 
 def _gguf_tensors(path: Path) -> dict[str, TensorInfo]:
