@@ -59,6 +59,7 @@ class TrainOutcome:
     # on held-out rows: {"step", "loss", "token_accuracy", "n"}; a classifier: "accuracy" (of the label) instead
     heldout: list[dict] = field(default_factory=list)
     memorisation: str | None = None  # the warning of memorisation_warning(), if any
+    truncation: str | None = None  # the warning of truncation_warning(), if any
 
 
 HELDOUT_ROWS = 32  # held-out rows scored during training (teacher-forced: one forward pass each, no generation)
@@ -66,6 +67,34 @@ HELDOUT_POINTS = (0.25, 0.5, 0.75, 1.0)  # fractions of the run at which they ar
 NEAR_ZERO_LOSS = 0.05  # nats per learned token: the model puts ~95% on each training token
 FLAT_GAIN = 0.01  # held-out token accuracy gained over the second half of the run below this is flat
 PERFECT = 0.999  # held-out accuracy at the middle point at or above this: nothing left to gain, no warning
+
+
+def learned_span(labels: list[int]) -> tuple[int, int]:
+    """(index of the first learned token, 1 + index of the last) of a row's ``labels`` (-100: not learned);
+    (0, 0) when none is learned."""
+    idx = [i for i, label in enumerate(labels) if label != -100]
+    return (idx[0], idx[-1] + 1) if idx else (0, 0)
+
+
+def truncation_warning(lengths: list[int], spans: list[tuple[int, int]], max_seq_len: int) -> str | None:
+    """A warning naming the training rows ``max_seq_len`` cuts, else None.
+
+    ``lengths[i]``: row i's token count (chat template applied); ``spans[i]``: ``learned_span`` of its labels. A row
+    whose learned tokens all lie past the cut is dropped (nothing to learn); one cut inside its reply is trained on
+    the reply's beginning only, so the model never sees how such replies end.
+    """
+    long = [i for i, n in enumerate(lengths) if n > max_seq_len]
+    if not long:
+        return None
+    dropped = sum(spans[i][1] > 0 and spans[i][0] >= max_seq_len for i in long)
+    cut_reply = sum(spans[i][0] < max_seq_len < spans[i][1] for i in long)
+    parts = [f"{dropped} dropped (their reply starts after the cut)" if dropped else "",
+             f"{cut_reply} trained on a reply cut short" if cut_reply else "",
+             f"{len(long) - dropped - cut_reply} cut after their reply (no loss)"
+             if len(long) - dropped - cut_reply else ""]
+    return (f"{len(long)} of {len(lengths)} training rows are longer than max_seq_len={max_seq_len} tokens: "
+            f"{', '.join(p for p in parts if p)}; the longest has {max(lengths)} tokens. To keep every row whole, "
+            f"train with max_seq_len={max(lengths)}")
 
 
 def memorisation_warning(losses: list[float], heldout: list[dict], *, near_zero: float = NEAR_ZERO_LOSS,
@@ -122,6 +151,7 @@ class TrainJob:
         self.config = TrainConfig(**spec.config)
         self.progress = progress
         self.run_dir = Path(spec.run_dir)
+        self.truncation: str | None = None  # truncation_warning() of the training rows, set by setup()
 
     def setup(self) -> None:
         import torch
@@ -191,10 +221,15 @@ class TrainJob:
                 self.heldout = [self.encode_labelled(json.loads(line)) for line in open(self.spec.heldout_path)
                                 if line.strip()][:HELDOUT_ROWS]
             return
-        encoded = [encode_row(self.tokenizer, r, cfg.max_seq_len) for r in rows]
+        whole = [encode_row(self.tokenizer, r, sys.maxsize) for r in rows]
+        self.truncation = truncation_warning([len(e["input_ids"]) for e in whole],
+                                             [learned_span(e["labels"]) for e in whole], cfg.max_seq_len)
+        encoded = [{k: v[:cfg.max_seq_len] for k, v in e.items()} for e in whole]
         encoded = [e for e in encoded if any(label != -100 for label in e["labels"])]
         if not encoded:
-            raise ValueError("no row has a token to learn after truncation; raise max_seq_len")
+            raise ValueError(f"no row has a token to learn after truncation to max_seq_len={cfg.max_seq_len}; "
+                             f"raise max_seq_len (the longest row has {max(len(e['input_ids']) for e in whole)} "
+                             "tokens)")
         self.dataset = Dataset.from_list(encoded)
         self.heldout: list[dict] = []
         if self.spec.heldout_path and Path(self.spec.heldout_path).exists():
@@ -356,6 +391,7 @@ class TrainJob:
             device=self.device, precision=self.precision, trainable_parameters=int(self.trainable),
             world_size=int(trainer.args.world_size), heldout=self.heldout_points,
             memorisation=memorisation_warning(losses, self.heldout_points),
+            truncation=self.truncation,
         )
 
     def save(self) -> None:

@@ -117,8 +117,9 @@ def _with_progress(fn, quiet: bool):
 
 def _report(result, json_: bool) -> None:
     o = result.outcome
-    if o.get("memorisation"):  # on stderr in both modes: --json consumers get it in the outcome too
-        err().print(f"[yellow]warning:[/] {o['memorisation']}", highlight=False)
+    for key in ("truncation", "memorisation"):  # on stderr in both modes: --json consumers get it in the outcome
+        if o.get(key):
+            err().print(f"[yellow]warning:[/] {o[key]}", highlight=False)
     if json_:
         print_json(result.to_json())
         return

@@ -336,3 +336,30 @@ def test_group_by_length_pads_fewer_tokens(cli, setup):
         assert runs[grouped]["steps"] == 24
     assert runs["true"]["tokens"] < 0.97 * runs["false"]["tokens"]
     assert cli.json("show", "g-true")["metadata"]["config"]["group_by_length"] is True
+
+
+def test_truncation_warning_counts_dropped_cut_and_harmless_rows():
+    from llora_cli.trainjob import learned_span, truncation_warning
+
+    assert learned_span([-100, -100, 5, 6, -100]) == (2, 4) and learned_span([-100]) == (0, 0)
+    assert truncation_warning([10, 12], [(4, 10), (4, 12)], 12) is None  # nothing longer than the limit
+    # row 0: reply starts after the cut (dropped); row 1: reply cut inside; row 2: only after its reply; row 3 fits
+    w = truncation_warning([30, 20, 18, 8], [(17, 30), (10, 20), (5, 9), (2, 8)], 16)
+    assert w == ("3 of 4 training rows are longer than max_seq_len=16 tokens: 1 dropped (their reply starts after "
+                 "the cut), 1 trained on a reply cut short, 1 cut after their reply (no loss); the longest has 30 "
+                 "tokens. To keep every row whole, train with max_seq_len=30")
+
+
+def test_train_warns_of_rows_cut_by_max_seq_len(cli, setup):
+    # the tiny tokenizer's automation rows are 234-507 tokens, replies starting at token 211-428
+    result = cli("train", "--base", "tiny", "--data", "auto", "--name", "short", "max_steps=1", "max_seq_len=300",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert "of 48 training rows are longer than max_seq_len=300 tokens: " in out["truncation"]
+    assert "dropped (their reply starts after the cut)" in out["truncation"]
+    assert "warning: " in result.stderr and "train with max_seq_len=" in result.stderr
+    fits = cli.json("train", "--base", "tiny", "--data", "auto", "--name", "long", "max_steps=1", "max_seq_len=4096")
+    assert fits["truncation"] is None
+    none = cli("train", "--base", "tiny", "--data", "auto", "--name", "tiny-len", "max_steps=1", "max_seq_len=100")
+    assert none.exit_code != 0 and "no row has a token to learn after truncation to max_seq_len=100" in none.stderr
