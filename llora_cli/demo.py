@@ -97,26 +97,29 @@ def run_demo(store: Store, *, progress: Callable[[str], None] | None = None, max
                 make(opts)
             except BadInput as e:
                 raise BadInput(f"{what}: {e.message}", hint=e.hint) from None
-    say = progress or (lambda _m: None)
-    report = DemoReport()
-    with _timed(report, "register base"):
-        existing = [a for a in store.artifacts(kind="base")
-                    if a.state != "discarded" and a.meta.get("source", {}).get("ref") == "smollm2"]
-        if existing:
-            base_id = existing[0].id
-            report.steps.append(f"the embedded SmolLM2 is already registered as base '{existing[0].name}' ({base_id})")
-        else:
-            name = store.unique_name("smollm2")
-            base_id = add_base(store, "smollm2", name=name, command="llora demo", progress=say).id
-            report.steps.append(f"registered the embedded SmolLM2-135M-Instruct as base '{name}' ({base_id})")
-        report.base = next(a for a in store.list(kind="base") if a.id == base_id)
-    with _timed(report, "generate"):
-        say(f"generating an answer to {DEMO_PROMPT!r}")
-        report.generation = generate(store.path_of(base_id), DEMO_PROMPT, max_new_tokens=max_new_tokens)
-    report.steps.append(f"generated {report.generation.tokens_out} tokens with plain transformers on {report.generation.device}")
-    if opts.train:
-        _train_stage(store, base_id, opts, report, say)
-    report.catalog = store.list()
+    from llora_cli.modelfiles import parse_gguf_once
+
+    with parse_gguf_once():  # the GGUF files the stages load (base, compressed base) are each parsed once
+        say = progress or (lambda _m: None)
+        report = DemoReport()
+        with _timed(report, "register base"):
+            existing = [a for a in store.artifacts(kind="base")
+                        if a.state != "discarded" and a.meta.get("source", {}).get("ref") == "smollm2"]
+            if existing:
+                base_id = existing[0].id
+                report.steps.append(f"the embedded SmolLM2 is already registered as base '{existing[0].name}' ({base_id})")
+            else:
+                name = store.unique_name("smollm2")
+                base_id = add_base(store, "smollm2", name=name, command="llora demo", progress=say).id
+                report.steps.append(f"registered the embedded SmolLM2-135M-Instruct as base '{name}' ({base_id})")
+            report.base = next(a for a in store.list(kind="base") if a.id == base_id)
+        with _timed(report, "generate"):
+            say(f"generating an answer to {DEMO_PROMPT!r}")
+            report.generation = generate(store.path_of(base_id), DEMO_PROMPT, max_new_tokens=max_new_tokens)
+        report.steps.append(f"generated {report.generation.tokens_out} tokens with plain transformers on {report.generation.device}")
+        if opts.train:
+            _train_stage(store, base_id, opts, report, say)
+        report.catalog = store.list()
     return report
 
 
@@ -228,7 +231,7 @@ def _compressed_stage(store: Store, m, datasets: dict, opts: DemoOptions, report
     modifiers = {}
     for domain in MODIFIER_DOMAINS:
         with _timed(report, "train modifiers"):
-            say(f"training a {domain} modifier on the compressed base ({opts.modifier_steps} steps of 4 rows, "
+            say(f"training the {domain} modifier on the compressed base ({opts.modifier_steps} steps of 4 rows, "
                 f"learning rate {opts.modifier_learning_rate:g}, fp32)")
             mod = train(store, base_ref=c.compressed.id, data_ref=datasets[domain].id, kind="modifier",
                         domain=domain, name=store.unique_name(f"demo-modifier-{domain}"), command="llora demo",
