@@ -150,7 +150,8 @@ def load_tokenizer(model_dir: Path):
     if (model_dir / DIR / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(model_dir / DIR)
     if stored_format(model_dir) == "gguf":
-        return AutoTokenizer.from_pretrained(model_dir, gguf_file=GGUF_NAME)
+        with modelfiles.parse_gguf_once():  # transformers reads the file for the config and the tokenizer
+            return AutoTokenizer.from_pretrained(model_dir, gguf_file=GGUF_NAME)
     return AutoTokenizer.from_pretrained(model_dir)
 
 
@@ -196,7 +197,8 @@ def load_gguf_dequantized(model_dir: Path, dtype):
     if _dequantized is not None and _dequantized.get("key") == key:
         config, state = copy.deepcopy(_dequantized["config"]), _dequantized["state"]
     else:
-        loaded = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=GGUF_NAME, dtype=dtype)
+        with modelfiles.parse_gguf_once():  # transformers reads the file for the config and the weights
+            loaded = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=GGUF_NAME, dtype=dtype)
         config, state = loaded.config, loaded.state_dict()
         if hasattr(config, "quantization_config"):
             del config.quantization_config
