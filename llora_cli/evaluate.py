@@ -136,10 +136,13 @@ def mean_loss(tokenizer, model, rows: list[dict], *, max_len: int = 512, batch_s
 
 def generate_texts(tokenizer, model, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16,
                    stop_strings: list[str] | None = None, strip: bool = True,
-                   add_special_tokens: bool = False, stop_when=None, row_stops=None) -> list[str]:
+                   add_special_tokens: bool = False, stop_when=None, row_stops=None,
+                   calculator: dict | None = None) -> list[str]:
     """Greedy continuations of prompt texts (left-padded batches); generation of a row may end at a stop string,
     or once ``stop_when(text so far)`` (or its own ``row_stops[i](text so far)``, one per prompt) is true for it
-    (checked after every token). A batch ends when all its rows have."""
+    (checked after every token). A batch ends when all its rows have. With ``calculator`` (a dict), arithmetic
+    steps' results are computed (``llora_cli.calculator``) and ``calculator["forced_tokens"]`` counts the tokens it
+    changed."""
     import torch
 
     tokenizer.padding_side = "left"
@@ -153,9 +156,18 @@ def generate_texts(tokenizer, model, prompts: list[str], *, max_new_tokens: int,
         if stop_when is not None or row_stops is not None:
             dones = row_stops[i: i + batch_size] if row_stops is not None else [stop_when] * len(enc["input_ids"])
             extra["stopping_criteria"] = [_text_stop(tokenizer, enc["input_ids"].shape[1], dones)]
+        if calculator is not None:
+            from transformers import LogitsProcessorList
+
+            from llora_cli.calculator import CalculatorLogitsProcessor
+
+            proc = CalculatorLogitsProcessor(tokenizer)
+            extra["logits_processor"] = LogitsProcessorList([proc])
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, **extra)
+        if calculator is not None:
+            calculator["forced_tokens"] = calculator.get("forced_tokens", 0) + proc.forced
         for row_out in out[:, enc["input_ids"].shape[1]:]:
             text = tokenizer.decode(row_out, skip_special_tokens=True)
             outputs.append(text.strip() if strip else text)
@@ -176,16 +188,17 @@ def _text_stop(tokenizer, prompt_len: int, dones: list):
 
 
 def generate_batch(tokenizer, model, rows: list[dict], *, max_new_tokens: int, batch_size: int = 16,
-                   done=None) -> list[str]:
+                   done=None, calculator: dict | None = None) -> list[str]:
     """Greedy answers to each row's messages up to (not including) its final assistant reply; with
-    ``done(row, text so far)`` (a checker's: ``checkers.answer_done``) a row's generation stops once it is true."""
+    ``done(row, text so far)`` (a checker's: ``checkers.answer_done``) a row's generation stops once it is true;
+    ``calculator``: see ``generate_texts``."""
     prompts = []
     for r in rows:
         msgs = r["messages"]
         prompts.append(prompt_text(tokenizer, msgs[:-1] if msgs[-1]["role"] == "assistant" else msgs))
     row_stops = [(lambda text, r=r: done(r, text)) for r in rows] if done is not None else None
     return generate_texts(tokenizer, model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                          row_stops=row_stops)
+                          row_stops=row_stops, calculator=calculator)
 
 
 def _eval_rows(store: Store, data_ref: str, split: str, limit: int | None, checker, command: str):
@@ -224,22 +237,28 @@ def _eval_rows(store: Store, data_ref: str, split: str, limit: int | None, check
 
 def evaluate(store: Store, ref: str, data_ref: str, *, limit: int | None = None, split: str = "test",
              record: bool = True, command: str = "", task: str | None = None,
-             max_new_tokens: int | None = None, models=None) -> EvalReport:
+             max_new_tokens: int | None = None, models=None, calculator: bool = False) -> EvalReport:
     """Loss and perplexity of ``ref`` on the rows of ``data_ref`` and, with a checker (``task``, or the
     dataset's own task kind), accuracy of its greedy replies: k/n with the Wilson 95% interval. A reply's
     generation stops once the checker's verdict can no longer change (``checkers.answer_done``; the stored
     samples end there too). ``models`` (a ``loading.ModelCache``) reuses a base already loaded for an earlier
-    evaluation on the same weights."""
+    evaluation on the same weights. ``calculator``: the replies' arithmetic steps are computed, not generated
+    (``llora_cli.calculator``; Cobbe et al. 2021); the stored evaluation says so (``calculator``: tokens forced),
+    and a checker is required (BadInput otherwise)."""
     art = store.resolve(ref)
     base_dir, adapter_dir, quant = model_source(store, art)
     checker = checkers.parse_task(task) if task is not None else None
     data, rows, used_split, checker, prepared = _eval_rows(store, data_ref, split, limit, checker, command)
+    if calculator and checker is None:
+        raise BadInput("--calculator changes generated replies, and this evaluation generates none (no checker)",
+                       hint="give --task reasoning (or another checker) with --calculator")
     start = time.perf_counter()
     from llora_cli.loading import ModelCache
 
     with (models or ModelCache()).use(base_dir, adapter_dir, quant) as (tokenizer, model, plan):
         loaded = time.perf_counter()
-        report = _score(tokenizer, model, plan, art, data, rows, used_split, checker, prepared, max_new_tokens)
+        report = _score(tokenizer, model, plan, art, data, rows, used_split, checker, prepared, max_new_tokens,
+                        calculator)
     report.seconds = round(time.perf_counter() - start, 2)
     report.timing = {"load": round(loaded - start, 2), **report.timing}
     if record:
@@ -247,7 +266,8 @@ def evaluate(store: Store, ref: str, data_ref: str, *, limit: int | None = None,
     return report
 
 
-def _score(tokenizer, model, plan, art, data, rows, used_split, checker, prepared, max_new_tokens) -> EvalReport:
+def _score(tokenizer, model, plan, art, data, rows, used_split, checker, prepared, max_new_tokens,
+           calculator: bool = False) -> EvalReport:
     t0 = time.perf_counter()
     loss = mean_loss(tokenizer, model, rows)
     t1 = time.perf_counter()
@@ -261,8 +281,11 @@ def _score(tokenizer, model, plan, art, data, rows, used_split, checker, prepare
     )
     if checker is not None:
         report.task = checker.task
+        calc = {"forced_tokens": 0} if calculator else None
         outs = generate_batch(tokenizer, model, prepared, max_new_tokens=max_new_tokens or checker.max_new_tokens,
-                              done=checker.done)
+                              done=checker.done, calculator=calc)
+        if calc is not None:
+            report.extra["calculator"] = calc
         verdicts = [bool(checker.check(r, o)) for r, o in zip(prepared, outs)]
         report.score(verdicts)
         report.outputs = [{"row": i, "prompt": r["messages"][-1]["content"], "expected": r["check"], "output": o,

@@ -24,6 +24,9 @@ def eval_(
                                                    "(continue the prompt text).")] = "chat",
     max_new_tokens: Annotated[Optional[int], typer.Option(
         help="Generation length (default per task; 384 for HumanEval).")] = None,
+    calculator: Annotated[bool, typer.Option(
+        "--calculator", help="Compute the result of each arithmetic step the model writes ('a op b =') instead of "
+        "generating it (Cobbe et al. 2021); reported with the accuracy.")] = False,
     outputs: Annotated[Optional[str], typer.Option(
         help="Write every scored row (prompt, expected, reply, verdict) to this JSONL file.")] = None,
     json_: JsonOpt = False,
@@ -47,10 +50,12 @@ def eval_(
         raise BadInput("--task applies to --data; a benchmark has its own checker")
     if outputs is not None and not Path(outputs).expanduser().parent.is_dir():
         raise BadInput(f"--outputs {outputs}: directory {Path(outputs).expanduser().parent} does not exist")
+    if calculator and benchmark is not None:
+        raise BadInput("--calculator applies to --data (arithmetic replies); a benchmark is scored as generated")
     from llora_cli import evaluate as ev
 
     store = open_store()
-    gen = {"max_new_tokens": max_new_tokens}
+    gen = {"max_new_tokens": max_new_tokens, **({"calculator": True} if calculator else {})}
     if benchmark is not None:
         gen["prompt_style"] = prompt_style
     if against is not None:
@@ -93,6 +98,9 @@ def render(report) -> None:
         out().print(f"{where} (n={report.n})")
     if report.accuracy_text:
         label = "pass@1 (greedy)" if report.extra.get("benchmark") else f"accuracy ({report.task})"
+        calc = report.extra.get("calculator")
+        if calc is not None:
+            label += f", calculator: {calc['forced_tokens']} tokens computed"
         out().print(f"  {label}: {report.accuracy_text}")
     load = report.load
     loaded = f"loaded {load['strategy']} ({load['dtype']}, {load['device']}) in " if load else ""

@@ -1,0 +1,156 @@
+"""Calculator-assisted decoding: the result of an arithmetic step a model writes is computed, not guessed.
+
+Method: Cobbe et al. 2021, "Training Verifiers to Solve Math Word Problems" (GSM8K), section 2 / appendix C: the
+solutions carry calculator annotations, and at sampling time "a calculator overrides sampling when the model
+chooses to use these annotations". Here the annotation is the worked-solution format llora's reasoning data
+teaches (``llora_cli.tasks.reasoning.Work``): ``a op b = c.`` (also ``a + b + c = d.`` and ``a / b = q remainder
+r.``). When a reply ends in ``<expression> =`` (``+ - * /``, also ``x`` and ``×`` for times, integers only), the
+digits that follow are forced to the expression's value (standard precedence, exact rational arithmetic; a single
+``a / b`` gives the quotient ``a // b``, and ``remainder`` the rest); once the value is written, further digits are
+masked so the number ends. Anything else the model writes, including which numbers and which operation it
+chooses, is left alone: the calculator fixes arithmetic slips, not a wrong plan.
+
+Only for tokenizers that write each digit as its own token (Llama, SmolLM2, Qwen2, Mistral, ...; checked at
+construction: ``CalculatorUnsupported`` otherwise). Used by ``llora eval --calculator``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from fractions import Fraction
+
+from llora_store.errors import BadInput
+
+_OPS = {"+", "-", "*", "/"}
+# an expression of integers and + - * / (x and × read as *), then "=", then the digits written so far
+_STEP = re.compile(r"((?:\d+\s*[-+*/x×]\s*)+\d+)\s*=(\s*)(\d*)$")
+_REMAINDER = re.compile(r"(\d+)\s*/\s*(\d+)\s*=\s*\d+\s+remainder(\s*)(\d*)$")
+TAIL_TOKENS = 48  # the generated tokens decoded per row and step: enough for one step's expression
+
+
+class CalculatorUnsupported(BadInput):
+    """The tokenizer does not write digits as single tokens, so digits cannot be forced one at a time."""
+
+
+def value_of(expression: str) -> int | None:
+    """The value of ``expression`` (integers and ``+ - * /``, ``x``/``×`` as ``*``), or None when it is not a
+    non-negative integer. Standard precedence, exact rational arithmetic; a lone ``a / b`` is the quotient
+    ``a // b`` (the ``a / b = q remainder r`` form), any other division must be exact.
+
+    >>> value_of("48 / 6"), value_of("3 + 4 * 2"), value_of("17 / 4"), value_of("2 - 5"), value_of("1 + 7 / 2")
+    (8, 11, 4, None, None)
+    """
+    text = expression.replace("×", "*").replace("x", "*")
+    lone = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if lone:
+        a, b = int(lone.group(1)), int(lone.group(2))
+        return a // b if b else None
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return None
+
+    def ev(node) -> Fraction:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return Fraction(node.value)
+        if isinstance(node, ast.BinOp):
+            a, b = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Add):
+                return a + b
+            if isinstance(node.op, ast.Sub):
+                return a - b
+            if isinstance(node.op, ast.Mult):
+                return a * b
+            if isinstance(node.op, ast.Div) and b != 0:
+                return a / b
+        raise ValueError("not arithmetic")
+
+    try:
+        v = ev(tree)
+    except (ValueError, RecursionError):
+        return None
+    return int(v) if v.denominator == 1 and v >= 0 else None
+
+
+def due_digits(text: str) -> tuple[str, str, bool] | None:
+    """What the calculator says about a reply so far: ``(value, digits written, spaced)`` when ``text`` ends inside
+    an arithmetic step's result (``value`` the result's digits, ``spaced`` whether whitespace follows the ``=`` or
+    ``remainder``), else None.
+
+    >>> due_digits("So 48 / 6 = "), due_digits("So 48 / 6 = 7"), due_digits("It is 12 * 3 ="), due_digits("7.")
+    (('8', '', True), ('8', '7', True), ('36', '', False), None)
+    """
+    m = _REMAINDER.search(text)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        return (str(a % b), m.group(4), bool(m.group(3))) if b else None
+    m = _STEP.search(text)
+    if not m:
+        return None
+    v = value_of(m.group(1))
+    return (str(v), m.group(3), bool(m.group(2))) if v is not None else None
+
+
+def digit_token_ids(tokenizer) -> list[int]:
+    """The token ids of ``"0"`` .. ``"9"``; ``CalculatorUnsupported`` unless each digit is one token and a number
+    is written one digit per token."""
+    ids = []
+    for d in "0123456789":
+        enc = tokenizer(d, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1:
+            break
+        ids.append(enc[0])
+    many = tokenizer("1234567890", add_special_tokens=False)["input_ids"]
+    if len(ids) != 10 or many != [ids[int(c)] for c in "1234567890"]:
+        raise CalculatorUnsupported(
+            f"the calculator forces a result one digit at a time, and this tokenizer ({type(tokenizer).__name__}) "
+            "does not write numbers one digit per token",
+            hint="evaluate without --calculator")
+    return ids
+
+
+class CalculatorLogitsProcessor:
+    """A transformers ``LogitsProcessor`` for calculator-assisted greedy decoding (module docstring).
+
+    The text read is the last ``TAIL_TOKENS`` tokens of each row, prompt included (a raw prompt ending in ``12 * 3 =``
+    is completed with ``36``; a chat prompt ends with the assistant's header, so only the reply can trigger it).
+    ``scores``: ``[batch, vocab]`` float logits, changed in place and returned: a due digit gets every other token
+    set to -inf when whitespace already follows the ``=`` (or some digits are written), else only the other digits
+    are masked (the model may still write the space); a finished result masks all digits.
+    ``forced``: how many tokens the calculator changed (its argmax was another token), for the report.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.digits = digit_token_ids(tokenizer)
+        self.forced = 0
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        digits = torch.tensor(self.digits, device=scores.device)
+        for i, row in enumerate(input_ids):
+            due = due_digits(self.tokenizer.decode(row[-TAIL_TOKENS:], skip_special_tokens=True))
+            if due is None:
+                continue
+            value, written, spaced = due
+            if not value.startswith(written):
+                continue  # the model wrote a multi-digit token or another number: leave it
+            before = int(scores[i].argmax())
+            if written == value:  # the number is complete: no further digit
+                scores[i, digits] = float("-inf")
+            else:
+                want = self.digits[int(value[len(written)])]
+                if spaced or written:
+                    keep = scores[i, want].clone()
+                    scores[i, :] = float("-inf")
+                    scores[i, want] = keep if torch.isfinite(keep) else 0.0
+                else:
+                    keep = scores[i, want].clone()
+                    scores[i, digits] = float("-inf")
+                    scores[i, want] = keep
+            self.forced += int(int(scores[i].argmax()) != before)
+        return scores

@@ -1,0 +1,125 @@
+"""Calculator-assisted decoding (llora_cli.calculator): values, what is due, the logits processor, generate, eval."""
+
+from __future__ import annotations
+
+import pytest
+
+from llora_cli.calculator import CalculatorUnsupported, due_digits, value_of
+
+CHARS = list("0123456789 +-*/=.,abcdefghijklmnopqrstuvwxyzST?")
+
+
+@pytest.mark.parametrize("expression,value", [
+    ("48 / 6", 8), ("17 / 4", 4), ("7 * 14", 98), ("35 - 8 - 6", 21), ("3 + 4 * 2", 11), ("12 x 3", 36),
+    ("12 × 3", 36), ("2 - 5", None), ("1 + 7 / 2", None), ("5 / 0", None), ("10 / 2 * 3", 15),
+])
+def test_value_of(expression, value):
+    assert value_of(expression) == value
+
+
+@pytest.mark.parametrize("text,due", [
+    ("So 48 / 6 = ", ("8", "", True)),
+    ("So 48 / 6 = 7", ("8", "7", True)),
+    ("The total is 35 - 8 - 6 = 2", ("21", "2", True)),
+    ("It is 12 * 3 =", ("36", "", False)),
+    ("Each gets 17 / 4 = 4 remainder ", ("1", "", True)),
+    ("Each gets 17 / 4 = 4 remainder 1", ("1", "1", True)),
+    ("The answer is 7.", None),
+    ("12 * 3 = 36. The answer is ", None),
+    ("2 - 5 = ", None),  # negative: left to the model
+])
+def test_due_digits(text, due):
+    assert due_digits(text) == due
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer():
+    """A real transformers tokenizer writing every character as one token (digits one per token)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(["<pad>", "<eos>", *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    from tokenizers import decoders
+
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def logits_preferring(tokenizer, text: str, width: int):
+    import torch
+
+    scores = torch.zeros(1, width)
+    scores[0, tokenizer.convert_tokens_to_ids(" ")] = 1.0  # the model's second choice
+    scores[0, tokenizer.convert_tokens_to_ids(text)] = 5.0
+    return scores
+
+
+def test_processor_forces_the_value_then_ends_the_number(char_tokenizer):
+    import torch
+
+    from llora_cli.calculator import CalculatorLogitsProcessor
+
+    tok = char_tokenizer
+    prompt = tok("Q?", add_special_tokens=False)["input_ids"]
+    proc = CalculatorLogitsProcessor(tok)
+    width = len(tok)
+
+    def step(reply: str, preferred: str) -> str:
+        ids = torch.tensor([prompt + tok(reply, add_special_tokens=False)["input_ids"]])
+        out = proc(ids, logits_preferring(tok, preferred, width))
+        return tok.convert_ids_to_tokens(int(out[0].argmax()))
+
+    assert step("so 48 / 6 = ", "7") == "8"  # the slip corrected
+    assert step("so 48 / 6 = ", "a") == "8"  # after "= " the digit is forced whatever the model prefers
+    assert step("so 48 / 6 =", "7") == " "  # right after "=": only the wrong digits are masked (the space wins)...
+    assert step("so 48 / 6 =", "8") == "8"  # ...and the right one stays
+    assert step("so 48 / 6 = 8", "0") != "0"  # the number is complete: no further digit
+    assert step("so 7 * 14 = 9", "3") == "8"
+    assert step("the answer is ", "7") == "7"  # not an arithmetic step: untouched
+    assert proc.forced == 5  # 7->8, a->8, 7->space, 0->(not a digit), 3->8
+
+
+def test_generate_with_a_model_writes_computed_results(char_tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llora_cli.evaluate import generate_texts
+
+    torch.manual_seed(0)
+    tok = char_tokenizer
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=0, eos_token_id=1))
+    prompts = ["so 12 * 3 = ", "ok 96 / 8 = ", "x 4 + 5 + 6 = "]
+    plain = generate_texts(tok, model, prompts, max_new_tokens=4, strip=False)
+    calc: dict = {}
+    outs = generate_texts(tok, model, prompts, max_new_tokens=4, strip=False, calculator=calc)
+    assert [o[:2] for o in outs] == ["36", "12", "15"]
+    assert all(not o[2:3].isdigit() for o in outs)  # the number ends with the value
+    expected = sum(sum(a != b for a, b in zip(p[:2], v)) for p, v in zip(plain, ["36", "12", "15"]))
+    assert calc["forced_tokens"] >= expected > 0  # the random model's own digits differ: the calculator changed them
+
+
+def test_a_tokenizer_merging_digits_is_refused(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from llora_cli.calculator import digit_token_ids
+
+    with pytest.raises(CalculatorUnsupported, match="one digit per token"):
+        digit_token_ids(AutoTokenizer.from_pretrained(tiny_model_dir))
+
+
+def test_eval_calculator_refusals(cli, tiny_model_dir, tmp_path):
+    cli.json("bases", "add", tiny_model_dir, "--name", "tiny")
+    cli.json("data", "make", "reasoning", "--n", "8", "--name", "r")
+    merged = cli("eval", "tiny", "--data", "r", "--calculator", "--limit", "2")
+    assert merged.exit_code == 2 and "does not write numbers one digit per token" in merged.stderr
+    assert "Traceback" not in merged.output
+    bench = cli("eval", "tiny", "--benchmark", "humaneval", "--calculator")
+    assert bench.exit_code == 2 and "--calculator applies to --data" in bench.stderr
+    f = tmp_path / "plain.jsonl"
+    f.write_text('{"instruction": "Say hi", "output": "hi"}\n')
+    none = cli("eval", "tiny", "--data", f, "--calculator")
+    assert none.exit_code == 2 and "no checker" in none.stderr
