@@ -148,3 +148,45 @@ def test_bad_input_is_refused(setup):
         greedy_search(model, adapters, prompt, answer, max_fraction=1.0)
     with pytest.raises(BadInput, match="3 layer adapters"):
         greedy_search(model, adapters[:3], prompt, answer)
+
+
+def test_shared_prefixes_run_each_layer_once_per_distinct_input_and_change_nothing(setup):
+    from llora_cli.router.depth.search import _answer_argmax, shared_rows
+
+    model, prompt, answer, adapters = setup
+    ids, start = prompt + answer, len(prompt)
+    need, src = shared_rows([{0}, {1}, {2}, {3}], 2)
+    assert need.tolist() == [0, 1, 3] and src.tolist() == [0, 1, 0, 2]  # row 2 replaces layer 2: runs nothing
+    sets = [{0}, {1}, {2}, {3}, set(), {1, 3}]
+    rows_run = []
+    with mixed_layers(model, adapters) as mixed:
+        for m in mixed:
+            real = m.layer.forward
+            m.layer.forward = (lambda h, *a, _real=real, **k: (rows_run.append(h.shape[0]), _real(h, *a, **k))[1])
+        try:
+            x = torch.tensor([ids])
+            with torch.no_grad():
+                for m in mixed:  # the logits themselves, not only the argmax: equal up to float reassociation
+                    m.replace = torch.tensor([m.index in s for s in sets])
+                    m.share = shared_rows(sets, m.index)
+                shared_logits = model(input_ids=x.expand(len(sets), -1), use_cache=False).logits
+                for m in mixed:
+                    m.share = None
+                plain_logits = model(input_ids=x.expand(len(sets), -1), use_cache=False).logits
+                for m in mixed:
+                    m.replace = None
+            assert torch.allclose(shared_logits, plain_logits, atol=1e-5, rtol=1e-5)
+            rows_run.clear()
+            shared = _answer_argmax(model, mixed, ids, start, sets, batch=8)
+            shared_rows_run = sum(rows_run)
+            rows_run.clear()
+            plain = _answer_argmax(model, mixed, ids, start, sets, batch=8, share=False)
+            plain_rows_run = sum(rows_run)
+        finally:
+            for m in mixed:
+                del m.layer.forward
+    assert torch.equal(shared, plain)
+    # plain: 6 rows x 4 layers; shared, layer 0: {}, {0} -> rows 1..5 share one run (row 0 replaces it): 1;
+    # layer 1: inputs (0,) and () -> 2 (rows 1 and 5 replace it); layer 2: (0,), (1,), (), (1,) -> 3 (row 2 replaces);
+    # layer 3: (0,), (1,), (2,), () -> 4 (rows 3 and 5 replace it)
+    assert plain_rows_run == 24 and shared_rows_run == 1 + 2 + 3 + 4
