@@ -11,12 +11,14 @@ masked so the number ends. Anything else the model writes, including which numbe
 chooses, is left alone: the calculator fixes arithmetic slips, not a wrong plan.
 
 Only for tokenizers that write each digit as its own token (Llama, SmolLM2, Qwen2, Mistral, ...; checked at
-construction: ``CalculatorUnsupported`` otherwise). Used by ``llora eval --calculator``.
+construction: ``CalculatorUnsupported`` otherwise). Used by ``llora eval --calculator``, ``llora run --calculator`` and the
+server's ``calculator`` request field, on both engines.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import re
 from fractions import Fraction
 
@@ -112,16 +114,63 @@ def digit_token_ids(tokenizer) -> list[int]:
     return ids
 
 
-class CalculatorLogitsProcessor:
-    """A transformers ``LogitsProcessor`` for calculator-assisted greedy decoding (module docstring).
+def constrain(scores, text: str, digits: list[int]) -> bool:
+    """Apply the calculator to one row: ``scores`` a 1-d float array of next-token logits (a torch tensor or a numpy
+    array, changed in place), ``text`` the row's text so far (its last ``TAIL_TOKENS`` tokens decoded), ``digits``
+    the ids of ``"0"``..``"9"``. A due digit gets every other token set to -inf when whitespace already follows the
+    ``=`` (or some digits are written); else only the other digits are masked (the model may still write the
+    space); a finished result masks all digits. Returns whether the argmax changed."""
+    due = due_digits(text)
+    if due is None:
+        return False
+    value, written, spaced = due
+    if not value.startswith(written):
+        return False  # the model wrote a multi-digit token or another number: leave it
+    inf = float("-inf")
+    before = int(scores.argmax())
+    if written == value:  # the number is complete: no further digit
+        scores[digits] = inf
+    else:
+        want = digits[int(value[len(written)])]
+        keep = float(scores[want])
+        if spaced or written:
+            scores[:] = inf
+            scores[want] = keep if math.isfinite(keep) else 0.0
+        else:
+            scores[digits] = inf
+            scores[want] = keep
+    return int(scores.argmax()) != before
 
-    The text read is the last ``TAIL_TOKENS`` tokens of each row, prompt included (a raw prompt ending in ``12 * 3 =``
+
+class CalculatorLogitsProcessor:
+    """A transformers ``LogitsProcessor`` for calculator-assisted decoding (module docstring; ``constrain``).
+
+    ``input_ids [batch, seq]`` int64, ``scores [batch, vocab]`` float logits, changed in place and returned. The
+    text read is the last ``TAIL_TOKENS`` tokens of each row, prompt included (a raw prompt ending in ``12 * 3 =``
     is completed with ``36``; a chat prompt ends with the assistant's header, so only the reply can trigger it).
-    ``scores``: ``[batch, vocab]`` float logits, changed in place and returned: a due digit gets every other token
-    set to -inf when whitespace already follows the ``=`` (or some digits are written), else only the other digits
-    are masked (the model may still write the space); a finished result masks all digits.
-    ``forced``: how many tokens the calculator changed (its argmax was another token), for the report.
+    ``rows``: which rows of the batch use the calculator (default all). ``forced``: how many tokens the calculator
+    changed (the model's argmax was another token), for the report.
     """
+
+    def __init__(self, tokenizer, rows: list[bool] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.rows = rows
+        self.digits = digit_token_ids(tokenizer)
+        self.forced = 0
+
+    def __call__(self, input_ids, scores):
+        for i, row in enumerate(input_ids):
+            if self.rows is not None and not self.rows[i]:
+                continue
+            text = self.tokenizer.decode(row[-TAIL_TOKENS:], skip_special_tokens=True)
+            self.forced += constrain(scores[i], text, self.digits)
+        return scores
+
+
+class LlamaCppCalculator:
+    """The same for llama-cpp-python's ``logits_processor`` (``Llama.generate``): called with ``input_ids`` (1-d
+    numpy int array, every token so far) and ``scores`` (1-d float32 numpy logits of the next token, in token-id
+    order), returns the scores."""
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -129,28 +178,6 @@ class CalculatorLogitsProcessor:
         self.forced = 0
 
     def __call__(self, input_ids, scores):
-        import torch
-
-        digits = torch.tensor(self.digits, device=scores.device)
-        for i, row in enumerate(input_ids):
-            due = due_digits(self.tokenizer.decode(row[-TAIL_TOKENS:], skip_special_tokens=True))
-            if due is None:
-                continue
-            value, written, spaced = due
-            if not value.startswith(written):
-                continue  # the model wrote a multi-digit token or another number: leave it
-            before = int(scores[i].argmax())
-            if written == value:  # the number is complete: no further digit
-                scores[i, digits] = float("-inf")
-            else:
-                want = self.digits[int(value[len(written)])]
-                if spaced or written:
-                    keep = scores[i, want].clone()
-                    scores[i, :] = float("-inf")
-                    scores[i, want] = keep if torch.isfinite(keep) else 0.0
-                else:
-                    keep = scores[i, want].clone()
-                    scores[i, digits] = float("-inf")
-                    scores[i, want] = keep
-            self.forced += int(int(scores[i].argmax()) != before)
+        text = self.tokenizer.decode([int(t) for t in input_ids[-TAIL_TOKENS:]], skip_special_tokens=True)
+        self.forced += constrain(scores, text, self.digits)
         return scores

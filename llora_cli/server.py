@@ -274,6 +274,9 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
         # llora's extension: dynamic depth, "full", "auto" (the deployed router's layer set) or a number of layers
         depth: str | int | None = Field(default=None, description="llora: full, auto or K decoder layers replaced "
                                         "by their layer adapters (transformers engine; llama.cpp runs full depth)")
+        # llora's extension: calculator-assisted decoding (llora_cli.calculator)
+        calculator: bool = Field(default=False, description="llora: compute the result of each arithmetic step "
+                                 "the model writes ('a op b =') instead of generating it")
 
     class ChatBody(Common):
         messages: list[ChatMessage] = Field(min_length=1)
@@ -393,7 +396,7 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
         kwargs = dict(modifier=modifier, max_tokens=opts["max_tokens"], temperature=opts["temperature"],
                       top_p=opts["top_p"], seed=body.seed, messages=messages, raw=kind == "text",
                       max_prompt_tokens=limits.max_prompt_tokens, stop=opts["stop"], logprobs=logprobs,
-                      depth=body.depth)
+                      depth=body.depth, calculator=body.calculator)
         runtime = served.runtime
 
         def usage(replies) -> dict:

@@ -26,6 +26,9 @@ def run(
     depth: Annotated[Optional[str], typer.Option(
         help="Dynamic depth: full, auto (the deployed router chooses which decoder layers its layer adapters "
              "replace) or K (the router's K best layers). Transformers engine; llama.cpp runs full depth.")] = None,
+    calculator: Annotated[bool, typer.Option(
+        "--calculator", help="Compute the result of each arithmetic step the model writes ('a op b =') instead of "
+        "generating it (Cobbe et al. 2021); for reasoning modifiers.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Answer one prompt with the deployed base, or with one of its deployed modifiers.
@@ -42,7 +45,7 @@ def run(
     stream = None if json_ else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     reply = run_request(open_store(), prompt, base_ref=base, modifier_ref=modifier, system=system,
                         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, on_text=stream,
-                        engine=engine, depth=depth)
+                        engine=engine, depth=depth, calculator=calculator)
     if json_:
         print_json(reply.to_json())
         return

@@ -215,7 +215,7 @@ class Engine(ABC):
                on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
                raw: bool = False, max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
                logprobs: int | None = None, on_piece: Callable[[str, list[dict]], None] | None = None,
-               depth: str | int | None = None):
+               depth: str | int | None = None, calculator: bool = False):
         """Queue one request (checked first: a bad request never reaches a batch); returns its ``Job``.
 
         ``depth``: None or "full" (every layer), "auto" (the deployed router's layer set for this prompt) or K (the
@@ -225,7 +225,9 @@ class Engine(ABC):
         ``stop``: up to 4 strings; the text ends before the first one generated (finish reason "stop").
         ``logprobs``: None, or k (0-20): each token's log-probability and the k most likely tokens, in the reply.
         ``on_piece(text, logprobs)``: streamed text with the log-probabilities of the tokens it completes
-        (instead of ``on_text``)."""
+        (instead of ``on_text``).
+        ``calculator``: the result of each arithmetic step the model writes is computed (``llora_cli.calculator``,
+        Cobbe et al. 2021), recorded as ``params["calculator"]``; BadInput when the tokenizer merges digits."""
         from llora_cli.engine.batching import Job
 
         stop = tuple(stop or ())
@@ -243,16 +245,20 @@ class Engine(ABC):
         if not ids:
             raise BadInput("the prompt has no tokens")
         layers, depth_info = self.depth_layers(prompt if prompt.strip() else _last_user(messages), depth)
+        if calculator:
+            from llora_cli.calculator import digit_token_ids
+
+            digit_token_ids(self.tokenizer)  # CalculatorUnsupported (BadInput) before the request is queued
         params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                   "system": system, **({"stop": list(stop)} if stop else {}),
-                  **({"depth": depth_info} if depth_info else {})}
+                  **({"depth": depth_info} if depth_info else {}), **({"calculator": True} if calculator else {})}
         piece = None
         if on_piece is not None:
             def piece(text: str, raw_logprobs: list[tuple]) -> None:
                 on_piece(text, self.token_logprobs(raw_logprobs))
         job = Job(ids, modifier.id if modifier else None, max_tokens, temperature, top_p, seed, on_text,
                   stop=stop, logprobs=logprobs, on_piece=piece, modifier=modifier, params=params,
-                  layers=tuple(layers))
+                  layers=tuple(layers), calculator=calculator)
         return self.batcher.submit(job)
 
     supports_depth = False  # can this engine replace decoder layers (transformers: yes; llama.cpp: no)
@@ -336,12 +342,12 @@ class Engine(ABC):
                  max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
                  raw: bool = False, max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
-                 logprobs: int | None = None, depth: str | int | None = None) -> Reply:
+                 logprobs: int | None = None, depth: str | int | None = None, calculator: bool = False) -> Reply:
         """One request, batched with whatever else is waiting; blocks until its own row is finished."""
         return self.reply(self.submit(prompt, modifier=modifier, system=system, max_tokens=max_tokens,
                                       temperature=temperature, top_p=top_p, seed=seed, on_text=on_text,
                                       messages=messages, raw=raw, max_prompt_tokens=max_prompt_tokens, stop=stop,
-                                      logprobs=logprobs, depth=depth))
+                                      logprobs=logprobs, depth=depth, calculator=calculator))
 
     def token_logprobs(self, raw: list[tuple]) -> list[dict]:
         """``(id, logprob, [(id, logprob)])`` per token -> OpenAI's ``{token, logprob, bytes, top_logprobs}``."""

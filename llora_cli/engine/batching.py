@@ -50,6 +50,7 @@ class Job:
     modifier: object = None  # the caller's view of the request (the engine's Reply is built from it)
     params: dict = field(default_factory=dict)
     layers: tuple[int, ...] = ()  # decoder layers replaced by their layer adapters (dynamic depth; () = full depth)
+    calculator: bool = False  # arithmetic steps' results computed (llora_cli.calculator), not generated
     # filled in by the model's thread
     result: object = None
     tokens: list[int] = field(default_factory=list)
@@ -497,8 +498,15 @@ class TransformersBatches:
                       pad_token_id=pad, streamer=streamer, do_sample=head.temperature > 0,
                       stopping_criteria=StoppingCriteriaList([RowLimits(width, [j.max_tokens for j in jobs],
                                                                         streamer)]))
+        processors = []
+        if any(j.calculator for j in jobs):  # first: log-probabilities are those of the tokens it lets through
+            from llora_cli.calculator import CalculatorLogitsProcessor
+
+            processors.append(CalculatorLogitsProcessor(tok, [j.calculator for j in jobs]))
         if streamer.wants_logprobs:
-            kwargs["logits_processor"] = LogitsProcessorList([RowLogprobs(streamer)])
+            processors.append(RowLogprobs(streamer))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         if head.temperature > 0:
             kwargs.update(temperature=head.temperature, top_p=head.top_p)
         rows = [j.adapter for j in jobs]

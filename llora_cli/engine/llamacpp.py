@@ -148,8 +148,15 @@ class LlamaCppEngine(Engine):
         self.llm.set_seed(job.seed if job.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
         streamer = RowStreamer(self.tokenizer, [job], self.eos)
         streamer.put(np.asarray(job.input_ids))
+        processors = None
+        if job.calculator:
+            from llama_cpp import LogitsProcessorList
+
+            from llora_cli.calculator import LlamaCppCalculator
+
+            processors = LogitsProcessorList([LlamaCppCalculator(self.tokenizer)])
         for token in self.llm.generate(job.input_ids, temp=job.temperature, top_p=job.top_p, top_k=0, min_p=0.0,
-                                       repeat_penalty=1.0):
+                                       repeat_penalty=1.0, logits_processor=processors):
             if streamer.wants_logprobs:  # the context still holds the logits this token was sampled from
                 streamer.step_logprobs = self._logprobs()[None, :]
             streamer.put(np.asarray([token]))

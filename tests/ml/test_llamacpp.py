@@ -197,6 +197,9 @@ def test_run_engine_choice_and_refusals(gguf_deployment, cli, store):
     assert r.exit_code == 2 and "--engine must be one of" in r.stderr
     r = cli("run", "hi", "--base", "tiny", "--engine", "llamacpp")
     assert r.exit_code == 2 and "llama.cpp runs GGUF models" in r.stderr and "llora compress" in r.stderr
+    for engine in ("llamacpp", "transformers"):  # the tiny tokenizer merges digits: the calculator cannot force them
+        r = cli("run", "2 * 3 =", "--calculator", "--engine", engine)
+        assert r.exit_code == 2 and "one digit per token" in r.stderr and "Traceback" not in r.output
 
 
 def test_export_gguf_lora(gguf_deployment, cli, store, tmp_path):
@@ -301,6 +304,9 @@ def test_serve_request_fields_on_llama_cpp(gguf_deployment, store, llora_home):
                                                       "stream_options": {"include_usage": True}})
         assert usage[-2]["choices"] == [] and usage[-2]["usage"] == chat(max_tokens=12).usage.model_dump(
             exclude_none=True)
+
+        with pytest.raises(openai.BadRequestError, match="one digit per token"):  # the tiny tokenizer merges digits
+            chat(max_tokens=4, extra_body={"calculator": True})
 
         reply = chat(max_tokens=6, logprobs=True, top_logprobs=3)
         content = reply.choices[0].logprobs.content

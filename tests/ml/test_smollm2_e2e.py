@@ -75,6 +75,20 @@ def test_demo_registers_trains_and_evaluates(cli, store):
         assert all(logged[a["log_id"]]["params"]["route"]["router"]["id"] == r["router"]["id"] for a in r["answers"])
         assert store.resolve(r["router"]["id"]).state == "deployed"
 
+    # calculator-assisted decoding on both engines (SmolLM2 writes digits one per token): a raw prompt ending in an
+    # arithmetic step is completed with its value, and the number ends there
+    import re
+
+    from llora_cli.engine import open_engine, resolve_deployment
+
+    dep = resolve_deployment(store, None)
+    for name in (["llamacpp"] if engine == "llamacpp" else []) + ["transformers"]:
+        rt_ = open_engine(store, dep, name)
+        reply = rt_.generate("Each box holds 37 pens, so 12 boxes hold 37 * 12 =", raw=True, max_tokens=6,
+                             calculator=True)
+        assert re.match(r"\s*444(\D|$)", reply.text), (name, reply.text)
+        assert reply.params["calculator"] is True
+
     # the same GGUF file under another name is refused before any conversion work
     from llora_cli.bases import builtin_gguf
 
