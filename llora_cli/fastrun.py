@@ -9,7 +9,7 @@ row. Otherwise it returns None and the full CLI runs; so does every case it decl
 
 - options other than the prompt, ``--modifier NAME|none|auto`` (auto: the deployed router; its serving code
   reads the catalog through the same view), ``--system``, ``--max-tokens``, ``--temperature``,
-  ``--top-p``, ``--seed``, ``--engine auto|llamacpp``, ``--json`` (e.g. ``--base``, ``--depth``, ``--help``,
+  ``--top-p``, ``--seed``, ``--engine auto|llamacpp``, ``--json``, ``--calculator`` (e.g. ``--base``, ``--depth``, ``--help``,
   the prompt on stdin, a value that does not parse);
 - PostgreSQL, no catalog, another schema version (``lite.open_catalog``);
 - a deployment the llama.cpp engine would not run (not a GGUF base, llama-cpp-python missing), or a file still
@@ -42,6 +42,7 @@ class Request:
     seed: int | None = None
     engine: str = "auto"
     json: bool = False
+    calculator: bool = False
 
 
 def parse(args: list[str]) -> Request | None:
@@ -59,6 +60,8 @@ def parse(args: list[str]) -> Request | None:
             rest = True
         elif a == "--json":
             values["json"] = True
+        elif a == "--calculator":
+            values["calculator"] = True
         else:
             name, eq, value = a.partition("=")
             if name not in VALUE_OPTIONS:
@@ -126,7 +129,7 @@ def main(argv: list[str]) -> int | None:
             return None
         reply = engine.run(catalog, req.prompt, modifier_ref=req.modifier, system=req.system,
                            max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-                           on_text=None if req.json else stream, engine="llamacpp")
+                           on_text=None if req.json else stream, engine="llamacpp", calculator=req.calculator)
     except Exception as e:  # noqa: BLE001 - before any output the full command decides and explains
         if not written:
             _decline(f"{type(e).__name__}: {e}")

@@ -19,6 +19,8 @@ from llora_cli import fastrun
     (["run", "--modifier", "code", "--system", "be brief", "--", "--not-an-option"],
      fastrun.Request("--not-an-option", modifier="code", system="be brief")),
     (["run", "--modifier", "auto", "hi"], fastrun.Request("hi", modifier="auto")),  # the router, same view
+    (["run", "--calculator", "--modifier", "reasoning", "hi"], fastrun.Request("hi", modifier="reasoning",
+                                                                              calculator=True)),
     (["run", "--engine", "transformers", "hi"], None),
     (["run", "--base", "b", "hi"], None),
     (["run", "--depth", "auto", "hi"], None),  # dynamic depth: the transformers engine, the full command
@@ -38,8 +40,9 @@ def test_defaults_are_the_full_commands():
     from llora_cli.cli.run import run
 
     params = inspect.signature(run).parameters
-    for field in ("modifier", "system", "max_tokens", "temperature", "top_p", "seed", "engine"):
+    for field in ("modifier", "system", "max_tokens", "temperature", "top_p", "seed", "engine", "calculator"):
         assert getattr(fastrun.Request("x"), field) == params[field].default, field
-    # --base and --depth are declined (the full command runs them)
-    assert set(fastrun.VALUE_OPTIONS.values()) | {"json"} == set(params) - {"prompt", "base", "depth", "json_"} | {"json"}
+    # --base and --depth are declined (the full command runs them); --json and --calculator are flags
+    flags = {"json", "calculator"}
+    assert set(fastrun.VALUE_OPTIONS.values()) | flags == set(params) - {"prompt", "base", "depth", "json_"} | flags
 
