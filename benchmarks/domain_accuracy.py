@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/domain_accuracy.py [--home DIR] [--domains reasoning,automation,code]
         [--rows reasoning=1200,...] [--n-test 60] [--humaneval-limit 164] [--base NAME]
-        [--modifier domain=NAME ...] [KEY=VALUE ...]
+        [--modifier domain=NAME ...] [--calculator] [KEY=VALUE ...]
 
 The pipeline of ``llora demo``: the embedded SmolLM2-135M-Instruct (``llora bases add smollm2``),
 compressed to GGUF Q8_0 (``llora compress --method gguf-q8_0``), and one runtime modifier per domain
@@ -17,7 +17,9 @@ engine, the task's checker) on the same rows of
 - (c) for code, HumanEval pass@1 (the first ``--humaneval-limit`` problems, all 164 by default);
 
 each as k/n with the 95% Wilson interval, and the pair with the exact McNemar p-value on the
-discordant rows. Training time is the wall clock of ``llora_cli.train.train`` (load + train + save).
+discordant rows. ``--calculator``: reasoning rows (a) and (b) are scored with calculator-assisted decoding
+(``llora eval --calculator``) for base and modifier alike; other domains as without it. Training time is the wall
+clock of ``llora_cli.train.train`` (load + train + save).
 
 A base's verdicts on a row set are cached in ``$LLORA_HOME/domain_accuracy_cache.json`` (greedy
 decoding is deterministic, so the base is scored once per home). ``--modifier domain=NAME``
@@ -56,6 +58,8 @@ def main() -> None:
     ap.add_argument("--base", default=None, help="compressed base to use (default: make smollm2 -> gguf-q8_0)")
     ap.add_argument("--modifier", action="append", default=[], metavar="DOMAIN=NAME",
                     help="score this existing modifier instead of training one")
+    ap.add_argument("--calculator", action="store_true",
+                    help="reasoning rows scored with calculator-assisted decoding (base and modifier)")
     args = ap.parse_args()
     os.environ["LLORA_HOME"] = args.home or tempfile.mkdtemp(prefix="llora-acc-")
 
@@ -84,13 +88,14 @@ def main() -> None:
         run["training"].append(trained)
         print(json.dumps(trained), flush=True)
         sets = [("held-out split", ds.id, None), ("hand-written", str(REPO / f"tests/data/{domain}_handwritten.jsonl"), domain)]
+        calc = args.calculator and domain == "reasoning"
         for label, data_ref, task in sets:
-            key = f"{base.id}:{_data_key(store, data_ref)}"
-            b = cache.get(key) or _score(store, base.id, data_ref, task)
+            key = f"{base.id}:{_data_key(store, data_ref)}" + (":calculator" if calc else "")
+            b = cache.get(key) or _score(store, base.id, data_ref, task, calc)
             cache[key] = b
             cache_path.write_text(json.dumps(cache))
-            m = _stored(store, mod.id, data_ref) or _score(store, mod.id, data_ref, task)
-            run["results"].append(_paired(domain, label, b, m))
+            m = _stored(store, mod.id, data_ref, calc) or _score(store, mod.id, data_ref, task, calc)
+            run["results"].append(_paired(domain, label + (" (calculator)" if calc else ""), b, m))
             print(json.dumps(run["results"][-1]), flush=True)
         if domain == "code" and args.humaneval_limit:
             key = f"{base.id}:humaneval:{args.humaneval_limit}"
@@ -152,8 +157,9 @@ def _data_key(store, data_ref: str) -> str:
     return "dataset:" + store.resolve(data_ref, kinds=("dataset",)).id
 
 
-def _stored(store, artifact_id: str, data_ref: str) -> dict | None:
-    """An evaluation of this (immutable) modifier on these rows already in the catalog, with its verdicts."""
+def _stored(store, artifact_id: str, data_ref: str, calculator: bool = False) -> dict | None:
+    """An evaluation of this (immutable) modifier on these rows already in the catalog, with its verdicts, made
+    with calculator-assisted decoding or without it as asked."""
     from sqlmodel import select
 
     from llora_store.models import Evaluation
@@ -165,15 +171,15 @@ def _stored(store, artifact_id: str, data_ref: str) -> dict | None:
         m = e.metrics or {}
         same = (m.get("data", {}).get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest() if path.exists()
                 else e.dataset_id == store.resolve(data_ref, kinds=("dataset",)).id and e.split == "test")
-        if same and m.get("verdicts") and "comparison" not in m:
+        if same and m.get("verdicts") and "comparison" not in m and ("calculator" in m) == calculator:
             return {"verdicts": [c == "1" for c in m["verdicts"]], "seconds": m.get("seconds"), "samples": []}
     return None
 
 
-def _score(store, ref: str, data_ref: str, task: str | None) -> dict:
+def _score(store, ref: str, data_ref: str, task: str | None, calculator: bool = False) -> dict:
     from llora_cli.evaluate import evaluate
 
-    r = evaluate(store, ref, data_ref, task=task, command="benchmarks/domain_accuracy.py")
+    r = evaluate(store, ref, data_ref, task=task, command="benchmarks/domain_accuracy.py", calculator=calculator)
     return {"verdicts": r.verdicts, "seconds": r.seconds, "samples": r.samples}
 
 
