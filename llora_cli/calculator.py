@@ -25,9 +25,11 @@ from fractions import Fraction
 from llora_store.errors import BadInput
 
 _OPS = {"+", "-", "*", "/"}
-# an expression of integers and + - * / (x and × read as *), then "=", then the digits written so far
-_STEP = re.compile(r"((?:\d+\s*[-+*/x×]\s*)+\d+)\s*=(\s*)(\d*)$")
-_REMAINDER = re.compile(r"(\d+)\s*/\s*(\d+)\s*=\s*\d+\s+remainder(\s*)(\d*)$")
+# an expression of integers and + - * / (x and × read as *), then "=", then the digits written so far; not when its
+# first number continues something else (a decimal "3.5", "1,200", a time "10:30", a sign "-3", a word "x2")
+_START = r"(?<![\w.,:\-])"
+_STEP = re.compile(_START + r"((?:\d+\s*[-+*/x×]\s*)+\d+)\s*=(\s*)(\d*)$")
+_REMAINDER = re.compile(_START + r"(\d+)\s*/\s*(\d+)\s*=\s*\d+\s+remainder(\s*)(\d*)$")
 TAIL_TOKENS = 48  # the generated tokens decoded per row and step: enough for one step's expression
 
 

@@ -27,6 +27,13 @@ def test_value_of(expression, value):
     ("The answer is 7.", None),
     ("12 * 3 = 36. The answer is ", None),
     ("2 - 5 = ", None),  # negative: left to the model
+    ("It costs 3.5 * 2 = ", None),  # a decimal operand: not "5 * 2"
+    ("That is 1,200 + 5 = ", None),
+    ("From 10:30 + 15 = ", None),
+    ("The change is -3 + 5 = ", None),
+    ("Item x2 + 3 = ", None),
+    ("Then 10 - 3 + 5 = ", ("12", "", True)),
+    ("(4 + 5 = ", ("9", "", True)),
 ])
 def test_due_digits(text, due):
     assert due_digits(text) == due
