@@ -6,13 +6,15 @@ chooses to use these annotations". Here the annotation is the worked-solution fo
 teaches (``llora_cli.tasks.reasoning.Work``): ``a op b = c.`` (also ``a + b + c = d.`` and ``a / b = q remainder
 r.``). When a reply ends in ``<expression> =`` (``+ - * /``, also ``x`` and ``×`` for times, integers only), the
 digits that follow are forced to the expression's value (standard precedence, exact rational arithmetic; a single
-``a / b`` gives the quotient ``a // b``, and ``remainder`` the rest); once the value is written, further digits are
-masked so the number ends. Anything else the model writes, including which numbers and which operation it
-chooses, is left alone: the calculator fixes arithmetic slips, not a wrong plan.
+``a / b`` gives the quotient ``a // b`` when ``a >= b``, and ``remainder`` the rest; ``a / b`` with ``a < b`` is left
+alone: a fraction); once the value is written, further digits are masked so the number ends. Anything else the
+model writes, including which numbers and which operation it chooses, is left alone: the calculator fixes arithmetic
+slips, not a wrong plan. It fires at every ``=`` that ends an expression, so a chain that rewrites an expression
+(``12 * 3 = 10 * 3 + 2 * 3 = ...``) gets the first expression's value after the first ``=``.
 
-Only for tokenizers that write each digit as its own token (Llama, SmolLM2, Qwen2, Mistral, ...; checked at
-construction: ``CalculatorUnsupported`` otherwise). Used by ``llora eval --calculator``, ``llora run --calculator`` and the
-server's ``calculator`` request field, on both engines.
+Only for tokenizers that write each digit as its own token (SmolLM2's; checked at construction, with any prefix
+a tokenizer adds to a text's first token: ``CalculatorUnsupported`` otherwise). Used by ``llora eval --calculator``,
+``llora run --calculator`` and the server's ``calculator`` request field, on both engines.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from llora_store.errors import BadInput
 _OPS = {"+", "-", "*", "/"}
 # an expression of integers and + - * / (x and × read as *), then "=", then the digits written so far; not when its
 # first number continues something else (a decimal "3.5", "1,200", a time "10:30", a sign "-3", a word "x2")
-_START = r"(?<![\w.,:\-])"
+_START = r"(?<![\w.,:\-−])"
 _STEP = re.compile(_START + r"((?:\d+\s*[-+*/x×]\s*)+\d+)\s*=(\s*)(\d*)$")
 _REMAINDER = re.compile(_START + r"(\d+)\s*/\s*(\d+)\s*=\s*\d+\s+remainder(\s*)(\d*)$")
-TAIL_TOKENS = 48  # the generated tokens decoded per row and step: enough for one step's expression
+TAIL_TOKENS = 256  # tokens decoded per row and step; a step that starts before them is not forced (``cut``)
 
 
 class CalculatorUnsupported(BadInput):
@@ -44,12 +46,14 @@ def value_of(expression: str) -> int | None:
 
     >>> value_of("48 / 6"), value_of("3 + 4 * 2"), value_of("17 / 4"), value_of("2 - 5"), value_of("1 + 7 / 2")
     (8, 11, 4, None, None)
+    >>> value_of("3 / 4"), value_of("4 / 4")
+    (None, 1)
     """
     text = expression.replace("×", "*").replace("x", "*")
     lone = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if lone:
         a, b = int(lone.group(1)), int(lone.group(2))
-        return a // b if b else None
+        return a // b if b and a >= b else None  # a < b: a fraction (3/4 = 0.75 or 3/4), not a quotient of 0
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
@@ -79,36 +83,42 @@ def value_of(expression: str) -> int | None:
     return int(v) if v.denominator == 1 and v >= 0 else None
 
 
-def due_digits(text: str) -> tuple[str, str, bool] | None:
+def due_digits(text: str, *, cut: bool = False) -> tuple[str, str, bool] | None:
     """What the calculator says about a reply so far: ``(value, digits written, spaced)`` when ``text`` ends inside
     an arithmetic step's result (``value`` the result's digits, ``spaced`` whether whitespace follows the ``=`` or
-    ``remainder``), else None.
+    ``remainder``), else None. ``cut``: ``text`` is the end of a longer text, so a step starting at its first
+    character may have lost its beginning: None then.
 
     >>> due_digits("So 48 / 6 = "), due_digits("So 48 / 6 = 7"), due_digits("It is 12 * 3 ="), due_digits("7.")
     (('8', '', True), ('8', '7', True), ('36', '', False), None)
     """
     m = _REMAINDER.search(text)
-    if m:
+    if m and not (cut and m.start() == 0):
         a, b = int(m.group(1)), int(m.group(2))
         return (str(a % b), m.group(4), bool(m.group(3))) if b else None
     m = _STEP.search(text)
-    if not m:
+    if not m or (cut and m.start() == 0):
         return None
     v = value_of(m.group(1))
     return (str(v), m.group(3), bool(m.group(2))) if v is not None else None
 
 
 def digit_token_ids(tokenizer) -> list[int]:
-    """The token ids of ``"0"`` .. ``"9"``; ``CalculatorUnsupported`` unless each digit is one token and a number
-    is written one digit per token."""
+    """The token ids of ``"0"`` .. ``"9"`` as written after other text; ``CalculatorUnsupported`` unless each digit
+    is one token and a number is written one digit per token. Each is read after ``"="`` (SentencePiece tokenizers
+    add a word-start piece to a text's first token)."""
+    def enc(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    head = enc("=")
     ids = []
     for d in "0123456789":
-        enc = tokenizer(d, add_special_tokens=False)["input_ids"]
-        if len(enc) != 1:
+        e = enc("=" + d)
+        if e[:len(head)] != head or len(e) != len(head) + 1:
             break
-        ids.append(enc[0])
-    many = tokenizer("1234567890", add_special_tokens=False)["input_ids"]
-    if len(ids) != 10 or many != [ids[int(c)] for c in "1234567890"]:
+        ids.append(e[-1])
+    many = enc("=1234567890")
+    if len(ids) != 10 or many != head + [ids[int(c)] for c in "1234567890"]:
         raise CalculatorUnsupported(
             f"the calculator forces a result one digit at a time, and this tokenizer ({type(tokenizer).__name__}) "
             "does not write numbers one digit per token",
@@ -116,13 +126,13 @@ def digit_token_ids(tokenizer) -> list[int]:
     return ids
 
 
-def constrain(scores, text: str, digits: list[int]) -> bool:
+def constrain(scores, text: str, digits: list[int], *, cut: bool = False) -> bool:
     """Apply the calculator to one row: ``scores`` a 1-d float array of next-token logits (a torch tensor or a numpy
     array, changed in place), ``text`` the row's text so far (its last ``TAIL_TOKENS`` tokens decoded), ``digits``
     the ids of ``"0"``..``"9"``. A due digit gets every other token set to -inf when whitespace already follows the
     ``=`` (or some digits are written); else only the other digits are masked (the model may still write the
-    space); a finished result masks all digits. Returns whether the argmax changed."""
-    due = due_digits(text)
+    space); a finished result masks all digits. ``cut``: see ``due_digits``. Returns whether the argmax changed."""
+    due = due_digits(text, cut=cut)
     if due is None:
         return False
     value, written, spaced = due
@@ -165,7 +175,7 @@ class CalculatorLogitsProcessor:
             if self.rows is not None and not self.rows[i]:
                 continue
             text = self.tokenizer.decode(row[-TAIL_TOKENS:], skip_special_tokens=True)
-            self.forced += constrain(scores[i], text, self.digits)
+            self.forced += constrain(scores[i], text, self.digits, cut=len(row) > TAIL_TOKENS)
         return scores
 
 
@@ -181,5 +191,5 @@ class LlamaCppCalculator:
 
     def __call__(self, input_ids, scores):
         text = self.tokenizer.decode([int(t) for t in input_ids[-TAIL_TOKENS:]], skip_special_tokens=True)
-        self.forced += constrain(scores, text, self.digits)
+        self.forced += constrain(scores, text, self.digits, cut=len(input_ids) > TAIL_TOKENS)
         return scores

@@ -268,6 +268,10 @@ def evaluate(store: Store, ref: str, data_ref: str, *, limit: int | None = None,
 
 def _score(tokenizer, model, plan, art, data, rows, used_split, checker, prepared, max_new_tokens,
            calculator: bool = False) -> EvalReport:
+    if calculator:
+        from llora_cli.calculator import digit_token_ids
+
+        digit_token_ids(tokenizer)  # CalculatorUnsupported before the loss pass and any generation
     t0 = time.perf_counter()
     loss = mean_loss(tokenizer, model, rows)
     t1 = time.perf_counter()

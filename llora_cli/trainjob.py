@@ -83,7 +83,7 @@ def truncation_warning(lengths: list[int], spans: list[tuple[int, int]], max_seq
     whose learned tokens all lie past the cut is dropped (nothing to learn); one cut inside its reply is trained on
     the reply's beginning only, so the model never sees how such replies end.
     """
-    long = [i for i, n in enumerate(lengths) if n > max_seq_len]
+    long = [i for i, n in enumerate(lengths) if n > max_seq_len and spans[i][1] > 0]  # no learned token: no loss
     if not long:
         return None
     dropped = sum(spans[i][1] > 0 and spans[i][0] >= max_seq_len for i in long)

@@ -26,7 +26,8 @@ def eval_(
         help="Generation length (default per task; 384 for HumanEval).")] = None,
     calculator: Annotated[bool, typer.Option(
         "--calculator", help="Compute the result of each arithmetic step the model writes ('a op b =') instead of "
-        "generating it (Cobbe et al. 2021); reported with the accuracy.")] = False,
+        "generating it (Cobbe et al. 2021); reported with the accuracy. Needs a checker (--task or task data) and a "
+        "tokenizer that writes one digit per token (SmolLM2's does).")] = False,
     outputs: Annotated[Optional[str], typer.Option(
         help="Write every scored row (prompt, expected, reply, verdict) to this JSONL file.")] = None,
     json_: JsonOpt = False,

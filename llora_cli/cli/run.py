@@ -28,7 +28,8 @@ def run(
              "replace) or K (the router's K best layers). Transformers engine; llama.cpp runs full depth.")] = None,
     calculator: Annotated[bool, typer.Option(
         "--calculator", help="Compute the result of each arithmetic step the model writes ('a op b =') instead of "
-        "generating it (Cobbe et al. 2021); for reasoning modifiers.")] = False,
+        "generating it (Cobbe et al. 2021); for reasoning modifiers. Needs a tokenizer that writes one digit per "
+        "token (SmolLM2's does); llora serve takes the request field \"calculator\": true.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Answer one prompt with the deployed base, or with one of its deployed modifiers.

@@ -499,12 +499,12 @@ class TransformersBatches:
                       stopping_criteria=StoppingCriteriaList([RowLimits(width, [j.max_tokens for j in jobs],
                                                                         streamer)]))
         processors = []
-        if any(j.calculator for j in jobs):  # first: log-probabilities are those of the tokens it lets through
+        if streamer.wants_logprobs:  # first: the model's own distribution (as llama.cpp's engine reports it)
+            processors.append(RowLogprobs(streamer))
+        if any(j.calculator for j in jobs):
             from llora_cli.calculator import CalculatorLogitsProcessor
 
             processors.append(CalculatorLogitsProcessor(tok, [j.calculator for j in jobs]))
-        if streamer.wants_logprobs:
-            processors.append(RowLogprobs(streamer))
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         if head.temperature > 0:

@@ -11,7 +11,8 @@ CHARS = list("0123456789 +-*/=.,abcdefghijklmnopqrstuvwxyzST?")
 
 @pytest.mark.parametrize("expression,value", [
     ("48 / 6", 8), ("17 / 4", 4), ("7 * 14", 98), ("35 - 8 - 6", 21), ("3 + 4 * 2", 11), ("12 x 3", 36),
-    ("12 × 3", 36), ("2 - 5", None), ("1 + 7 / 2", None), ("5 / 0", None), ("10 / 2 * 3", 15),
+    ("12 × 3", 36), ("2 - 5", None), ("1 + 7 / 2", None), ("5 / 0", None), ("10 / 2 * 3", 15), ("3 / 4", None),
+    ("8 / 8", 1),
 ])
 def test_value_of(expression, value):
     assert value_of(expression) == value
@@ -34,9 +35,18 @@ def test_value_of(expression, value):
     ("Item x2 + 3 = ", None),
     ("Then 10 - 3 + 5 = ", ("12", "", True)),
     ("(4 + 5 = ", ("9", "", True)),
+    ("so 3 / 4 = ", None),  # a fraction, not a quotient of 0
+    ("The change is −3 + 5 = ", None),  # a Unicode minus sign
 ])
 def test_due_digits(text, due):
     assert due_digits(text) == due
+
+
+def test_a_step_at_the_start_of_a_cut_text_is_not_forced():
+    # only the end of a long reply is decoded: its first number may be the tail of a longer one, or terms lost
+    assert due_digits("15 + 410 + 310 = ", cut=True) is None
+    assert due_digits("so 15 + 410 + 310 = ", cut=True) == ("735", "", True)
+    assert due_digits("15 + 410 + 310 = ") == ("735", "", True)
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,7 @@ def test_demo_registers_trains_and_evaluates(cli, store):
 
     # calculator-assisted decoding on both engines (SmolLM2 writes digits one per token): a raw prompt ending in an
     # arithmetic step is completed with its value, and the number ends there
+    import math
     import re
 
     from llora_cli.engine import open_engine, resolve_deployment
@@ -88,6 +89,11 @@ def test_demo_registers_trains_and_evaluates(cli, store):
                              calculator=True)
         assert re.match(r"\s*444(\D|$)", reply.text), (name, reply.text)
         assert reply.params["calculator"] is True
+        probs = rt_.generate("Each box holds 37 pens, so 12 boxes hold 37 * 12 =", raw=True, max_tokens=4,
+                             calculator=True, logprobs=2)  # the model's own distribution: finite, even when forced
+        assert probs.text == reply.text[:len(probs.text)] and probs.logprobs
+        assert all(math.isfinite(t["logprob"]) and all(math.isfinite(u["logprob"]) for u in t["top_logprobs"])
+                   for t in probs.logprobs), (name, probs.logprobs)
 
     # the same GGUF file under another name is refused before any conversion work
     from llora_cli.bases import builtin_gguf

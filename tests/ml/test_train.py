@@ -348,6 +348,8 @@ def test_truncation_warning_counts_dropped_cut_and_harmless_rows():
     assert w == ("3 of 4 training rows are longer than max_seq_len=16 tokens: 1 dropped (their reply starts after "
                  "the cut), 1 trained on a reply cut short, 1 cut after their reply (no loss); the longest has 30 "
                  "tokens. To keep every row whole, train with max_seq_len=30")
+    # a long row without any learned token is no loss whatever the limit: not counted
+    assert truncation_warning([30, 8], [(0, 0), (2, 8)], 16) is None
 
 
 def test_train_warns_of_rows_cut_by_max_seq_len(cli, setup):

@@ -86,11 +86,11 @@ class MixedLayer(nn.Module):
 
 
 def _rows_of(kwargs: dict, rows: torch.Tensor, batch: int) -> dict:
-    """The decoder layer's keywords for a subset of the batch's rows: tensors (and tuples of tensors, e.g. the
-    rotary ``position_embeddings``) whose first dimension is the batch are indexed; the rest (batch-1 broadcasts,
-    None, caches) pass unchanged."""
+    """The decoder layer's keywords for a subset of the batch's rows: tensors of two or more dimensions (and tuples
+    of them, e.g. the rotary ``position_embeddings``, the attention mask) whose first dimension is the batch are
+    indexed; the rest (batch-1 broadcasts, 1-d positions, None, caches) pass unchanged."""
     def pick(v):
-        if isinstance(v, torch.Tensor) and batch > 1 and v.dim() > 0 and v.shape[0] == batch:
+        if isinstance(v, torch.Tensor) and batch > 1 and v.dim() >= 2 and v.shape[0] == batch:
             return v[rows]
         if isinstance(v, tuple) and v and all(isinstance(x, torch.Tensor) for x in v):
             return tuple(pick(x) for x in v)
