@@ -26,7 +26,6 @@ from fractions import Fraction
 
 from llora_store.errors import BadInput
 
-_OPS = {"+", "-", "*", "/"}
 # an expression of integers and + - * / (x and × read as *), then "=", then the digits written so far; not when its
 # first number continues something else (a decimal "3.5", "1,200", a time "10:30", a sign "-3", a word "x2")
 _START = r"(?<![\w.,:\-−])"
@@ -155,13 +154,15 @@ def constrain(scores, text: str, digits: list[int], *, cut: bool = False) -> boo
 
 
 class CalculatorLogitsProcessor:
-    """A transformers ``LogitsProcessor`` for calculator-assisted decoding (module docstring; ``constrain``).
+    """Calculator-assisted decoding as a logits processor (module docstring; ``constrain``), for both engines.
 
-    ``input_ids [batch, seq]`` int64, ``scores [batch, vocab]`` float logits, changed in place and returned. The
-    text read is the last ``TAIL_TOKENS`` tokens of each row, prompt included (a raw prompt ending in ``12 * 3 =``
-    is completed with ``36``; a chat prompt ends with the assistant's header, so only the reply can trigger it).
-    ``rows``: which rows of the batch use the calculator (default all). ``forced``: how many tokens the calculator
-    changed (the model's argmax was another token), for the report.
+    transformers' ``LogitsProcessor``: ``input_ids [batch, seq]`` int64 and ``scores [batch, vocab]`` float logits,
+    changed in place and returned; ``rows``: which rows of the batch use the calculator (default all).
+    llama-cpp-python's ``logits_processor``: ``input_ids`` 1-d (every token so far) and ``scores`` 1-d (the next
+    token's logits in token-id order). The text read is the last ``TAIL_TOKENS`` tokens of each row, prompt included
+    (a raw prompt ending in ``12 * 3 =`` is completed with ``36``; a chat prompt ends with the assistant's header,
+    so only the reply can trigger it). ``forced``: how many tokens the calculator changed (the model's argmax was
+    another token), for the report.
     """
 
     def __init__(self, tokenizer, rows: list[bool] | None = None) -> None:
@@ -171,25 +172,14 @@ class CalculatorLogitsProcessor:
         self.forced = 0
 
     def __call__(self, input_ids, scores):
+        if scores.ndim == 1:  # llama.cpp: one row
+            self._row(input_ids, scores)
+            return scores
         for i, row in enumerate(input_ids):
-            if self.rows is not None and not self.rows[i]:
-                continue
-            text = self.tokenizer.decode(row[-TAIL_TOKENS:], skip_special_tokens=True)
-            self.forced += constrain(scores[i], text, self.digits, cut=len(row) > TAIL_TOKENS)
+            if self.rows is None or self.rows[i]:
+                self._row(row, scores[i])
         return scores
 
-
-class LlamaCppCalculator:
-    """The same for llama-cpp-python's ``logits_processor`` (``Llama.generate``): called with ``input_ids`` (1-d
-    numpy int array, every token so far) and ``scores`` (1-d float32 numpy logits of the next token, in token-id
-    order), returns the scores."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.digits = digit_token_ids(tokenizer)
-        self.forced = 0
-
-    def __call__(self, input_ids, scores):
-        text = self.tokenizer.decode([int(t) for t in input_ids[-TAIL_TOKENS:]], skip_special_tokens=True)
-        self.forced += constrain(scores, text, self.digits, cut=len(input_ids) > TAIL_TOKENS)
-        return scores
+    def _row(self, ids, scores) -> None:
+        text = self.tokenizer.decode(ids[-TAIL_TOKENS:].tolist(), skip_special_tokens=True)  # numpy or torch
+        self.forced += constrain(scores, text, self.digits, cut=len(ids) > TAIL_TOKENS)

@@ -86,7 +86,7 @@ def truncation_warning(lengths: list[int], spans: list[tuple[int, int]], max_seq
     long = [i for i, n in enumerate(lengths) if n > max_seq_len and spans[i][1] > 0]  # no learned token: no loss
     if not long:
         return None
-    dropped = sum(spans[i][1] > 0 and spans[i][0] >= max_seq_len for i in long)
+    dropped = sum(spans[i][0] >= max_seq_len for i in long)
     cut_reply = sum(spans[i][0] < max_seq_len < spans[i][1] for i in long)
     parts = [f"{dropped} dropped (their reply starts after the cut)" if dropped else "",
              f"{cut_reply} trained on a reply cut short" if cut_reply else "",

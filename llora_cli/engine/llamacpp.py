@@ -152,9 +152,9 @@ class LlamaCppEngine(Engine):
         if job.calculator:
             from llama_cpp import LogitsProcessorList
 
-            from llora_cli.calculator import LlamaCppCalculator
+            from llora_cli.calculator import CalculatorLogitsProcessor
 
-            processors = LogitsProcessorList([LlamaCppCalculator(self.tokenizer)])
+            processors = LogitsProcessorList([CalculatorLogitsProcessor(self.tokenizer)])
         for token in self.llm.generate(job.input_ids, temp=job.temperature, top_p=job.top_p, top_k=0, min_p=0.0,
                                        repeat_penalty=1.0, logits_processor=processors):
             if streamer.wants_logprobs:  # the context still holds the logits this token was sampled from
