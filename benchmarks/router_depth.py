@@ -5,6 +5,7 @@ Usage::
     LLORA_HOME=DIR .venv/bin/llora demo            # once: a deployed compressed base and modifiers
     .venv/bin/python benchmarks/router_depth.py --home DIR [--domains code]
         [--distill-rows 64] [--collect-rows 16] [--test-rows 40] [--method fbc] [--plot FILE] [--sweep-every 3]
+        [--pooled 16] [--distill-config steps=1000] [--fit-config KEY=VALUE,...]
 
 The commands a user runs, through their library functions, on the home ``llora demo`` left: its deployed
 compressed base (the Q8_0 compressed SmolLM2-135M, dequantized for the transformers engine) and its modifiers.
@@ -40,6 +41,8 @@ def main() -> None:
     ap.add_argument("--method", default="fbc")
     ap.add_argument("--sweep-every", type=int, default=3)
     ap.add_argument("--pooled", type=int, default=16)
+    ap.add_argument("--distill-config", default="", help="KEY=VALUE,... for `llora router distill` (e.g. steps=1000)")
+    ap.add_argument("--fit-config", default="", help="KEY=VALUE,... for `llora router fit`")
     ap.add_argument("--plot", default=str(REPO / "docs" / "img" / "router_depth_pareto.png"))
     ap.add_argument("--tag", default=time.strftime("%Y%m%d%H%M"))
     args = ap.parse_args()
@@ -66,6 +69,7 @@ def main() -> None:
         data[d] = make_dataset(store, d, n, seed=7, n_test=args.test_rows, name=f"depth-{d}-{args.tag}").id
     t = time.perf_counter()
     layers = distill(store, base.id, list(data.values()), limit=args.distill_rows, name=f"layers-{args.tag}",
+                     config=[c for c in args.distill_config.split(",") if c],
                      progress=lambda s, i, k: print(f"distill {s} {i}/{k}", file=sys.stderr, flush=True))
     timings["distill_s"] = round(time.perf_counter() - t, 1)
     print(json.dumps({"distill": {k: v for k, v in layers.artifact.meta.items() if k in ("rows", "correct", "tokens",
@@ -82,7 +86,8 @@ def main() -> None:
                    progress=lambda i, k: print(f"choice collect {i}/{k}", file=sys.stderr, flush=True)).artifact
     timings["choice_collect_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    router = fit(store, scen.id, method=args.method, name=f"depth-router-{args.tag}", depth=dscen.artifact.id)
+    router = fit(store, scen.id, method=args.method, name=f"depth-router-{args.tag}", depth=dscen.artifact.id,
+                 config=[c for c in args.fit_config.split(",") if c])
     timings["fit_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     rep = evaluate_depth(store, router.artifact.id, list(data.values()), config=[

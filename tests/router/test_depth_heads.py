@@ -119,3 +119,45 @@ def test_choose_k():
 
     draws = {heads.choose_k(0.5, 10, std=0.1, rng=np.random.default_rng(s)) for s in range(50)}
     assert len(draws) > 1 and all(0 <= k <= 9 for k in draws)
+
+
+def test_fbc_loss_with_a_query_that_replaces_nothing():
+    """A row with an empty target counts in the ratio and score terms (r = 0, scores toward 0); the soft top-k term
+    is the other rows' only."""
+    from llora_cli.router.depth.topk import soft_topk
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, -2.0], [0.3, 0.1, -0.4, 1.0]], dtype=torch.float64)
+    z = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    mu = torch.tensor([0.3, 0.2], dtype=torch.float64)
+    got = heads.fbc_loss(logits, mu, z, alpha=1.0, eps=0.1)
+    s = torch.sigmoid(logits)
+    sel = soft_topk(logits[:1], torch.tensor([2.0], dtype=torch.float64), eps=0.1)
+    want = ((0.3 - 0.5) ** 2 + (0.2 - 0.0) ** 2) / 2 + ((s - z) ** 2).mean() + ((sel - z[:1]) ** 2).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-9)
+    only_empty = heads.fbc_loss(logits[1:], mu[1:], z[1:])
+    assert only_empty.item() == pytest.approx(0.2 ** 2 + (s[1] ** 2).mean().item(), rel=1e-9)
+
+
+def test_fitted_heads_replace_nothing_where_no_layer_was_safe():
+    """Queries whose greedy path found no replaceable layer are FBC targets too (k = 0): the ratio head learns 0
+    for them and the layers of the others where they can be replaced (before, they were left out and the ratio
+    head predicted the others' k for every query)."""
+    import numpy as np
+
+    from llora_cli.router.depth.fitting import predict, train_depth_heads
+    from llora_cli.router.fit import FitConfig
+
+    count = 10
+    rng = np.random.default_rng(0)
+    emb = np.concatenate([rng.normal(1.0, 0.1, (6, 8)), rng.normal(-1.0, 0.1, (6, 8))]).astype(np.float32)
+    safe = {"depth": {"steps": [{"added": 4, "layers": [4], "score": 1.0},
+                                {"added": 5, "layers": [4, 5], "score": 0.995},
+                                {"added": 6, "layers": [4, 5, 6], "score": 0.99}]}}
+    none = {"depth": {"steps": []}}
+    rows = [safe] * 6 + [none] * 6
+    layer_head, ratio_head, _ = train_depth_heads(emb, rows, count, "fbc", FitConfig(steps=300))
+    got = predict(layer_head, ratio_head, torch.from_numpy(emb), count)
+    assert got[:6] == [frozenset({4, 5, 6})] * 6
+    assert got[6:] == [frozenset()] * 6
+    with pytest.raises(Exception, match="nothing to learn"):
+        train_depth_heads(emb, [none] * 12, count, "fbc", FitConfig(steps=5))

@@ -22,8 +22,8 @@ three methods (for DPO the two differ by about the same ``log L`` on both sides 
 
 Losses (means over rows / pairs; ``alpha`` weighs the layer terms as seed 002's ``alpha``):
 
-- **FBC** on scenarios with score >= ``good`` (0.99) and at least one layer replaced (``fitting.py`` takes each
-  query's largest such set): ``MSE(mu, r) + alpha *
+- **FBC** on scenarios with score >= ``good`` (0.99) (``fitting.py`` takes each query's largest such set, the empty
+  set when no layer of the query can be replaced: ``r = 0`` is what the ratio head must learn there): ``MSE(mu, r) + alpha *
   (MSE(s, z) + MSE(soft_topk(logits, |z|), z))``. The last term is where gradients pass through the selection
   (``topk.soft_topk``, Sinkhorn with annealed epsilon): it trains the scores so that the top-|z| layers, which
   inference takes, are the set, not only each score toward its indicator.
@@ -121,7 +121,11 @@ def set_log_prob(logits, mu, log_std, z):
 
 
 def fbc_loss(logits, mu, z, *, alpha: float = 1.0, eps: float = 0.1):
-    """FBC (module docstring). ``logits [n, L]``, ``mu [n]``, ``z [n, L]`` (each row 1 <= |z| < L) -> scalar."""
+    """FBC (module docstring). ``logits [n, L]``, ``mu [n]``, ``z [n, L]`` (each row 0 <= |z| < L) -> scalar.
+
+    A row with ``|z| = 0`` (a query none of whose layers can be replaced) counts in the ratio and score terms (its
+    ``r = 0``, every score toward 0); the soft top-k term, undefined at ``k = 0``, averages over the other rows
+    (0 when there are none)."""
     import torch
     import torch.nn.functional as F
 
@@ -130,8 +134,9 @@ def fbc_loss(logits, mu, z, *, alpha: float = 1.0, eps: float = 0.1):
     count = logits.shape[1]
     k = z.sum(-1)
     scores = torch.sigmoid(logits)
-    selected = soft_topk(logits, k, eps=eps)
-    return F.mse_loss(mu, k / count) + alpha * (F.mse_loss(scores, z) + F.mse_loss(selected, z))
+    some = k > 0
+    sel = F.mse_loss(soft_topk(logits[some], k[some], eps=eps), z[some]) if bool(some.any()) else logits.sum() * 0
+    return F.mse_loss(mu, k / count) + alpha * (F.mse_loss(scores, z) + sel)
 
 
 def dpo_loss(lp_w, lp_l, ref_w, ref_l, *, beta: float = 0.1):
