@@ -128,6 +128,8 @@ def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: Trai
     if accelerate_config is not None and (launcher != "accelerate" or not Path(accelerate_config).is_file()):
         raise BadInput("--accelerate-config needs --launcher accelerate and an existing accelerate config file "
                        "(e.g. one written by `accelerate config` with FSDP)")
+    if task == "generate":
+        check_learnable(store.path_of(base.id), data.train, config.max_seq_len, data.artifact.name)
     aid = new_id()
     if name is None:
         stem = f"{domain}-{kind}" if domain else f"{kind}"
@@ -159,6 +161,26 @@ def train(store: Store, *, base_ref: str, data_ref: str, kind: str, config: Trai
                      heldout_path=str(heldout) if heldout else None, task=task, labels=p.labels)
     return _execute(store, art, spec, progress=progress, launcher=launcher, num_processes=num_processes,
                     command=command, accelerate_config=accelerate_config)
+
+
+def check_learnable(base_dir: Path, rows: list[dict], max_seq_len: int, dataset: str) -> None:
+    """Before a run is created: at least one training row keeps a token to learn (an assistant reply, or a text
+    row's tokens) within ``max_seq_len`` tokens of ``base_dir``'s tokenizer. Stops at the first such row, so it
+    costs one tokenizer load and a few encodings. Raises BadInput naming the longest row's length otherwise (the
+    run would fail after its creation, and resuming it would fail the same way)."""
+    from llora_cli.encoding import IGNORE, encode_row
+    from llora_cli.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(base_dir)
+    longest = 0
+    for row in rows:
+        e = encode_row(tokenizer, row, sys.maxsize)
+        if any(label != IGNORE for label in e["labels"][:max_seq_len]):
+            return
+        longest = max(longest, len(e["input_ids"]))
+    raise BadInput(f"no row of dataset '{dataset}' has a token to learn after truncation to "
+                   f"max_seq_len={max_seq_len} (the longest row has {longest} tokens); nothing was created",
+                   hint=f"raise max_seq_len, e.g. max_seq_len={longest}")
 
 
 def resume(store: Store, run_ref: str, *, command: str = "", progress: Callable[[dict], None] | None = None) -> TrainResult:

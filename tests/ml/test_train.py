@@ -352,7 +352,7 @@ def test_truncation_warning_counts_dropped_cut_and_harmless_rows():
     assert truncation_warning([30, 8], [(0, 0), (2, 8)], 16) is None
 
 
-def test_train_warns_of_rows_cut_by_max_seq_len(cli, setup):
+def test_train_warns_of_rows_cut_by_max_seq_len(cli, store, setup):
     # the tiny tokenizer's automation rows are 234-507 tokens, replies starting at token 211-428
     result = cli("train", "--base", "tiny", "--data", "auto", "--name", "short", "max_steps=1", "max_seq_len=300",
                  "--json")
@@ -364,4 +364,7 @@ def test_train_warns_of_rows_cut_by_max_seq_len(cli, setup):
     fits = cli.json("train", "--base", "tiny", "--data", "auto", "--name", "long", "max_steps=1", "max_seq_len=4096")
     assert fits["truncation"] is None
     none = cli("train", "--base", "tiny", "--data", "auto", "--name", "tiny-len", "max_steps=1", "max_seq_len=100")
-    assert none.exit_code != 0 and "no row has a token to learn after truncation to max_seq_len=100" in none.stderr
+    assert none.exit_code == 2 and "no row of dataset" in none.stderr
+    assert "has a token to learn after truncation to max_seq_len=100" in none.stderr
+    assert "nothing was created" in none.stderr and "--resume" not in none.stderr and "Traceback" not in none.output
+    assert not any(a.name == "tiny-len" for a in store.artifacts())  # refused before the run existed
