@@ -4,12 +4,17 @@ A modifier deployed on a GGUF base gets its llama.cpp LoRA (gguflora.py) convert
 first, so a modifier that cannot be served is refused (or noted) before its state changes. A GGUF base gets its
 tokenizer files (tokenizer.py), so that the llama.cpp engine starts without transformers. A router whose base,
 routed-to modifiers or encoder changed since it was fitted is refused, naming what changed (router/serving.py).
+
+Serving defaults: ``llora deploy MODIFIER --calculator`` records ``{"serving": {"calculator": true}}`` on the
+modifier in the deploy's own transaction (a deployed artifact's metadata is fixed, R7): every request it answers
+(``llora run``, ``llora serve``, and those the router sends it with ``--modifier auto``) then has its arithmetic
+steps computed (``llora_cli.calculator``) unless the request says otherwise (``serving_default``).
 """
 
 from __future__ import annotations
 
 from llora_cli.engine import is_gguf_base
-from llora_cli.engine.base import RUNTIME_KINDS
+from llora_cli.engine.base import RUNTIME_KINDS, SERVING
 from llora_store import Store
 from llora_store.errors import BadInput
 
@@ -22,13 +27,39 @@ def runs_on(store: Store, modifier_id: str):
     return bases[0]
 
 
-def deploy(store: Store, ref: str, *, command: str = "") -> tuple:
+def _serving_patch(store: Store, art, calculator: bool | None) -> dict | None:
+    """The metadata to record with the deploy, after checking the option applies (BadInput otherwise)."""
+    if calculator is None:
+        return None
+    from llora_cli.classify import is_classifier
+
+    if art.kind != "modifier" or is_classifier(art):
+        raise BadInput(f"--calculator is a serving default of a generative modifier; '{art.name}' is a {art.kind}"
+                       + (" classifier" if art.kind == "modifier" else ""),
+                       hint="pass calculator per request instead: llora run --calculator, or \"calculator\": true")
+    if art.state == "deployed":
+        raise BadInput(f"modifier '{art.name}' is deployed; its serving defaults are set when it is deployed (a "
+                       "deployed artifact does not change, R7)",
+                       hint=f"llora retire {art.name}, then llora deploy {art.name} "
+                            f"--{'' if calculator else 'no-'}calculator")
+    if calculator:
+        from llora_cli.calculator import digit_token_ids
+        from llora_cli.loading import load_tokenizer
+
+        digit_token_ids(load_tokenizer(store.path_of(runs_on(store, art.id).id)))  # CalculatorUnsupported
+    return {SERVING: {**(art.meta.get(SERVING) or {}), "calculator": bool(calculator)}}
+
+
+def deploy(store: Store, ref: str, *, command: str = "", calculator: bool | None = None) -> tuple:
     """`llora deploy`: a modifier on a GGUF base gets its llama.cpp LoRA first (converted and recorded); one that
     does not fit its base is refused before anything changes; one llama.cpp cannot run (DoRA, ...) is deployed
-    for the transformers engine with a note saying why. Returns (artifact, note or None)."""
+    for the transformers engine with a note saying why. ``calculator`` (a modifier; None: unchanged): its serving
+    default for calculator-assisted decoding, recorded in the deploy's transaction; BadInput for another kind, a
+    modifier already deployed, or a base tokenizer that merges digits. Returns (artifact, note or None)."""
     from llora_cli import gguflora
 
     art = store.resolve(ref)
+    patch = _serving_patch(store, art, calculator)
     from llora_cli.classify import is_classifier, refuse_classifier
 
     if art.kind == "merged":  # a classifier modifier deploys on its base (POST /v1/classify); a merged one does not
@@ -53,4 +84,4 @@ def deploy(store: Store, ref: str, *, command: str = "") -> tuple:
                 gguflora.ensure(store, art, base)
             except gguflora.NotForLlamaCpp as e:
                 note = f"{e}; it runs on the transformers engine only"
-    return store.deploy(art.id, command=command), note
+    return store.deploy(art.id, command=command, metadata=patch), note

@@ -9,7 +9,8 @@ row. Otherwise it returns None and the full CLI runs; so does every case it decl
 
 - options other than the prompt, ``--modifier NAME|none|auto`` (auto: the deployed router; its serving code
   reads the catalog through the same view), ``--system``, ``--max-tokens``, ``--temperature``,
-  ``--top-p``, ``--seed``, ``--engine auto|llamacpp``, ``--json``, ``--calculator`` (e.g. ``--base``, ``--depth``, ``--help``,
+  ``--top-p``, ``--seed``, ``--engine auto|llamacpp``, ``--json``, ``--calculator``, ``--no-calculator``
+  (e.g. ``--base``, ``--depth``, ``--help``,
   the prompt on stdin, a value that does not parse);
 - PostgreSQL, no catalog, another schema version (``lite.open_catalog``);
 - a deployment the llama.cpp engine would not run (not a GGUF base, llama-cpp-python missing), or a file still
@@ -42,7 +43,7 @@ class Request:
     seed: int | None = None
     engine: str = "auto"
     json: bool = False
-    calculator: bool = False
+    calculator: bool | None = None  # None: the modifier's serving default
 
 
 def parse(args: list[str]) -> Request | None:
@@ -60,8 +61,8 @@ def parse(args: list[str]) -> Request | None:
             rest = True
         elif a == "--json":
             values["json"] = True
-        elif a == "--calculator":
-            values["calculator"] = True
+        elif a in ("--calculator", "--no-calculator"):
+            values["calculator"] = a == "--calculator"
         else:
             name, eq, value = a.partition("=")
             if name not in VALUE_OPTIONS:

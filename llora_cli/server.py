@@ -275,8 +275,9 @@ def create_app(served: Served, *, api_key: str | None = None, limits: Limits = L
         depth: str | int | None = Field(default=None, description="llora: full, auto or K decoder layers replaced "
                                         "by their layer adapters (transformers engine; llama.cpp runs full depth)")
         # llora's extension: calculator-assisted decoding (llora_cli.calculator)
-        calculator: bool = Field(default=False, description="llora: compute the result of each arithmetic step "
-                                 "the model writes ('a op b =') instead of generating it")
+        calculator: bool | None = Field(default=None, description="llora: compute the result of each arithmetic "
+                                        "step the model writes ('a op b =') instead of generating it; null: the "
+                                        "answering modifier's serving default (llora deploy --calculator)")
 
     class ChatBody(Common):
         messages: list[ChatMessage] = Field(min_length=1)

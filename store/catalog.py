@@ -602,8 +602,10 @@ class Store:
             fs.write_json_atomic(directory / fs.SIDECAR, data)
 
     # -- lifecycle --------------------------------------------------------
-    def apply(self, ref: str, event: str, *, command: str = "", reason: str = "") -> Artifact:
-        """Apply a lifecycle event, with the rules that guard it; returns the updated row."""
+    def apply(self, ref: str, event: str, *, command: str = "", reason: str = "",
+              metadata: dict[str, Any] | None = None) -> Artifact:
+        """Apply a lifecycle event, with the rules that guard it; returns the updated row. ``metadata``: merged into
+        the artifact's metadata in the same transaction (the last change allowed before a deploy, R7)."""
         if event == "discard":
             return self.discard(ref, command=command, reason=reason)
         with self.writing() as s:
@@ -614,11 +616,15 @@ class Store:
                 deps = [d for d in self.dependents(s, art.id) if d.kind not in ("adapter",)]
                 rules.check_no_deployed_dependents(art, deps, "retire")
             lifecycle.transition(s, art, event, command=command, reason=reason)
+            if metadata:
+                art.meta = {**art.meta, **metadata}
+                s.add(art)
         self._refresh_sidecar(art.id)
         return art
 
-    def deploy(self, ref: str, *, command: str = "", reason: str = "") -> Artifact:
-        return self.apply(ref, "deploy", command=command, reason=reason)
+    def deploy(self, ref: str, *, command: str = "", reason: str = "", metadata: dict[str, Any] | None = None) -> Artifact:
+        """Deploy (R5-R8); ``metadata`` merged in the same transaction (e.g. a modifier's serving defaults)."""
+        return self.apply(ref, "deploy", command=command, reason=reason, metadata=metadata)
 
     def retire(self, ref: str, *, command: str = "", reason: str = "") -> Artifact:
         return self.apply(ref, "retire", command=command, reason=reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import typer
 
@@ -172,21 +173,32 @@ def verify(ref: ArtifactRef, json_: JsonOpt = False) -> None:
         )
 
 
-def deploy(ref: ArtifactRef, json_: JsonOpt = False) -> None:
+def deploy(
+    ref: ArtifactRef,
+    calculator: Optional[bool] = typer.Option(
+        None, "--calculator/--no-calculator",
+        help="A modifier's serving default: compute the result of each arithmetic step it writes (llora run "
+             "--calculator) in every request it answers, routed ones too, unless the request says otherwise."),
+    json_: JsonOpt = False,
+) -> None:
     """Deploy a base, merged or compressed checkpoint, a modifier or a router (rules R5-R8 apply).
 
     A modifier trained on a GGUF base is converted to a llama.cpp LoRA first (recorded as a
     derived file); one that does not fit its base is refused.
 
     Example: llora deploy smollm2
+    Example: llora deploy reasoning-modifier --calculator
     """
     from llora_cli.deploy import deploy as deploy_artifact
+    from llora_cli.engine.base import SERVING
 
-    art, note = deploy_artifact(open_store(), ref, command=command_line())
+    art, note = deploy_artifact(open_store(), ref, command=command_line(), calculator=calculator)
+    serving = art.meta.get(SERVING) or None
     if json_:
-        print_json({"id": art.id, "name": art.name, "state": art.state, "note": note})
+        print_json({"id": art.id, "name": art.name, "state": art.state, "note": note, "serving": serving})
     else:
-        err().print(f"deployed {art.kind} '{art.name}' ({art.id})" + (f"\nnote: {note}" if note else ""))
+        err().print(f"deployed {art.kind} '{art.name}' ({art.id})" + (f"\nnote: {note}" if note else "")
+                    + (f"\nserving defaults: {serving}" if serving else ""))
 
 
 def retire(ref: ArtifactRef, json_: JsonOpt = False) -> None:

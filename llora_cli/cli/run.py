@@ -26,10 +26,11 @@ def run(
     depth: Annotated[Optional[str], typer.Option(
         help="Dynamic depth: full, auto (the deployed router chooses which decoder layers its layer adapters "
              "replace) or K (the router's K best layers). Transformers engine; llama.cpp runs full depth.")] = None,
-    calculator: Annotated[bool, typer.Option(
-        "--calculator", help="Compute the result of each arithmetic step the model writes ('a op b =') instead of "
-        "generating it (Cobbe et al. 2021); for reasoning modifiers. Needs a tokenizer that writes one digit per "
-        "token (SmolLM2's does); llora serve takes the request field \"calculator\": true.")] = False,
+    calculator: Annotated[Optional[bool], typer.Option(
+        "--calculator/--no-calculator", help="Compute the result of each arithmetic step the model writes "
+        "('a op b =') instead of generating it (Cobbe et al. 2021); for reasoning modifiers. Needs a tokenizer that "
+        "writes one digit per token (SmolLM2's does); llora serve takes the request field \"calculator\". "
+        "Default: the modifier's serving default (llora deploy MODIFIER --calculator), else off.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Answer one prompt with the deployed base, or with one of its deployed modifiers.

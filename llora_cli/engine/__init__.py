@@ -68,10 +68,10 @@ def open_engine(store: Store, deployment: Deployment, engine: str = "auto", *, m
 def run(store: Store, prompt: str, *, base_ref: str | None = None, modifier_ref: str | None = None,
         system: str | None = None, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
         seed: int | None = None, on_text: Callable[[str], None] | None = None, engine: str = "auto",
-        depth: str | None = None, calculator: bool = False) -> Reply:
+        depth: str | None = None, calculator: bool | None = None) -> Reply:
     """`llora run`: one request on the deployment, streamed through ``on_text``, logged with client "cli".
     ``depth``: full, auto or K layers replaced (``Engine.depth_layers``); ``calculator``: arithmetic steps'
-    results computed (``llora_cli.calculator``)."""
+    results computed (``llora_cli.calculator``); None: the answering modifier's serving default."""
     check_params(max_tokens, temperature, top_p)
     if not prompt.strip():
         raise BadInput("the prompt is empty", hint='pass it as an argument or on stdin: echo "hi" | llora run')

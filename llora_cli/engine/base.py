@@ -23,6 +23,15 @@ if TYPE_CHECKING:  # annotations only: `llora run`'s light path (fastrun.py) run
 RUNTIME_KINDS = ("base", "merged", "compressed")
 MAX_NEW_TOKENS = 4096
 ENGINE = "transformers"
+SERVING = "serving"  # a modifier's metadata key: its serving defaults ({"calculator": bool}; llora deploy)
+
+
+def serving_default(modifier, key: str, default=False):
+    """A modifier's serving default ``key`` (``llora deploy MODIFIER --calculator``); ``default`` for the base alone
+    (``modifier`` None) or a modifier deployed without one. ``modifier``: a catalog Artifact or a lite Row."""
+    if modifier is None:
+        return default
+    return (modifier.meta.get(SERVING) or {}).get(key, default)
 
 
 @dataclass
@@ -215,7 +224,7 @@ class Engine(ABC):
                on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
                raw: bool = False, max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
                logprobs: int | None = None, on_piece: Callable[[str, list[dict]], None] | None = None,
-               depth: str | int | None = None, calculator: bool = False):
+               depth: str | int | None = None, calculator: bool | None = None):
         """Queue one request (checked first: a bad request never reaches a batch); returns its ``Job``.
 
         ``depth``: None or "full" (every layer), "auto" (the deployed router's layer set for this prompt) or K (the
@@ -227,7 +236,9 @@ class Engine(ABC):
         ``on_piece(text, logprobs)``: streamed text with the log-probabilities of the tokens it completes
         (instead of ``on_text``).
         ``calculator``: the result of each arithmetic step the model writes is computed (``llora_cli.calculator``,
-        Cobbe et al. 2021), recorded as ``params["calculator"]``; BadInput when the tokenizer merges digits."""
+        Cobbe et al. 2021), recorded as ``params["calculator"]``; BadInput when the tokenizer merges digits. None:
+        the modifier's serving default (``llora deploy MODIFIER --calculator``; off for the base alone), recorded
+        with ``params["calculator_from"] = "modifier"`` when it turned the calculator on."""
         from llora_cli.engine.batching import Job
 
         stop = tuple(stop or ())
@@ -245,13 +256,17 @@ class Engine(ABC):
         if not ids:
             raise BadInput("the prompt has no tokens")
         layers, depth_info = self.depth_layers(prompt if prompt.strip() else _last_user(messages), depth)
+        from_modifier = False
+        if calculator is None:
+            calculator = from_modifier = bool(serving_default(modifier, "calculator"))
         if calculator:
             from llora_cli.calculator import digit_token_ids
 
             digit_token_ids(self.tokenizer)  # CalculatorUnsupported (BadInput) before the request is queued
         params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                   "system": system, **({"stop": list(stop)} if stop else {}),
-                  **({"depth": depth_info} if depth_info else {}), **({"calculator": True} if calculator else {})}
+                  **({"depth": depth_info} if depth_info else {}), **({"calculator": True} if calculator else {}),
+                  **({"calculator_from": "modifier"} if from_modifier else {})}
         piece = None
         if on_piece is not None:
             def piece(text: str, raw_logprobs: list[tuple]) -> None:
@@ -342,7 +357,7 @@ class Engine(ABC):
                  max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  on_text: Callable[[str], None] | None = None, messages: list[dict] | None = None,
                  raw: bool = False, max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
-                 logprobs: int | None = None, depth: str | int | None = None, calculator: bool = False) -> Reply:
+                 logprobs: int | None = None, depth: str | int | None = None, calculator: bool | None = None) -> Reply:
         """One request, batched with whatever else is waiting; blocks until its own row is finished."""
         return self.reply(self.submit(prompt, modifier=modifier, system=system, max_tokens=max_tokens,
                                       temperature=temperature, top_p=top_p, seed=seed, on_text=on_text,

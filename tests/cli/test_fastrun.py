@@ -21,6 +21,7 @@ from llora_cli import fastrun
     (["run", "--modifier", "auto", "hi"], fastrun.Request("hi", modifier="auto")),  # the router, same view
     (["run", "--calculator", "--modifier", "reasoning", "hi"], fastrun.Request("hi", modifier="reasoning",
                                                                               calculator=True)),
+    (["run", "--no-calculator", "hi"], fastrun.Request("hi", calculator=False)),  # over a modifier's default
     (["run", "--engine", "transformers", "hi"], None),
     (["run", "--base", "b", "hi"], None),
     (["run", "--depth", "auto", "hi"], None),  # dynamic depth: the transformers engine, the full command

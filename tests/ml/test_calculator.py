@@ -140,3 +140,31 @@ def test_eval_calculator_refusals(cli, tiny_model_dir, tmp_path):
     f.write_text('{"instruction": "Say hi", "output": "hi"}\n')
     none = cli("eval", "tiny", "--data", f, "--calculator")
     assert none.exit_code == 2 and "no checker" in none.stderr
+
+
+def test_deploy_records_a_modifiers_calculator_default(cli, store, tiny_model_dir):
+    """`llora deploy MODIFIER --calculator/--no-calculator`: checked before anything changes, recorded in the deploy's
+    transaction, read by the engine when a request does not say (the positive path on SmolLM2, whose tokenizer
+    writes digits one by one: tests/ml/test_smollm2_e2e.py)."""
+    from llora_cli.engine.base import serving_default
+
+    cli.json("bases", "add", tiny_model_dir, "--name", "tiny")
+    cli.json("data", "make", "reasoning", "--n", "8", "--name", "r")
+    cli.json("train", "--base", "tiny", "--data", "r", "--kind", "modifier", "--domain", "reasoning", "--name", "mod",
+             "max_steps=1")
+    cli.json("deploy", "tiny")
+    merges = cli("deploy", "mod", "--calculator")  # the tiny tokenizer merges digits
+    assert merges.exit_code == 2 and "one digit per token" in merges.stderr and "Traceback" not in merges.output
+    mod = store.resolve("mod")
+    assert mod.state == "trained" and "serving" not in mod.meta  # nothing changed
+    base = cli("deploy", "tiny", "--calculator")
+    assert base.exit_code == 2 and "serving default of a generative modifier; 'tiny' is a base" in base.stderr
+    off = cli.json("deploy", "mod", "--no-calculator")
+    assert off["state"] == "deployed" and off["serving"] == {"calculator": False}
+    assert serving_default(store.resolve("mod"), "calculator") is False and serving_default(None, "calculator") is False
+    again = cli("deploy", "mod", "--calculator")
+    assert again.exit_code == 2 and "is deployed" in again.stderr and "llora retire mod" in again.stderr
+    reply = cli.json("run", "2 + 2 =", "--modifier", "mod", "--max-tokens", "2")
+    assert "calculator" not in reply["params"] and "calculator_from" not in reply["params"]
+    refused = cli("run", "2 + 2 =", "--modifier", "mod", "--calculator", "--max-tokens", "2")
+    assert refused.exit_code == 2 and "one digit per token" in refused.stderr

@@ -95,6 +95,26 @@ def test_demo_registers_trains_and_evaluates(cli, store):
         assert all(math.isfinite(t["logprob"]) and all(math.isfinite(u["logprob"]) for u in t["top_logprobs"])
                    for t in probs.logprobs), (name, probs.logprobs)
 
+    # a reasoning modifier deployed with the calculator as its serving default: requests that do not say get it
+    # (recorded as coming from the modifier), an explicit false turns it off
+    reasoning = next(a for a in store.artifacts() if a.kind == "modifier" and a.domain == "reasoning")
+    for a in store.artifacts():
+        if a.kind == "router" and a.state == "deployed":
+            assert cli("retire", a.id).exit_code == 0  # routes to the modifier: retired first (R7)
+    if store.resolve(reasoning.id).state == "deployed":
+        assert cli("retire", reasoning.id).exit_code == 0
+    assert cli.json("deploy", reasoning.id, "--calculator")["serving"] == {"calculator": True}
+    dep = resolve_deployment(store, None)
+    mod = next(m for m in dep.modifiers if m.id == reasoning.id)
+    for name in (["llamacpp"] if engine == "llamacpp" else []) + ["transformers"]:
+        rt_ = open_engine(store, dep, name)
+        on = rt_.generate("Each box holds 37 pens, so 12 boxes hold 37 * 12 =", raw=True, max_tokens=6, modifier=mod)
+        assert re.match(r"\s*444(\D|$)", on.text), (name, on.text)
+        assert on.params["calculator"] is True and on.params["calculator_from"] == "modifier"
+        off = rt_.generate("Each box holds 37 pens, so 12 boxes hold 37 * 12 =", raw=True, max_tokens=6,
+                           modifier=mod, calculator=False)
+        assert "calculator" not in off.params
+
     # the same GGUF file under another name is refused before any conversion work
     from llora_cli.bases import builtin_gguf
 
