@@ -26,7 +26,8 @@ router's ``round(mu * L)``), so that every method costs the same and only which 
 Quality: accuracy with n and its 95% Wilson interval, relative to full depth, and the paired bootstrap interval of
 each method's difference to full depth and to the router. Cost: decode tokens/s at batch 1 and batch 8 with the
 KV cache on, and prefill ms, measured per number of replaced layers ``k`` on this machine (greedy ``generate`` of
-``speed_tokens`` forced tokens minus a one-token ``generate``, median of ``repeats``), a method's cost being the
+``speed_tokens`` forced tokens minus a one-token ``generate``, median of ``repeats`` rounds over every k,
+``time_depths``), a method's cost being the
 mean over its queries of the cost of their ``k``; the router's own time (encoder and heads, batch 1 or 8) is added
 to its decode time. A sweep (``sweep=1``, default) also measures the router with a fixed ``k`` and the static
 methods at every ``k`` from 0 to the router's largest, for the Pareto plot (accuracy vs decode speed-up) and for
@@ -63,8 +64,8 @@ class DepthEvalConfig:
     pooled: int = 32
     sweep: int = 1
     sweep_every: int = 1
-    speed_tokens: int = 32
-    repeats: int = 3
+    speed_tokens: int = 64
+    repeats: int = 5
     seed: int = 0
 
     @classmethod
@@ -176,33 +177,48 @@ def lowest(scores: list[float], k: int) -> list[int]:
 
 # ---- cost -------------------------------------------------------------------------------------------------------------
 
-def time_depth(tokenizer, model, adapters, prompt: list[int], layers: list[int], *, batch: int, tokens: int,
-               repeats: int) -> dict:
-    """Seconds of greedy ``generate`` with ``layers`` replaced, ``batch`` copies of ``prompt`` (token ids), KV cache
-    on: ``prefill_ms`` (a one-token generate) and ``decode_tokens_per_s`` per row (``tokens - 1`` forced decode
-    steps: ``(t(tokens) - t(1)) / (tokens - 1)``), each the median of ``repeats``."""
+def time_depths(tokenizer, model, adapters, prompt: list[int], sets: dict[int, list[int]], *, batch: int,
+                tokens: int, repeats: int) -> dict[int, dict]:
+    """Greedy ``generate`` timed with each of ``sets`` (``{k: layers}``) replaced, ``batch`` copies of ``prompt``
+    (token ids), KV cache on: per k, ``prefill_ms`` (a one-token generate) and ``decode_tokens_per_s`` per row
+    (``tokens - 1`` forced decode steps: ``(t(tokens) - t(1)) / (tokens - 1)``), each the median of ``repeats``.
+
+    The k are measured in rounds, one of each per round, in an order that alternates between rounds (k ascending,
+    then descending): a drift of the machine's speed (frequency, another process) then falls on every k alike,
+    not on the k measured last. (Measured all repeats of one k at a time, 32 tokens, 3 repeats, the rates on
+    SmolLM2-135M went 13.6, 11.4, 12.8, 15.5, 11.5 tok/s for k = 0..4: differences under ~20% were noise.)"""
     import torch
 
     from llora_cli.router.depth.layers import replaced_layers
 
     ids = torch.tensor([prompt] * batch, dtype=torch.long)
     mask = torch.ones_like(ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def run(n: int) -> float:
         start = time.perf_counter()
         with torch.no_grad():
             model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                           pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                           else tokenizer.eos_token_id)
+                           pad_token_id=pad)
         return time.perf_counter() - start
 
-    with replaced_layers(model, layers, adapters):
+    order = sorted(sets)
+    ones: dict[int, list[float]] = {k: [] for k in order}
+    fulls: dict[int, list[float]] = {k: [] for k in order}
+    with replaced_layers(model, [], adapters):
         run(2)  # warm-up
-        one = statistics.median(run(1) for _ in range(repeats))
-        full = statistics.median(run(tokens) for _ in range(repeats))
-    step = max(full - one, 1e-9) / max(tokens - 1, 1)
-    return {"prefill_ms": round(one * 1000, 2), "decode_s_per_step": step,
-            "decode_tokens_per_s": round(batch / step, 2)}
+    for r in range(repeats):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            with replaced_layers(model, sets[k], adapters):
+                ones[k].append(run(1))
+                fulls[k].append(run(tokens))
+    out = {}
+    for k in order:
+        one, full = statistics.median(ones[k]), statistics.median(fulls[k])
+        step = max(full - one, 1e-9) / max(tokens - 1, 1)
+        out[k] = {"prefill_ms": round(one * 1000, 2), "decode_s_per_step": step,
+                  "decode_tokens_per_s": round(batch / step, 2)}
+    return out
 
 
 # ---- the evaluation ---------------------------------------------------------------------------------------------------
@@ -392,10 +408,11 @@ def evaluate_depth(store: Store, router_ref: str, data_refs: list[str], *, limit
     speed_prompt = full_ids[0][0] if full_ids and full_ids[0][0] else tokenizer("Hello")["input_ids"]
     timed = sorted({0, *ks, *(len(s) for s in sets[CEILING]), *sweep_ks})
     timing: dict = {"tokens": cfg.speed_tokens}
+    timed_sets = {k: prefix(static, k) if k <= len(static) else list(range(count - k, count)) for k in timed}
+    per_batch = {b: time_depths(tokenizer, model, adapters, speed_prompt, timed_sets, batch=b, tokens=cfg.speed_tokens,
+                                repeats=cfg.repeats) for b in (1, 8)}
     for k in timed:
-        layers = prefix(static, k) if k <= len(static) else list(range(count - k, count))
-        timing[k] = {b: time_depth(tokenizer, model, adapters, speed_prompt, layers, batch=b, tokens=cfg.speed_tokens,
-                                   repeats=cfg.repeats) for b in (1, 8)}
+        timing[k] = {b: per_batch[b][k] for b in (1, 8)}
 
     methods = {}
     for name, s in sets.items():
