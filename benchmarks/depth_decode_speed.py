@@ -12,7 +12,7 @@ minus a one-token generate, the k measured in rounds of alternating order, media
 the last k layers replaced (which layers does not change the cost: each adapter is the same size). With
 ``--report`` (a ``router eval --depth`` report) it also gives each method's decode speed-up at its own k
 distribution (the router's histogram for every method but the per-query ceiling), the router's time added as the
-evaluation adds it. Prints JSON and a markdown table.
+evaluation adds it (``evaluation._cost``). Prints JSON and a markdown table.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> None:
 
     from llora_cli.loading import load_model
     from llora_cli.router.depth import distill
-    from llora_cli.router.depth.evaluation import time_depths
+    from llora_cli.router.depth.evaluation import _cost, time_depths
     from llora_store import open_store
 
     store = open_store()
@@ -71,14 +71,11 @@ def main() -> None:
         missing = sorted(set(hist) - set(ks))
         if missing:
             raise SystemExit(f"the router's k {missing} were not timed: add them to --ks")
-        priced = {}
-        for b in (1, 8):
-            step = sum(per_batch[b][k]["decode_s_per_step"] * n for k, n in hist.items()) / sum(hist.values())
-            steps = args.tokens - 1
-            for name, extra in (("static methods at the router's k", 0.0),
-                                ("router (its time added)", rep["router_ms"][f"batch{b}"] / 1000)):
-                tps = b * steps / (step * steps + extra)
-                priced.setdefault(name, {})[f"batch{b}"] = round(tps / (b / per_batch[b][0]["decode_s_per_step"]), 4)
+        ks_router = [k for k, n in sorted(hist.items()) for _ in range(n)]
+        timing = {"tokens": args.tokens, **{k: {b: per_batch[b][k] for b in (1, 8)} for k in ks}}
+        router_ms = {b: rep["router_ms"][f"batch{b}"] for b in (1, 8)}
+        priced = {name: {batch: v["decode_speedup"] for batch, v in _cost(ks_router, timing, extra).items()}
+                  for name, extra in (("static methods at the router's k", None), ("router (its time added)", router_ms))}
         out["priced"] = priced
         print(json.dumps({"priced": priced}))
     print(json.dumps(out))

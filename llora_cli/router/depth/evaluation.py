@@ -205,8 +205,7 @@ def time_depths(tokenizer, model, adapters, prompt: list[int], sets: dict[int, l
     order = sorted(sets)
     ones: dict[int, list[float]] = {k: [] for k in order}
     fulls: dict[int, list[float]] = {k: [] for k in order}
-    with replaced_layers(model, [], adapters):
-        run(2)  # warm-up
+    run(2)  # warm-up
     for r in range(repeats):
         for k in (order if r % 2 == 0 else order[::-1]):
             with replaced_layers(model, sets[k], adapters):
