@@ -153,6 +153,9 @@ def fit(
         res = run_fit(open_store(), scenarios, method=method, name=name, config=config or [], depth=depth,
                       command=command_line(),
                       progress=lambda stage, s, t: bar.update(task, completed=s, total=t, description=stage))
+    warning = res.training.get("depth", {}).get("warning")
+    if warning:  # on stderr with --json too, as train's memorisation warning
+        err().print(f"[yellow]warning:[/] {warning}", highlight=False)
     if json_:
         print_json({"id": res.artifact.id, "name": res.artifact.name, "method": method, "training": res.training})
         return

@@ -266,5 +266,8 @@ def _fit_depth(store: Store, dscen: Artifact, layer_set: Artifact, encoder, meth
                          "pairs": fitting.pairs_ordered(layer_head, ratio_head, x[~held], train_rows, count)},
                "heldout": {**fitting.figures([p for p, h in zip(predicted, heldout) if h], test_rows),
                            "pairs": fitting.pairs_ordered(layer_head, ratio_head, x[held], test_rows, count)}}
+    warning = fitting.overreach_warning(figures["train"], count)
+    if warning:
+        figures["warning"] = warning
     extra = {"layers": count, "layer_set": layer_set.id, "scenarios": dscen.id, "method": method}
     return {LAYERS: (layer_head, extra), RATIO: (ratio_head, {**extra, "outputs": ["mu", "log_std"]})}, figures

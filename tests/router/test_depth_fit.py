@@ -64,6 +64,8 @@ def test_fit_with_depth_learns_the_layer_set_of_each_kind_of_query(cli, store, c
     # every pair (its objective) but, with nothing anchoring the layers that never differ within a pair, its
     # k = round(mu * L) top-k need not be any measured set.
     tr = d["train"]
+    if method in ("fbc", "orpo"):
+        assert "warning" not in d
     if method == "fbc":
         assert tr["exact"] == tr["n"] and d["heldout"]["safe_rate"] >= 0.6
     elif method == "orpo":
@@ -91,6 +93,35 @@ def test_fit_with_depth_learns_the_layer_set_of_each_kind_of_query(cli, store, c
     assert {(dscen.id, "uses"), (la.id, "uses")} <= roles
     spec = json.loads((store.path_of(res["id"]) / "router.json").read_text())
     assert spec["heads"]["layers"]["out"] == 4 and spec["heads"]["ratio"]["out"] == 2
+
+
+def test_overreach_warning_by_hand():
+    from llora_cli.router.depth.fitting import overreach_warning
+
+    figs = {"n": 24, "safe": 0, "k_predicted_mean": 29.0, "k_target_mean": 1.75}
+    w = overreach_warning(figs, 30)
+    assert "29 of 30 layers" in w and "1.75" in w and "0 of 24" in w and "--method fbc" in w
+    # within target + max(2, target): no warning (orpo's 2.9 against 1.75; a 10-layer target and 19.9 predicted)
+    assert overreach_warning({**figs, "k_predicted_mean": 2.9}, 30) is None
+    assert overreach_warning({**figs, "k_predicted_mean": 19.9, "k_target_mean": 10.0}, 30) is None
+    assert overreach_warning({**figs, "k_predicted_mean": 20.1, "k_target_mean": 10.0}, 30) is not None
+    assert overreach_warning({"n": 0}, 30) is None
+
+
+def test_fit_warns_when_the_depth_heads_overreach(cli, store, catalog, fake_engine, monkeypatch):
+    from llora_cli.router.depth import fitting
+
+    base, mods = catalog
+    cli.json("router", "collect", "b", "--data", "auto", "--data", "reason", "--limit", "10", "--name", "sc")
+    make_depth_set(store, base)
+    # heads that replace every layer for every query (what DPO's did on SmolLM2): targets are {2, 3} and {0}
+    monkeypatch.setattr(fitting, "predict", lambda lh, rh, x, count: [frozenset(range(count))] * len(x))
+    r = cli("router", "fit", "sc", "--depth", "depth", "--method", "fbc", "--name", "r", "steps=20", "--json")
+    assert r.exit_code == 0, r.output
+    assert "warning:" in r.stderr and "replace 4 of 4 layers" in r.stderr
+    stored = json.loads(r.stdout)["training"]["depth"]["warning"]
+    assert stored.startswith("the depth heads replace 4 of 4 layers")
+    assert cli.json("routers", "show", "r")["metadata"]["training"]["depth"]["warning"] == stored
 
 
 def test_fit_depth_refusals(cli, store, catalog, fake_engine):

@@ -13,7 +13,8 @@ smaller than FBC's target: a set at 0.995 loses to one at 1.0.
 Held-out figures, per query: the predicted ``k = round(mu * L)`` and set (hard top-k of the layer scores) against
 the query's path: ``target`` = its largest set scoring at least 0.99 (empty when none); ``exact`` = the predicted set
 is the target; ``safe`` = the predicted set is one of the path's sets scoring at least 0.99 (or empty), i.e. a set
-measured to keep the answer; mean predicted and target k.
+measured to keep the answer; mean predicted and target k. ``overreach_warning`` flags heads that replace far more
+layers than the training queries' targets (DPO can: it orders every pair right with k = 29 of 30).
 """
 
 from __future__ import annotations
@@ -55,6 +56,22 @@ def figures(predicted: list[frozenset], rows: list[dict]) -> dict:
     return {"n": n, "exact": sum(p == t for p, t in zip(predicted, targets)), "safe": safe,
             "safe_rate": round(safe / n, 4), "k_predicted_mean": round(sum(map(len, predicted)) / n, 3),
             "k_target_mean": round(sum(map(len, targets)) / n, 3)}
+
+
+def overreach_warning(figs: dict, count: int) -> str | None:
+    """A warning when the fitted heads replace far more layers than the scenarios measured safe: the mean predicted
+    ``k`` above ``target + max(2, target)`` on the training queries (``figs``: ``figures()`` of them). Measured on
+    SmolLM2 (docs/benchmarks.md, "The protocol at n = 40"): DPO's heads ordered every preference pair right and
+    predicted 29 of 30 layers for every query, where the target mean was 1.75; nothing else in the fit shows it."""
+    if not figs.get("n"):
+        return None
+    kp, kt = figs["k_predicted_mean"], figs["k_target_mean"]
+    if kp <= kt + max(2.0, kt):
+        return None
+    return (f"the depth heads replace {kp:g} of {count} layers on average where the scenarios keep the answer at "
+            f"{kt:g} (the predicted set measured safe on {figs['safe']} of {figs['n']} training queries): with "
+            "--depth auto this router would change most answers; fit the depth heads with --method fbc, or serve "
+            "this router with --depth full")
 
 
 def pairs_ordered(layer_head, ratio_head, x, rows: list[dict], count: int) -> dict:
