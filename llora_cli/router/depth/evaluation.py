@@ -418,6 +418,7 @@ def evaluate_depth(store: Store, router_ref: str, data_refs: list[str], *, limit
         mk = [len(x) for x in s]
         methods[name] = {**_figures(verdicts[name], verdicts[FULL], verdicts[ROUTER], cfg.seed),
                          "layers_replaced_mean": round(sum(mk) / len(mk), 3) if mk else None,
+                         "layers_replaced_histogram": {str(k): mk.count(k) for k in sorted(set(mk))},
                          **_cost(mk, timing, router_ms if name in (ROUTER, SKIP) else None)}
     sweep_report = {name: {str(k): {**_figures(v, verdicts[FULL], verdicts[ROUTER], cfg.seed),
                                     **_cost([k] * len(queries), timing, router_ms if name == ROUTER else None)}
