@@ -207,6 +207,8 @@ def test_router_eval_depth_measures_every_method_on_the_same_held_out_queries(cl
         assert m[name]["n"] == 2 and m[name]["ci95"][0] <= m[name]["accuracy"] <= m[name]["ci95"][1]
     for name in (ev.ROUTER, ev.SKIP, ev.STATIC, ev.DOMAIN, ev.LAST, ev.SHORTGPT, ev.RANDOM):
         assert m[name]["layers_replaced_mean"] == 1.0, name  # the router's k on every query
+        assert m[name]["layers_replaced_histogram"] == {"1": 2}, name
+    assert m[ev.FULL]["layers_replaced_histogram"] == {"0": 2}
     assert len(rep["static_path"]) == 1 and len(rep["block_influence"]) == 2
     assert set(rep["timing"]) >= {"0", "1"} and rep["timing"]["1"]["batch8"]["decode_tokens_per_s"] > 0
     assert m[ev.ROUTER]["batch1"]["prefill_ms"] > m[ev.LAST]["batch1"]["prefill_ms"] - 1e-9  # router time added
