@@ -162,7 +162,7 @@ class CalculatorLogitsProcessor:
     token's logits in token-id order). The text read is the last ``TAIL_TOKENS`` tokens of each row, prompt included
     (a raw prompt ending in ``12 * 3 =`` is completed with ``36``; a chat prompt ends with the assistant's header,
     so only the reply can trigger it). ``forced``: how many tokens the calculator changed (the model's argmax was
-    another token), for the report.
+    another token), for the report; ``forced_rows``: the same per batch row (row 0 for llama.cpp).
     """
 
     def __init__(self, tokenizer, rows: list[bool] | None = None) -> None:
@@ -170,16 +170,19 @@ class CalculatorLogitsProcessor:
         self.rows = rows
         self.digits = digit_token_ids(tokenizer)
         self.forced = 0
+        self.forced_rows: dict[int, int] = {}
 
     def __call__(self, input_ids, scores):
         if scores.ndim == 1:  # llama.cpp: one row
-            self._row(input_ids, scores)
+            self._row(0, input_ids, scores)
             return scores
         for i, row in enumerate(input_ids):
             if self.rows is None or self.rows[i]:
-                self._row(row, scores[i])
+                self._row(i, row, scores[i])
         return scores
 
-    def _row(self, ids, scores) -> None:
+    def _row(self, i: int, ids, scores) -> None:
         text = self.tokenizer.decode(ids[-TAIL_TOKENS:].tolist(), skip_special_tokens=True)  # numpy or torch
-        self.forced += constrain(scores, text, self.digits, cut=len(ids) > TAIL_TOKENS)
+        changed = int(constrain(scores, text, self.digits, cut=len(ids) > TAIL_TOKENS))
+        self.forced += changed
+        self.forced_rows[i] = self.forced_rows.get(i, 0) + changed

@@ -93,6 +93,8 @@ def logs_list(
         if route:  # --modifier auto: the router's choice, its probability and time
             chosen = f"auto -> {chosen} (p={route['probability']:.2f}, {route['router_ms']:.0f} ms" + \
                      (", fallback)" if route.get("fallback") else ")")
+        if (r.get("params") or {}).get("calculator"):  # calculator-assisted: how many tokens it changed
+            chosen += f" +calc({r['params'].get('calculator_forced', '?')})"
         table.add_row(str(r["id"]), r["at"][:19], r["base"]["name"], chosen,
                       r["client"], str(r["tokens_in"]), str(r["tokens_out"]), f"{r['latency_ms']:.0f}",
                       escape(r["prompt"][:40]), escape(r["response"][:60]))

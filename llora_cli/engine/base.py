@@ -236,7 +236,8 @@ class Engine(ABC):
         ``on_piece(text, logprobs)``: streamed text with the log-probabilities of the tokens it completes
         (instead of ``on_text``).
         ``calculator``: the result of each arithmetic step the model writes is computed (``llora_cli.calculator``,
-        Cobbe et al. 2021), recorded as ``params["calculator"]``; BadInput when the tokenizer merges digits. None:
+        Cobbe et al. 2021), recorded as ``params["calculator"]`` (and in the reply ``params["calculator_forced"]``:
+        how many tokens it changed); BadInput when the tokenizer merges digits. None:
         the modifier's serving default (``llora deploy MODIFIER --calculator``; off for the base alone), recorded
         with ``params["calculator_from"] = "modifier"`` when it turned the calculator on."""
         from llora_cli.engine.batching import Job
@@ -348,8 +349,9 @@ class Engine(ABC):
         logprobs = None
         if job.logprobs is not None:
             logprobs = self.token_logprobs(job.token_logprobs[:job.text_tokens])
+        params = {**job.params, "calculator_forced": job.calculator_forced} if job.calculator else job.params
         return Reply(job.text, len(job.input_ids), len(job.tokens), (job.finished - job.submitted) * 1000,
-                     ttft, self.deployment.base, job.modifier, job.params, engine=self.engine,
+                     ttft, self.deployment.base, job.modifier, params, engine=self.engine,
                      load={**self.load_info, "batch": job.batch_size}, finish_reason=job.finish_reason or "stop",
                      logprobs=logprobs)
 

@@ -51,6 +51,7 @@ class Job:
     params: dict = field(default_factory=dict)
     layers: tuple[int, ...] = ()  # decoder layers replaced by their layer adapters (dynamic depth; () = full depth)
     calculator: bool = False  # arithmetic steps' results computed (llora_cli.calculator), not generated
+    calculator_forced: int = 0  # filled in: how many tokens the calculator changed (the model's argmax was another)
     # filled in by the model's thread
     result: object = None
     tokens: list[int] = field(default_factory=list)
@@ -95,6 +96,7 @@ class RowStreamer:
         self.open = [True] * len(jobs)
         self.step_logprobs = None
         self.wants_logprobs = any(j.logprobs is not None for j in jobs)
+        self.calculator = None  # the CalculatorLogitsProcessor of this generation: each row's count read at its close
 
     def put(self, value) -> None:
         if not self.prompt_seen:  # generate hands over the prompt first
@@ -173,6 +175,8 @@ class RowStreamer:
         else:
             job.text_tokens = len(job.ends)  # every token but EOS
         self._emit(i, text, final=True)
+        if self.calculator is not None:  # the row's tokens so far (a closed row's later padding steps not counted)
+            job.calculator_forced = self.calculator.forced_rows.get(i, 0)
         job.finished = now
         job.done.set()
 
@@ -498,13 +502,14 @@ class TransformersBatches:
                       pad_token_id=pad, streamer=streamer, do_sample=head.temperature > 0,
                       stopping_criteria=StoppingCriteriaList([RowLimits(width, [j.max_tokens for j in jobs],
                                                                         streamer)]))
-        processors = []
+        processors, calc = [], None
         if streamer.wants_logprobs:  # first: the model's own distribution (as llama.cpp's engine reports it)
             processors.append(RowLogprobs(streamer))
         if any(j.calculator for j in jobs):
             from llora_cli.calculator import CalculatorLogitsProcessor
 
-            processors.append(CalculatorLogitsProcessor(tok, [j.calculator for j in jobs]))
+            streamer.calculator = calc = CalculatorLogitsProcessor(tok, [j.calculator for j in jobs])
+            processors.append(calc)
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         if head.temperature > 0:

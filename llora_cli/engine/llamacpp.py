@@ -154,7 +154,8 @@ class LlamaCppEngine(Engine):
 
             from llora_cli.calculator import CalculatorLogitsProcessor
 
-            processors = LogitsProcessorList([CalculatorLogitsProcessor(self.tokenizer)])
+            streamer.calculator = CalculatorLogitsProcessor(self.tokenizer)
+            processors = LogitsProcessorList([streamer.calculator])
         for token in self.llm.generate(job.input_ids, temp=job.temperature, top_p=job.top_p, top_k=0, min_p=0.0,
                                        repeat_penalty=1.0, logits_processor=processors):
             if streamer.wants_logprobs:  # the context still holds the logits this token was sampled from

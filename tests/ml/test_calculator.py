@@ -168,3 +168,38 @@ def test_deploy_records_a_modifiers_calculator_default(cli, store, tiny_model_di
     assert "calculator" not in reply["params"] and "calculator_from" not in reply["params"]
     refused = cli("run", "2 + 2 =", "--modifier", "mod", "--calculator", "--max-tokens", "2")
     assert refused.exit_code == 2 and "one digit per token" in refused.stderr
+    # the request log's table shows how many tokens a calculator-assisted request had computed
+    tiny = store.resolve("tiny")
+    store.log_request(base_id=tiny.id, modifier_id=mod.id, engine="transformers", client="test", prompt="2 * 3 =",
+                      response=" 6", tokens_in=4, tokens_out=1, latency_ms=1.0, ttft_ms=None,
+                      params={"calculator": True, "calculator_forced": 1})
+    assert "mod +calc(1)" in cli("logs", "list", "--limit", "1").stdout
+
+
+def test_engine_rows_count_the_tokens_their_calculator_changed(char_tokenizer):
+    """The engine's batch path (TransformersBatches): each row's ``calculator_forced`` is what the calculator changed
+    in that row (read when the row closes), 0 for a row without it in the same batch."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llora_cli.engine.batching import Job, TransformersBatches
+    from llora_cli.evaluate import generate_texts
+
+    torch.manual_seed(0)
+    tok = char_tokenizer
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=0, eos_token_id=1)).eval()
+    batches = TransformersBatches(lambda: model, tok)
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    calc, plain = Job(ids("so 12 * 3 = "), None, 2, calculator=True), Job(ids("ok 96 / 8 = "), None, 2)
+    batches.run([calc, plain])
+    assert calc.text == "36" and plain.calculator_forced == 0
+    # the model's own choices at the two forced positions: each differing one is a token the calculator changed
+    own = generate_texts(tok, model, ["so 12 * 3 = ", "so 12 * 3 = 3"], max_new_tokens=1, strip=False)
+    expected = (own[0][:1] != "3") + (own[1][:1] != "6")
+    assert expected > 0  # the random model writes other digits: the count has something to count
+    assert calc.calculator_forced == expected
+    alone = Job(ids("so 12 * 3 = "), None, 2, calculator=True)
+    batches.run([alone])
+    assert alone.calculator_forced == expected

@@ -113,7 +113,9 @@ def test_demo_registers_trains_and_evaluates(cli, store):
         assert on.params["calculator"] is True and on.params["calculator_from"] == "modifier"
         off = rt_.generate("Each box holds 37 pens, so 12 boxes hold 37 * 12 =", raw=True, max_tokens=6,
                            modifier=mod, calculator=False)
-        assert "calculator" not in off.params
+        assert "calculator" not in off.params and "calculator_forced" not in off.params
+        # the tokens the calculator changed: at least one where the model's own answer is not 444
+        assert on.params["calculator_forced"] >= (0 if re.match(r"\s*444(\D|$)", off.text) else 1), (name, off.text)
 
     # the same GGUF file under another name is refused before any conversion work
     from llora_cli.bases import builtin_gguf
