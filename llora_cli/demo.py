@@ -287,6 +287,18 @@ def _serve_stage(store: Store, base, modifier, data_id: str, report: DemoReport,
                         f"checker); both requests logged")
 
 
+def _writes_digits(store: Store, base) -> bool:
+    """Whether ``base``'s tokenizer writes numbers one digit per token (what the calculator needs; SmolLM2's does)."""
+    from llora_cli.calculator import CalculatorUnsupported, digit_token_ids
+    from llora_cli.loading import load_tokenizer
+
+    try:
+        digit_token_ids(load_tokenizer(store.path_of(base.id)))
+    except CalculatorUnsupported:
+        return False
+    return True
+
+
 def _router_stage(store: Store, base, modifiers: dict, datasets: dict, opts: DemoOptions, report: DemoReport,
                   say) -> None:
     """Collect scenarios (every candidate answers ``router_rows`` training queries per domain on the serving
@@ -301,15 +313,19 @@ def _router_stage(store: Store, base, modifiers: dict, datasets: dict, opts: Dem
     from llora_cli.router.fit import fit
     from llora_store.errors import BadInput
 
+    calculator = []  # the reasoning modifier serves with calculator-assisted decoding (its arithmetic computed)
     for mod in modifiers.values():
         if store.get(mod.id).state != "deployed":
-            deploy(store, mod.id, command="llora demo")
+            on = mod.domain == "reasoning" and _writes_digits(store, base)
+            deploy(store, mod.id, command="llora demo", calculator=True if on else None)
+            calculator += [mod.name] if on else []
     say(f"collecting router scenarios: base alone and {len(modifiers)} modifiers on {opts.router_rows} training "
         f"queries per domain ({', '.join(ROUTER_DOMAINS)})")
     scen = collect(store, base.id, [datasets[d].id for d in ROUTER_DOMAINS], limit=opts.router_rows,
                    name=store.unique_name("demo-scenarios"), command="llora demo")
     s = scen.summary
-    report.router = {"scenarios": {"id": scen.artifact.id, "name": scen.artifact.name, "rows": scen.rows,
+    report.router = {"calculator": calculator,
+                     "scenarios": {"id": scen.artifact.id, "name": scen.artifact.name, "rows": scen.rows,
                                    "candidates": scen.artifact.meta.get("candidates"),
                                    "engine": scen.artifact.meta.get("engine"), "summary": s}}
     say("fitting a router (ORPO) on the scenarios")
@@ -336,6 +352,7 @@ def _router_stage(store: Store, base, modifiers: dict, datasets: dict, opts: Dem
         reply.route = route.to_json()
         runtime.log(reply, prompt, client="demo")
         answers.append({"task": task, "prompt": prompt, "chosen": route.modifier.name if route.modifier else None,
+                        "calculator_forced": reply.params.get("calculator_forced"),
                         "chosen_domain": route.modifier.domain if route.modifier else None,
                         "probability": round(route.probability, 3), "router_ms": round(route.router_ms, 1),
                         "text": reply.text, "passes_checker": bool(tasks.checker(task)(row, reply.text)),

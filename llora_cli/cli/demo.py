@@ -97,6 +97,8 @@ def demo(
         for a in r["answers"]:
             # the chosen modifier by its domain (its name is in the catalog below): narrow terminals keep it readable
             chosen = f"{a['chosen_domain']} modifier" if a["chosen"] else "base alone"
+            if a.get("calculator_forced") is not None:  # served with the calculator (the reasoning modifier's default)
+                chosen += f" +calc({a['calculator_forced']})"
             table.add_row(str(a["log_id"]), a["task"], escape(a["prompt"][:48]), escape(chosen),
                           f"{a['probability']:.2f}", f"{a['router_ms']:.0f}",
                           "[green]passes[/]" if a["passes_checker"] else "[red]fails[/]")

@@ -72,6 +72,14 @@ def test_demo_registers_trains_and_evaluates(cli, store):
         assert [a["task"] for a in r["answers"]] == ["automation", "reasoning", "code", "automation"]
         assert all((a["chosen"] is None or a["chosen"] in names) and 0 < a["probability"] <= 1 for a in r["answers"])
         logged = {x["id"]: x for x in store.request_logs(limit=4)}
+        # the demo deploys its reasoning modifier with the calculator as its serving default (SmolLM2 writes digits
+        # one per token): the routed requests it answers are calculator-assisted, the others not
+        reasoning_mod = next(a for a in report["catalog"] if a["kind"] == "modifier" and a["domain"] == "reasoning")
+        assert r["calculator"] == [reasoning_mod["name"]]
+        assert store.resolve(reasoning_mod["id"]).meta["serving"] == {"calculator": True}
+        for a in r["answers"]:
+            assert (a["calculator_forced"] is not None) == (a["chosen"] == reasoning_mod["name"]), a
+            assert logged[a["log_id"]]["params"].get("calculator_forced") == a["calculator_forced"]
         assert all(logged[a["log_id"]]["params"]["route"]["router"]["id"] == r["router"]["id"] for a in r["answers"])
         assert store.resolve(r["router"]["id"]).state == "deployed"
 
