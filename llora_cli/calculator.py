@@ -31,6 +31,8 @@ from llora_store.errors import BadInput
 _START = r"(?<![\w.,:\-−])"
 _STEP = re.compile(_START + r"((?:\d+\s*[-+*/x×]\s*)+\d+)\s*=(\s*)(\d*)$")
 _REMAINDER = re.compile(_START + r"(\d+)\s*/\s*(\d+)\s*=\s*\d+\s+remainder(\s*)(\d*)$")
+# an ISO date written without spaces ("2024-12-11 ="; month 1-12, day 1-31), not a subtraction
+_DATE = re.compile(r"\d{4}-(?:0?[1-9]|1[0-2])-(?:0?[1-9]|[12]\d|3[01])")
 TAIL_TOKENS = 256  # tokens decoded per row and step; a step that starts before them is not forced (``cut``)
 
 
@@ -90,13 +92,15 @@ def due_digits(text: str, *, cut: bool = False) -> tuple[str, str, bool] | None:
 
     >>> due_digits("So 48 / 6 = "), due_digits("So 48 / 6 = 7"), due_digits("It is 12 * 3 ="), due_digits("7.")
     (('8', '', True), ('8', '7', True), ('36', '', False), None)
+    >>> due_digits("Due 2024-12-11 = "), due_digits("So 2024 - 12 - 11 = ")
+    (None, ('2001', '', True))
     """
     m = _REMAINDER.search(text)
     if m and not (cut and m.start() == 0):
         a, b = int(m.group(1)), int(m.group(2))
         return (str(a % b), m.group(4), bool(m.group(3))) if b else None
     m = _STEP.search(text)
-    if not m or (cut and m.start() == 0):
+    if not m or (cut and m.start() == 0) or _DATE.fullmatch(m.group(1)):
         return None
     v = value_of(m.group(1))
     return (str(v), m.group(3), bool(m.group(2))) if v is not None else None

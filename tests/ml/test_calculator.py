@@ -37,6 +37,9 @@ def test_value_of(expression, value):
     ("(4 + 5 = ", ("9", "", True)),
     ("so 3 / 4 = ", None),  # a fraction, not a quotient of 0
     ("The change is −3 + 5 = ", None),  # a Unicode minus sign
+    ("It is due 2024-12-11 = ", None),  # an ISO date, not 2024 - 12 - 11
+    ("So 2024 - 12 - 11 = ", ("2001", "", True)),  # the same numbers written as a subtraction
+    ("So 1000-20-30 = ", ("950", "", True)),  # no month 20: a subtraction
 ])
 def test_due_digits(text, due):
     assert due_digits(text) == due
