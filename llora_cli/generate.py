@@ -48,8 +48,10 @@ def generate(model_dir: Path, prompt: str, *, max_new_tokens: int = 48, system: 
 
     device = pick_device()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    from llora_cli.loading import keep_bnb_4bit_unpacked
+
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if device == "cpu" else "auto")
-    model.to(device).eval()
+    keep_bnb_4bit_unpacked(model).to(device).eval()
     if tokenizer.chat_template:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         inputs = tokenizer.apply_chat_template(

@@ -246,6 +246,25 @@ def save_dequantized(model_dir: Path, out_dir: Path) -> dict:
     return {"storage": storage, "dequantized_by": how, "dtype": "fp32"}
 
 
+def keep_bnb_4bit_unpacked(model):
+    """Turn off bitsandbytes' CPU repacking of 4-bit weights on every ``Linear4bit`` of ``model`` (in place; returns
+    it). Since bitsandbytes 0.49, on a CPU with AVX512-BF16, the first forward in eval mode without gradients repacks
+    a layer's NF4 weight for a bf16 kernel and narrows its absmax to bf16 (``_convert_weight_packed_for_cpu``). It
+    fails outright on layers whose rows are shorter than one 64-value block (``RuntimeError: shape '[32, 0]' is
+    invalid``, a held-out evaluation during QLoRA training of a small model), and elsewhere computes with other
+    weights than training mode, the QLoRA merge's NF4 round trip (``mergeops``) and CPUs without AVX512-BF16 do.
+    Unpacked, every machine computes with the same dequantized NF4 weights (fp32 absmax). A no-op without
+    bitsandbytes or 4-bit layers."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return model
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None = None):
     """Load a causal LM following ``plan``."""
     from llora_cli.quiet import quiet_libraries
@@ -258,13 +277,15 @@ def load_causal_lm(model_dir: Path, plan: LoadPlan, *, offload_dir: Path | None 
         return load_gguf_dequantized(model_dir, torch.float32)
     if plan.strategy.startswith("stored-"):
         # quantized weights load as stored; the rest (embeddings, norms) computes in fp32 on CPU
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if plan.device == "cpu" else "auto")
+        return keep_bnb_4bit_unpacked(AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32 if plan.device == "cpu" else "auto"))
 
     if plan.strategy == "quantized-nf4":
         from transformers import BitsAndBytesConfig
 
-        return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
+        return keep_bnb_4bit_unpacked(AutoModelForCausalLM.from_pretrained(
+            model_dir, quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)))
     if plan.strategy == "offload":
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="auto",
                                                     offload_folder=str(offload_dir or model_dir / ".offload"))

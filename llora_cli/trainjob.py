@@ -201,6 +201,10 @@ class TrainJob:
         if cfg.quantize != "none" or stored in ("nf4", "int8"):
             from peft import prepare_model_for_kbit_training
 
+            from llora_cli.loading import keep_bnb_4bit_unpacked
+
+            keep_bnb_4bit_unpacked(model)  # eval mode (held-out evaluation) computes with training's NF4 weights
+
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
         elif cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()

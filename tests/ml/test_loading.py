@@ -83,3 +83,33 @@ def test_model_cache_loads_a_base_once_and_adapter_runs_match_fresh_loads(tiny_m
             with torch.inference_mode():
                 assert torch.equal(model(**ids).logits, ref)  # the adapter left no trace in the base
     assert cache.loads == 1
+
+
+def test_4bit_layers_compute_the_same_weights_in_eval_mode(tiny_model_dir):
+    """bitsandbytes >= 0.49 repacks a Linear4bit for a bf16 CPU kernel at its first eval-mode forward on CPUs with
+    AVX512-BF16 (forced on here, so every machine takes that branch): it fails on the tiny model's 32-value rows and
+    would narrow the absmax elsewhere. After keep_bnb_4bit_unpacked, eval mode computes what training mode does."""
+    from bitsandbytes.nn import Linear4bit
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from llora_cli.loading import keep_bnb_4bit_unpacked
+
+    import torch
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    assert len(layers) == 14 and any(m.in_features < 64 for m in layers)
+    for m in layers:
+        m.support_avx512bf16_for_cpu = True  # what a CPU with AVX512-BF16 reports
+    assert keep_bnb_4bit_unpacked(model) is model
+    assert not any(m.support_avx512bf16_for_cpu for m in layers)
+    ids = torch.tensor([[3, 8, 21, 5]])
+    model.train()
+    with torch.no_grad():
+        trained = model(ids).logits
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(ids).logits  # failed before: shape '[32, 0]' is invalid for input of size 16
+    assert torch.equal(trained, evaluated)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
