@@ -89,12 +89,11 @@ def test_4bit_layers_compute_the_same_weights_in_eval_mode(tiny_model_dir):
     """bitsandbytes >= 0.49 repacks a Linear4bit for a bf16 CPU kernel at its first eval-mode forward on CPUs with
     AVX512-BF16 (forced on here, so every machine takes that branch): it fails on the tiny model's 32-value rows and
     would narrow the absmax elsewhere. After keep_bnb_4bit_unpacked, eval mode computes what training mode does."""
+    import torch
     from bitsandbytes.nn import Linear4bit
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from llora_cli.loading import keep_bnb_4bit_unpacked
-
-    import torch
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
