@@ -145,7 +145,7 @@ def main() -> None:
                      "steps": trainer.state.global_step, "tokens": int(trainer.state.num_input_tokens_seen),
                      "seconds": round(train_s, 1), "first_loss": losses[:1], "last_loss": losses[-1:]},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "replies": [{"prompt": r["messages"][-1]["content"] if r["messages"][-1]["role"] == "user" else "",
+        "replies": [{"prompt": tasks.prompt_of(r),
                      "base": b, "trained": o, "base_ok": bo, "trained_ok": to}
                     for r, b, o, bo, to in zip(test, base_replies, replies, base_ok, ok, strict=True)],
     }

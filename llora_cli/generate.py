@@ -46,10 +46,10 @@ def generate(model_dir: Path, prompt: str, *, max_new_tokens: int = 48, system: 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = pick_device()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     from llora_cli.loading import keep_bnb_4bit_unpacked
 
+    device = pick_device()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if device == "cpu" else "auto")
     keep_bnb_4bit_unpacked(model).to(device).eval()
     if tokenizer.chat_template:

@@ -254,13 +254,14 @@ def keep_bnb_4bit_unpacked(model):
     invalid``, a held-out evaluation during QLoRA training of a small model), and elsewhere computes with other
     weights than training mode, the QLoRA merge's NF4 round trip (``mergeops``) and CPUs without AVX512-BF16 do.
     Unpacked, every machine computes with the same dequantized NF4 weights (fp32 absmax). A no-op without
-    bitsandbytes or 4-bit layers."""
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:
+    bitsandbytes or 4-bit layers; bitsandbytes is not imported here (~4 s): a model with 4-bit layers has loaded it."""
+    import sys
+
+    bnb = sys.modules.get("bitsandbytes.nn")
+    if bnb is None:
         return model
     for module in model.modules():
-        if isinstance(module, Linear4bit):
+        if isinstance(module, bnb.Linear4bit):
             module.support_avx512bf16_for_cpu = False
     return model
 
